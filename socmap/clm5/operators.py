@@ -1,0 +1,337 @@
+"""CLM5 operators built from parameters θ and forcing: A (transfers), K̄ (decay), V̄ (transport), I.
+
+Everything is batch-first and per *day*, averaged over the 12 months **before** the solve
+(spec §1.3, pitfall P1). The solver modules consume an :class:`Operators` bundle; they never
+see θ or forcing directly, so the dense and structured paths share one physics.
+
+Bedrock (pitfall P5). ``bedrock_rule="conservative"`` (the default) closes every interface at
+or below the bedrock: diffusivity is active only for the ``nbedrock`` soil layers, no
+conductance is overwritten, and V conserves the dz-weighted column stock exactly for every
+bedrock depth. ``bedrock_rule="binn"`` reproduces BINN/ScIReN: one extra active interface
+and, for rows at or below the bedrock, the lower conductance copied from the upper one —
+which leaks ~1e-6 d-1 at the bedrock interface when ``nbedrock <= 18``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from socmap.clm5 import grid
+from socmap.clm5.forcing import Forcing
+from socmap.clm5.parameters import INDEX
+
+DAYS_PER_YEAR = 365.0
+T_REF_K = 298.15  # reference temperature of the Q10 function (25 °C)
+T_FREEZE_K = 273.15
+MAX_ALT_CRYOTURBATION_M = 2.0  # cryoturbation only where the active layer is this shallow
+MAX_DEPTH_CRYOTURBATION_M = 3.0
+TINY = 1e-30  # CLM's floor on diffusivities and advection (keeps the harmonic mean defined)
+
+BedrockRule = Literal["conservative", "binn"]
+
+#: Transfer edges (receiver pool, donor pool, parameter name); "1-fcwdl2" is derived.
+TRANSFER_EDGES: tuple[tuple[int, int, str], ...] = (
+    (2, 0, "fcwdl2"),
+    (3, 0, "1-fcwdl2"),
+    (4, 1, "fl1s1"),
+    (4, 2, "fl2s1"),
+    (5, 3, "fl3s2"),
+    (5, 4, "fs1s2"),
+    (6, 4, "fs1s3"),
+    (4, 5, "fs2s1"),
+    (6, 5, "fs2s3"),
+    (4, 6, "fs3s1"),
+)
+#: Turnover-time parameter of each of the 7 pools (L3 shares τ_L2).
+POOL_TAU = ("taucwd", "taul1", "taul2", "taul2", "tau4s1", "tau4s2", "tau4s3")
+
+
+@dataclass
+class PreparedForcing:
+    """The θ-independent part of the operators, computed once per batch of sites.
+
+    Stored **sites innermost** (the solver's layout). Training prepares its forcing once and
+    reuses it every epoch; :func:`socmap.clm5.solver.steady_state` prepares on the fly when
+    given a plain :class:`Forcing`.
+
+    Attributes
+    ----------
+    inputs_g_m2_day : [4, B]        daily input to CWD, L1, L2, L3 (gC m-2 d-1).
+    temp_exponent : [12, 20, B]     (T - 298.15 K) / 10, so that ξ^T = Q10 ** temp_exponent.
+    water, oxygen, oxygen_nitrogen : [12, 20, B]   W, O and O·N scalars.
+    transport_basis : [3, 3, 20, B] month-averaged V̄_b = diffus·basis[0] + cryo·basis[1] + basis[2]
+        (first index: bioturbation, cryoturbation, fixed floor part; second: lower, diag, upper;
+        diffusivities in m2 yr-1, V̄ in d-1).
+    thawed : [B] bool               mean active-layer depth > 0 (else all input goes to layer 0).
+    """
+
+    inputs_g_m2_day: torch.Tensor
+    temp_exponent: torch.Tensor
+    water: torch.Tensor
+    oxygen: torch.Tensor
+    oxygen_nitrogen: torch.Tensor
+    transport_basis: torch.Tensor
+    thawed: torch.Tensor
+    bedrock_rule: str
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.inputs_g_m2_day.shape[-1])
+
+
+@dataclass
+class Operators:
+    """Month-averaged CLM5 operators for ``B`` sites, float64, rates per day, sites innermost.
+
+    Attributes
+    ----------
+    decay_per_day : [7, 20, B]   diagonal of K̄ (d-1), environmental scalars folded in.
+    fractions : dict name -> [B]  transfer fractions (A's off-diagonals), incl. ``1-fcwdl2``.
+    transport : [3, 20, B]       V̄_b[j, j-1], V̄_b[j, j], V̄_b[j, j+1] (d-1); the same block acts on
+        pools 1–6 and CWD does not move; ``transport[0, 0]`` and ``transport[2, -1]`` are 0.
+    source_g_m3_day : [4, 20, B]  input to CWD, L1, L2, L3 per layer (gC m-3 d-1).
+    input_profile : [20, B]       fraction φ of the input going to each layer (sums to 1).
+    """
+
+    decay_per_day: torch.Tensor
+    fractions: dict[str, torch.Tensor]
+    transport: torch.Tensor
+    source_g_m3_day: torch.Tensor
+    input_profile: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.decay_per_day.shape[-1])
+
+
+def _col(theta: torch.Tensor, name: str) -> torch.Tensor:
+    """Column ``name`` of θ [B, 21] as a [B] tensor."""
+    return theta[:, INDEX[name]]
+
+
+def transfer_fractions(theta: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Fractions of each donor's decomposition passed to each receiver, ``{name: [B]}``."""
+    out = {name: _col(theta, name).contiguous() for _, _, name in TRANSFER_EDGES if name != "1-fcwdl2"}
+    out["1-fcwdl2"] = 1.0 - out["fcwdl2"]
+    return out
+
+
+def temperature_scalar(soil_temp_k: torch.Tensor, q10: torch.Tensor, q10_frozen: torch.Tensor | None = None) -> torch.Tensor:
+    """Q10 temperature scalar ξ^T (dimensionless), reference 25 °C, with CLM's frozen branch.
+
+    ``soil_temp_k`` [B, ...] in K; ``q10`` [B]. Below 0 °C the scalar is
+    ``Q10^((273.15-298.15)/10) · Q10f^((T-273.15)/10)``; with ``q10_frozen=None`` (as in BINN)
+    Q10f = Q10 and both branches coincide.
+    """
+    shape = (-1,) + (1,) * (soil_temp_k.dim() - 1)
+    log_q = torch.log(q10).reshape(shape)
+    log_qf = log_q if q10_frozen is None else torch.log(q10_frozen).reshape(shape)
+    warm = torch.exp(log_q * (soil_temp_k - T_REF_K) / 10.0)
+    cold = torch.exp(log_q * (T_FREEZE_K - T_REF_K) / 10.0 + log_qf * (soil_temp_k - T_FREEZE_K) / 10.0)
+    return torch.where(soil_temp_k.detach() >= T_FREEZE_K, warm, cold)
+
+
+def water_scalar(w: torch.Tensor, w_scaling: torch.Tensor) -> torch.Tensor:
+    """ξ^W = min(1, w_scaling · W) (pitfall P6: zero gradient where clipped)."""
+    shape = (-1,) + (1,) * (w.dim() - 1)
+    return torch.clamp(w_scaling.reshape(shape) * w, max=1.0)
+
+
+def depth_scalar(efolding_m: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """ξ^depth_j = exp(-z_j / z_τ) at the 20 nodes, shape [B, 20]."""
+    z = grid.grid_tensor("NODE_M", like)
+    return torch.exp(-z[None, :] / efolding_m[:, None])
+
+
+def decay_rates_direct(theta: torch.Tensor, forcing: Forcing) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Reference: month-averaged decay rates K̄ [B, 7, 20] (d-1) straight from the spec, batch-first."""
+    xi_t = temperature_scalar(forcing.soil_temp_k, _col(theta, "q10"))
+    xi_w = water_scalar(forcing.water_scalar, _col(theta, "w_scaling"))
+    env = xi_t * xi_w * forcing.oxygen_scalar  # [B, 12, 20]
+    env_mean = env.mean(1)
+    env_n_mean = (env * forcing.nitrogen_scalar).mean(1)
+    xi_depth = depth_scalar(_col(theta, "efolding"), theta)
+    tau_yr = torch.stack([_col(theta, n) for n in POOL_TAU], 1)  # [B, 7]
+    base = 1.0 / (DAYS_PER_YEAR * tau_yr)
+    env_pool = torch.stack([env_mean, env_n_mean, env_n_mean, env_n_mean, env_mean, env_mean, env_mean], 1)
+    k = base[:, :, None] * xi_depth[:, None, :] * env_pool
+    return k, {"xi_temp_mean": xi_t.mean(1), "xi_water_mean": xi_w.mean(1), "xi_depth": xi_depth}
+
+
+def _harmonic_conductance(d: torch.Tensor) -> torch.Tensor:
+    """Conductance (d-1 m) between nodes j and j+1, j = 0..18, from diffusivities ``d[..., 0:20]``."""
+    dz_node = grid.grid_tensor("DZ_NODE_M", d)[1:20]
+    node_all = torch.as_tensor(grid.NODE_ALL_M[1:20], dtype=d.dtype, device=d.device)
+    z_int = torch.as_tensor(grid.INTERFACE_BOTTOM_ALL_M[0:19], dtype=d.dtype, device=d.device)
+    w = (node_all - z_int) / dz_node  # share of the node spacing lying in layer j+1
+    return 1.0 / (((1.0 - w) / d[..., :19] + w / d[..., 1:20]) * dz_node)
+
+
+def diffusivity(theta: torch.Tensor, forcing: Forcing, bedrock_rule: BedrockRule) -> torch.Tensor:
+    """Bio/cryoturbation diffusivity at the bottom interface of the 20 layers, [B, 12, 20] (m2 d-1)."""
+    z = grid.grid_tensor("INTERFACE_BOTTOM_M", theta)  # [20]
+    alt = forcing.alt_m.detach()[:, :, None]  # [B, 12, 1]; a threshold, not differentiated
+    cryo = _col(theta, "cryo")[:, None, None]
+    bio = _col(theta, "diffus")[:, None, None]
+    is_cryo = (alt > 0) & (alt <= MAX_ALT_CRYOTURBATION_M)
+    taper_den = torch.where(is_cryo, MAX_DEPTH_CRYOTURBATION_M - alt, torch.ones_like(alt))
+    tapered = torch.clamp(cryo * (1.0 - (z - alt) / taper_den), min=0.0)
+    d_cryo = torch.where(z < alt, cryo, torch.where(z <= MAX_DEPTH_CRYOTURBATION_M, tapered, torch.zeros_like(tapered)))
+    d = torch.where(is_cryo, d_cryo, torch.where(alt > MAX_ALT_CRYOTURBATION_M, bio.expand_as(d_cryo), torch.zeros_like(d_cryo)))
+    i = torch.arange(grid.N_LAYERS, device=theta.device)
+    nb = forcing.nbedrock[:, None, None]
+    active = (i <= nb) if bedrock_rule == "binn" else (i < nb)
+    d = torch.where(active, d, torch.zeros_like(d))
+    d = torch.where(d.abs() < TINY, torch.full_like(d, TINY), d)
+    return d / DAYS_PER_YEAR
+
+
+def transport_tridiagonal_direct(theta: torch.Tensor, forcing: Forcing, bedrock_rule: BedrockRule = "conservative") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reference: month-averaged transport block V̄_b, straight from the spec, batch-first.
+
+    Patankar power-law scheme with zero advection floored at 1e-30 (spec §1.6a). Returns
+    ``lower, diag, upper`` [B, 20] (d-1) and the monthly diagonal [B, 12, 20].
+    """
+    if bedrock_rule not in ("conservative", "binn"):
+        raise ValueError(f"bedrock_rule must be 'conservative' or 'binn', not {bedrock_rule!r}")
+    d = diffusivity(theta, forcing, bedrock_rule)
+    g = _harmonic_conductance(d)  # [B, 12, 19] between j and j+1
+    flux = TINY / DAYS_PER_YEAR  # advective flux F (floored zero advection)
+    patankar = torch.clamp(1.0 - 0.1 * (flux / g).abs(), min=0.0) ** 5
+    gp = g * patankar
+    zero = torch.zeros_like(gp[..., :1])
+    a = -torch.cat([zero, gp + max(flux, 0.0)], -1)  # coupling to the layer above (row j)
+    c = -torch.cat([gp + max(-flux, 0.0), zero], -1)  # coupling to the layer below (row j)
+    if bedrock_rule == "binn":
+        rows = torch.arange(grid.N_LAYERS, device=theta.device)
+        below = (rows >= forcing.nbedrock[:, None, None]) & (rows < grid.N_LAYERS - 1)
+        c = torch.where(below, -torch.cat([zero, gp], -1), c)
+    dz = grid.grid_tensor("DZ_M", theta)
+    lower_m, upper_m, diag_m = a / dz, c / dz, -(a + c) / dz
+    return lower_m.mean(1), diag_m.mean(1), upper_m.mean(1), diag_m
+
+
+def _transport_basis(forcing: Forcing, bedrock_rule: BedrockRule) -> torch.Tensor:
+    """Month-averaged V̄_b split into parts proportional to D_bio, D_cryo and a fixed floor part.
+
+    Within a month the regime (bioturbation, cryoturbation, frozen) depends on the active
+    layer only, and an open interface has conductance D × (a forcing-only shape), so V̄_b is
+    linear in (diffus, cryo). Interfaces touching a closed layer (D floored at 1e-30) have a
+    θ-independent conductance up to a relative 1e-25, as does the Patankar factor, which is
+    exactly 1 in float64 on open interfaces. Equal to :func:`transport_tridiagonal_direct` to
+    rounding for diffusivities above ~1e-20 m2 yr-1 (tested). Returns [3, 3, 20, B].
+    """
+    if bedrock_rule not in ("conservative", "binn"):
+        raise ValueError(f"bedrock_rule must be 'conservative' or 'binn', not {bedrock_rule!r}")
+    like = forcing.soil_temp_k
+    z = grid.grid_tensor("INTERFACE_BOTTOM_M", like)
+    alt = forcing.alt_m[:, :, None]  # [B, 12, 1]
+    is_cryo = (alt.detach() > 0) & (alt.detach() <= MAX_ALT_CRYOTURBATION_M)
+    is_bio = alt.detach() > MAX_ALT_CRYOTURBATION_M
+    taper_den = torch.where(is_cryo, MAX_DEPTH_CRYOTURBATION_M - alt, torch.ones_like(alt))
+    taper = torch.clamp(1.0 - (z - alt) / taper_den, min=0.0)
+    shape_cryo = torch.where(z < alt.detach(), torch.ones_like(taper), torch.where(z <= MAX_DEPTH_CRYOTURBATION_M, taper, torch.zeros_like(taper)))
+    i = torch.arange(grid.N_LAYERS, device=like.device)
+    nb = forcing.nbedrock[:, None, None]
+    open_ = (i <= nb) if bedrock_rule == "binn" else (i < nb)
+    shape = torch.where(is_cryo & open_, shape_cryo, torch.where(is_bio & open_, torch.ones_like(taper), torch.zeros_like(taper)))
+    is_open = shape.detach() > 0  # [B, 12, 20]
+
+    dz_node = grid.grid_tensor("DZ_NODE_M", like)[1:20]
+    node = torch.as_tensor(grid.NODE_ALL_M[1:20], dtype=like.dtype, device=like.device)
+    z_int = torch.as_tensor(grid.INTERFACE_BOTTOM_ALL_M[0:19], dtype=like.dtype, device=like.device)
+    w = (node - z_int) / dz_node
+    both = is_open[..., :19] & is_open[..., 1:]
+    safe = torch.where(is_open, shape, torch.ones_like(shape))
+    g_shape = 1.0 / (((1.0 - w) / safe[..., :19] + w / safe[..., 1:]) * dz_node) / DAYS_PER_YEAR
+    g_shape = torch.where(both, g_shape, torch.zeros_like(g_shape))
+    tiny_d = TINY / DAYS_PER_YEAR
+    closed_weight = (1.0 - w) * (~is_open[..., :19]) + w * (~is_open[..., 1:])
+    g_fixed = torch.where(both, torch.zeros_like(g_shape), tiny_d / (torch.where(both, torch.ones_like(w), closed_weight) * dz_node))
+    flux = tiny_d  # floored zero advection
+    patankar = torch.clamp(1.0 - 0.1 * flux / torch.where(both, torch.ones_like(g_fixed), g_fixed), min=0.0) ** 5
+    gp_fixed = torch.where(both, torch.zeros_like(g_fixed), g_fixed * patankar)
+
+    regime_bio = is_bio.to(like.dtype)
+    regime_cryo = is_cryo.to(like.dtype)
+    dz = grid.grid_tensor("DZ_M", like)
+    parts = []
+    for gp, extra in ((g_shape * regime_bio, 0.0), (g_shape * regime_cryo, 0.0), (gp_fixed, flux)):
+        zero = torch.zeros_like(gp[..., :1])
+        a = -torch.cat([zero, gp + extra], -1)
+        c = -torch.cat([gp, zero], -1)
+        if bedrock_rule == "binn":
+            rows = torch.arange(grid.N_LAYERS, device=like.device)
+            below = (rows >= nb) & (rows < grid.N_LAYERS - 1)
+            c = torch.where(below, -torch.cat([zero, gp], -1), c)
+        parts.append(torch.stack([a / dz, -(a + c) / dz, c / dz], 1).mean(2))  # [B, 3, 20]
+    return torch.stack(parts, 1).permute(1, 2, 3, 0).contiguous()  # [3, 3, 20, B]
+
+
+def _sites_last(t: torch.Tensor) -> torch.Tensor:
+    """[B, ...] -> [..., B] contiguous."""
+    return t.movedim(0, -1).contiguous()
+
+
+def prepare_forcing(forcing: Forcing, bedrock_rule: BedrockRule = "conservative") -> PreparedForcing:
+    """Compute the θ-independent operator pieces once (float64, sites innermost)."""
+    forcing = forcing.to(torch.float64)
+    return PreparedForcing(
+        inputs_g_m2_day=_sites_last(forcing.inputs_g_m2_yr / DAYS_PER_YEAR),
+        temp_exponent=_sites_last((forcing.soil_temp_k - T_REF_K) / 10.0),
+        water=_sites_last(forcing.water_scalar),
+        oxygen=_sites_last(forcing.oxygen_scalar),
+        oxygen_nitrogen=_sites_last(forcing.oxygen_scalar * forcing.nitrogen_scalar),
+        transport_basis=_transport_basis(forcing, bedrock_rule),
+        thawed=forcing.alt_m.detach().mean(1) > 0,
+        bedrock_rule=bedrock_rule,
+    )
+
+
+def input_profile(beta: torch.Tensor, thawed: torch.Tensor) -> torch.Tensor:
+    """Jackson-β vertical allocation φ of the carbon input, [20, B], summing to 1 over layers.
+
+    ``rho_j = β^(100 z_top) - β^(100 z_bottom)`` (depth in cm, ``beta`` [B] per cm) normalised
+    over the 20 layers; everything goes to the top layer where the soil is frozen all year.
+    """
+    top_cm = 100.0 * grid.grid_tensor("INTERFACE_TOP_M", beta)[:, None]
+    bot_cm = 100.0 * grid.grid_tensor("INTERFACE_BOTTOM_M", beta)[:, None]
+    log_beta = torch.log(beta)
+    rho = torch.exp(log_beta * top_cm) - torch.exp(log_beta * bot_cm)
+    phi = rho / rho.sum(0)
+    top_only = torch.zeros_like(phi)
+    top_only[0] = 1.0
+    return torch.where(thawed, phi, top_only)
+
+
+def environment_means(theta: torch.Tensor, prepared: PreparedForcing) -> tuple[torch.Tensor, torch.Tensor]:
+    """Monthly means of ξ^T ξ^W ξ^O and ξ^T ξ^W ξ^O ξ^N per layer, each [20, B]."""
+    log_q10 = torch.log(_col(theta, "q10"))
+    tw = torch.exp(log_q10 * prepared.temp_exponent) * torch.clamp(_col(theta, "w_scaling") * prepared.water, max=1.0)
+    return (tw * prepared.oxygen).mean(0), (tw * prepared.oxygen_nitrogen).mean(0)
+
+
+def build_operators(theta: torch.Tensor, prepared: PreparedForcing) -> Operators:
+    """All month-averaged operators for physical parameters ``theta`` [B, 21] (float64)."""
+    if theta.shape[0] != prepared.batch_size:
+        raise ValueError(f"theta has {theta.shape[0]} sites but the prepared forcing has {prepared.batch_size}")
+    env, env_n = environment_means(theta, prepared)
+    node = grid.grid_tensor("NODE_M", theta)[:, None]
+    xi_depth = torch.exp(-node / _col(theta, "efolding"))  # [20, B]
+    tau_yr = torch.stack([_col(theta, n) for n in POOL_TAU])  # [7, B]
+    base = 1.0 / (DAYS_PER_YEAR * tau_yr)
+    env_n_depth = env_n * xi_depth
+    env_depth = env * xi_depth
+    decay = torch.stack(
+        [base[0] * env_depth, base[1] * env_n_depth, base[2] * env_n_depth, base[3] * env_n_depth,
+         base[4] * env_depth, base[5] * env_depth, base[6] * env_depth]
+    )
+    basis = prepared.transport_basis
+    transport = _col(theta, "diffus") * basis[0] + _col(theta, "cryo") * basis[1] + basis[2]
+    phi = input_profile(_col(theta, "beta"), prepared.thawed)
+    dz = grid.grid_tensor("DZ_M", theta)[:, None]
+    source = prepared.inputs_g_m2_day[:, None, :] * (phi / dz)[None]
+    return Operators(decay, transfer_fractions(theta), transport, source, phi)

@@ -1,0 +1,237 @@
+"""Steady state of the CLM5 soil-carbon matrix model: X* = (V̄ - A K̄)^-1 I  (spec §1.3).
+
+Two paths over the same :class:`~socmap.clm5.operators.Operators`:
+
+* ``"structured"`` (what users run): CWD has no transport, so ``K̄_cwd X_cwd = I_cwd`` and its
+  decay flux equals its input; the three litter pools are 20-layer tridiagonal systems (one
+  batched Thomas sweep); the three SOM pools form a block-tridiagonal system with 3×3 blocks
+  whose off-diagonal blocks are scalar multiples of the identity (block Thomas, blocks inverted
+  explicitly). Pieces are stored layer × site with **sites innermost**; gradients come from
+  autograd through the 20-step sweeps.
+* ``"dense"`` (the reference, as BINN): assemble A, K̄ and V̄ as 140×140 matrices per site and
+  call a batched ``torch.linalg.solve``.
+
+Both run in float64 (pitfall P2).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Literal
+
+import torch
+
+from socmap.clm5 import grid
+from socmap.clm5.forcing import Forcing
+from socmap.clm5.operators import TRANSFER_EDGES, BedrockRule, Operators, PreparedForcing, build_operators, prepare_forcing
+from socmap.clm5.parameters import N_PARAMS, check_bounds
+
+log = logging.getLogger(__name__)
+
+Method = Literal["structured", "dense"]
+NL = grid.N_LAYERS
+
+
+class SingularSystemWarning(RuntimeWarning):
+    """The steady-state system could not be solved for some sites (their result is NaN)."""
+
+
+# ----------------------------------------------------------------------------------------
+# structured path
+# ----------------------------------------------------------------------------------------
+
+def _thomas(lower: list[torch.Tensor], diag: list[torch.Tensor], upper: list[torch.Tensor], rhs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Tridiagonal solve, one list entry per layer (lists avoid per-layer slicing in autograd)."""
+    cps, dps = [], []
+    cp = upper[0] / diag[0]
+    dp = rhs[0] / diag[0]
+    cps.append(cp)
+    dps.append(dp)
+    for j in range(1, NL):
+        denom = diag[j] - lower[j] * cp
+        cp = upper[j] / denom
+        dp = (rhs[j] - lower[j] * dp) / denom
+        cps.append(cp)
+        dps.append(dp)
+    x = [dps[-1]]
+    for j in range(NL - 2, -1, -1):
+        x.append(dps[j] - cps[j] * x[-1])
+    return x[::-1]
+
+
+def _inv3(m: torch.Tensor) -> torch.Tensor:
+    """Inverse of 3×3 matrices stored row-major as [9, B], by the adjugate.
+
+    Explicit cofactors beat ``torch.linalg.inv`` on [B, 3, 3] by 2–3× here (sites innermost).
+    """
+    a, b, c, d, e, f, g, h, i = m.unbind(0)
+    c00, c01, c02 = e * i - f * h, f * g - d * i, d * h - e * g
+    rdet = 1.0 / (a * c00 + b * c01 + c * c02)
+    adj = torch.stack([c00, c * h - b * i, b * f - c * e, c01, a * i - c * g, c * d - a * f, c02, b * g - a * h, a * e - b * d])
+    return adj * rdet
+
+
+def _matvec3(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """[9, B] (row-major 3×3) @ [3, B] -> [3, B]."""
+    return (m.view(3, 3, -1) * v.unsqueeze(0)).sum(1)
+
+
+def _block_thomas(lower: list[torch.Tensor], diag: list[torch.Tensor], upper: list[torch.Tensor], rhs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Block-tridiagonal solve: 3×3 diagonal blocks ``diag[j]`` [9, B] (row-major), scalar
+    off-diagonal blocks ``lower[j]``/``upper[j]`` [B] (times identity), right-hand sides ``rhs[j]`` [3, B]."""
+    invs, dps = [], []
+    inv = _inv3(diag[0])
+    dp = _matvec3(inv, rhs[0])
+    invs.append(inv)
+    dps.append(dp)
+    for j in range(1, NL):
+        # S_j = D_j - lower_j * upper_{j-1} * S_{j-1}^-1  (off-diagonal blocks are scalars)
+        inv = _inv3(diag[j] - (lower[j] * upper[j - 1]) * inv)
+        dp = _matvec3(inv, rhs[j] - lower[j] * dp)
+        invs.append(inv)
+        dps.append(dp)
+    x = [dps[-1]]
+    for j in range(NL - 2, -1, -1):
+        x.append(dps[j] - upper[j] * _matvec3(invs[j], x[-1]))
+    return x[::-1]
+
+
+def solve_structured(ops: Operators) -> torch.Tensor:
+    """Steady-state pools [7, 20, B] (gC m-3, sites innermost) by the structured sweeps."""
+    k = ops.decay_per_day  # [7, 20, B]
+    f = ops.fractions
+    src = ops.source_g_m3_day  # [4, 20, B]
+    lower, vdiag, upper = ops.transport.unbind(0)  # each [20, B]
+    lower_l, upper_l = lower.unbind(0), upper.unbind(0)
+
+    x_cwd = src[0] / k[0]
+    cwd_out = src[0]  # K̄_cwd X_cwd: at steady state CWD decays exactly what it receives
+    litter_rhs = torch.stack([src[1], src[2] + f["fcwdl2"] * cwd_out, src[3] + f["1-fcwdl2"] * cwd_out], 1)  # [20, 3, B]
+    litter_diag = (k[1:4] + vdiag).transpose(0, 1).contiguous()  # [20, 3, B]
+    x_lit = torch.stack(_thomas(lower_l, litter_diag.unbind(0), upper_l, litter_rhs.unbind(0)), 1)  # [3, 20, B]
+
+    decay_flux = k[1:4] * x_lit  # litter decomposition flux, gC m-3 d-1
+    som_rhs = torch.stack(
+        [f["fl1s1"] * decay_flux[0] + f["fl2s1"] * decay_flux[1], f["fl3s2"] * decay_flux[2], torch.zeros_like(decay_flux[0])], 1
+    )  # [20, 3, B]
+    # diagonal blocks D_j = diag(K_s) + V_jj I - F K_s, with F the SOM->SOM fractions
+    ks = k[4:7]
+    entries = [[None] * 3 for _ in range(3)]
+    for r in range(3):
+        entries[r][r] = ks[r] + vdiag
+    for recv, donor, name in TRANSFER_EDGES:
+        if recv >= 4 and donor >= 4:
+            entries[recv - 4][donor - 4] = -f[name] * ks[donor - 4]
+    zero = torch.zeros_like(vdiag)
+    block = torch.stack([e if e is not None else zero for row in entries for e in row], 1)  # [20, 9, B]
+    x_som = torch.stack(_block_thomas(lower_l, block.unbind(0), upper_l, som_rhs.unbind(0)), 1)  # [3, 20, B]
+    return torch.cat([x_cwd[None], x_lit, x_som], 0)
+
+
+# ----------------------------------------------------------------------------------------
+# dense reference path
+# ----------------------------------------------------------------------------------------
+
+def assemble_dense(ops: Operators) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Dense A [B,140,140], diag(K̄) as [B,140], V̄ [B,140,140] and the source I [B,140]."""
+    b = ops.batch_size
+    dt, dev = ops.decay_per_day.dtype, ops.decay_per_day.device
+    n = grid.N_POOLS * NL
+    layers = torch.arange(NL, device=dev)
+    a = -torch.eye(n, dtype=dt, device=dev).expand(b, n, n).clone()
+    for recv, donor, name in TRANSFER_EDGES:
+        a[:, recv * NL + layers, donor * NL + layers] = ops.fractions[name][:, None]
+    lower, diag, upper = ops.transport.movedim(-1, 0).unbind(1)  # each [B, 20]
+    v = torch.zeros(b, n, n, dtype=dt, device=dev)
+    for pool in range(1, grid.N_POOLS):
+        rows = pool * NL + layers
+        v[:, rows, rows] = diag
+        v[:, rows[1:], rows[:-1]] = lower[:, 1:]
+        v[:, rows[:-1], rows[1:]] = upper[:, :-1]
+    source = torch.zeros(b, n, dtype=dt, device=dev)
+    source[:, : 4 * NL] = ops.source_g_m3_day.movedim(-1, 0).reshape(b, -1)
+    return a, ops.decay_per_day.movedim(-1, 0).reshape(b, -1), v, source
+
+
+def solve_dense(ops: Operators) -> torch.Tensor:
+    """Steady-state pools [7, 20, B] by assembling (V̄ - A K̄) and a batched dense solve."""
+    a, k, v, source = assemble_dense(ops)
+    m = v - a * k[:, None, :]  # A @ diag(K̄) without the O(n^3) product
+    x = torch.linalg.solve(m, source.unsqueeze(-1)).squeeze(-1)
+    return x.reshape(ops.batch_size, grid.N_POOLS, NL).movedim(0, -1)
+
+
+# ----------------------------------------------------------------------------------------
+# public entry point
+# ----------------------------------------------------------------------------------------
+
+def steady_state(
+    theta: torch.Tensor,
+    forcing: Forcing | PreparedForcing,
+    method: Method = "structured",
+    *,
+    bedrock_rule: BedrockRule = "conservative",
+    check: bool = True,
+    check_bounds_: bool = True,
+) -> torch.Tensor:
+    """Steady-state carbon pools of the CLM5 soil matrix model.
+
+    Parameters
+    ----------
+    theta : Tensor [B, 21]
+        Physical parameter values (see :mod:`socmap.clm5.parameters`); differentiable.
+    forcing : Forcing or PreparedForcing
+        Batch of ``B`` sites; floating fields may require grad. Pass the result of
+        :func:`~socmap.clm5.operators.prepare_forcing` to skip the θ-independent work when
+        solving the same sites repeatedly (training).
+    method : {"structured", "dense"}
+        Fast structured solver (default) or the dense 140×140 reference.
+    bedrock_rule : {"conservative", "binn"}
+        Treatment of transport at the bedrock (pitfall P5; see :mod:`socmap.clm5.operators`).
+    check : bool
+        Validate shapes, NaNs and ranges of the inputs (cheap; turn off only in tight loops
+        over already-validated data).
+    check_bounds_ : bool
+        Require ``theta`` inside the parameter bounds (off to run e.g. the CLM5 defaults).
+
+    Returns
+    -------
+    Tensor [B, 7, 20], float64
+        Pools CWD, L1, L2, L3, S1, S2, S3 per layer in gC m-3. Sites whose system is singular
+        come back as NaN with a :class:`SingularSystemWarning` naming them.
+    """
+    if theta.dim() != 2 or theta.shape[1] != N_PARAMS:
+        raise ValueError(f"theta must have shape [B, {N_PARAMS}] (sites × parameters); got {tuple(theta.shape)}")
+    if theta.shape[0] != forcing.batch_size:
+        raise ValueError(f"theta has {theta.shape[0]} sites but the forcing has {forcing.batch_size}")
+    if method not in ("structured", "dense"):
+        raise ValueError(f"method must be 'structured' or 'dense', not {method!r}")
+    theta = theta.to(torch.float64)
+    if check and check_bounds_:
+        check_bounds(theta)
+    if isinstance(forcing, Forcing):
+        forcing = forcing.to(torch.float64, theta.device)
+        if check:
+            forcing.validate()
+        forcing = prepare_forcing(forcing, bedrock_rule)
+    elif forcing.bedrock_rule != bedrock_rule:
+        raise ValueError(f"the forcing was prepared with bedrock_rule={forcing.bedrock_rule!r}, not {bedrock_rule!r}")
+    ops = build_operators(theta, forcing)
+    x = solve_structured(ops) if method == "structured" else solve_dense(ops)
+    return _flag_failures(x.movedim(-1, 0))
+
+
+def _flag_failures(x: torch.Tensor) -> torch.Tensor:
+    bad = ~torch.isfinite(x.detach()).reshape(x.shape[0], -1).all(1)
+    if bool(bad.any()):
+        sites = torch.nonzero(bad).flatten().tolist()
+        shown = ", ".join(map(str, sites[:10])) + (" …" if len(sites) > 10 else "")
+        warnings.warn(
+            f"the steady-state system is singular or overflowed at {len(sites)} site(s) "
+            f"(indices {shown}); their pools are NaN. Check those sites' parameters and forcing.",
+            SingularSystemWarning,
+            stacklevel=3,
+        )
+        x = torch.where(bad[:, None, None], torch.full_like(x, float("nan")), x)
+    return x
