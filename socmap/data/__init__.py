@@ -1,0 +1,1 @@
+"""Data: the CONUS grid, the data catalog, the synthetic CONUS twin and site containers."""

@@ -1,0 +1,167 @@
+"""The CONUS analysis grid (EPSG:4326, cell centres) and its land mask.
+
+The grid's west and north edges are fixed at −125° and 49.5°; it covers at least the box
+lon −125…−66.5, lat 24.5…49.5 (when the span is not a multiple of the resolution the last
+column/row reaches a little further east/south). ``y`` runs north → south, ``x`` west → east,
+so the affine transform is the usual north-up raster one.
+
+The land mask is the union of the 48 states + DC in ``assets/conus_states.geojson`` (Great Lakes,
+Great Salt Lake and Lake Okeechobee removed), rasterised with ``all_touched=False``: a cell is
+land when its centre lies inside a state polygon.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+#: Bounding box of the grid (degrees): west, south, east, north.
+CONUS_BOUNDS: tuple[float, float, float, float] = (-125.0, 24.5, -66.5, 49.5)
+CRS = "EPSG:4326"
+
+STATUS_OK = "ok"
+STATUS_OUTSIDE = "outside grid"
+STATUS_WATER = "water"
+
+
+def conus_states_path() -> Path:
+    """Path of the shipped CONUS state outlines (``assets/conus_states.geojson``).
+
+    ``SOCMAP_ASSETS`` (a folder) overrides the location; otherwise the ``assets`` folder next to
+    the ``socmap`` package (a source checkout or editable install) is used.
+    """
+    env = os.environ.get("SOCMAP_ASSETS")
+    candidates = [Path(env) / "conus_states.geojson"] if env else []
+    candidates.append(Path(__file__).resolve().parents[2] / "assets" / "conus_states.geojson")
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise FileNotFoundError(
+        "cannot find conus_states.geojson (looked in: " + ", ".join(map(str, candidates)) + "). "
+        "Run from a socmap source checkout or set SOCMAP_ASSETS to the folder holding it."
+    )
+
+
+@lru_cache(maxsize=2)
+def _load_states(path: str) -> tuple[dict, ...]:
+    with open(path, encoding="utf-8") as fh:
+        fc = json.load(fh)
+    return tuple(f["geometry"] for f in fc["features"])
+
+
+def state_geometries(path: str | Path | None = None) -> list[dict]:
+    """GeoJSON geometry dicts of the CONUS states (lon/lat degrees)."""
+    return list(_load_states(str(path or conus_states_path())))
+
+
+def grid_shape(resolution_deg: float) -> tuple[int, int]:
+    """(ny, nx) of the CONUS grid at ``resolution_deg``."""
+    if not (resolution_deg > 0 and np.isfinite(resolution_deg)):
+        raise ValueError(f"resolution_deg must be a positive number of degrees, not {resolution_deg!r}")
+    w, s, e, n = CONUS_BOUNDS
+    nx = int(np.ceil((e - w) / resolution_deg - 1e-9))
+    ny = int(np.ceil((n - s) / resolution_deg - 1e-9))
+    return ny, nx
+
+
+def grid_coords(resolution_deg: float) -> tuple[np.ndarray, np.ndarray]:
+    """Cell-centre coordinates ``(y, x)``: latitudes north → south, longitudes west → east."""
+    ny, nx = grid_shape(resolution_deg)
+    w, _, _, n = CONUS_BOUNDS
+    x = w + resolution_deg * (np.arange(nx) + 0.5)
+    y = n - resolution_deg * (np.arange(ny) + 0.5)
+    return y, x
+
+
+def land_mask_array(resolution_deg: float, geojson: str | Path | None = None) -> np.ndarray:
+    """Boolean land mask ``[ny, nx]`` rasterised from the state outlines (cell centres inside)."""
+    from rasterio.features import rasterize
+    from rasterio.transform import from_origin
+
+    ny, nx = grid_shape(resolution_deg)
+    w, _, _, n = CONUS_BOUNDS
+    transform = from_origin(w, n, resolution_deg, resolution_deg)
+    shapes = [(g, 1) for g in state_geometries(geojson)]
+    out = rasterize(shapes, out_shape=(ny, nx), transform=transform, fill=0, all_touched=False, dtype="uint8")
+    return out.astype(bool)
+
+
+def conus_grid(resolution_deg: float = 0.25, geojson: str | Path | None = None) -> xr.Dataset:
+    """An empty CONUS grid with coordinates ``y`` (lat, descending), ``x`` (lon) and ``land_mask``.
+
+    The dataset carries the CRS (EPSG:4326, via rioxarray) and CF attributes; build covariate
+    cubes by adding ``(y, x)`` variables to it.
+    """
+    import rioxarray  # noqa: F401  (registers the .rio accessor)
+
+    y, x = grid_coords(resolution_deg)
+    mask = land_mask_array(resolution_deg, geojson)
+    ds = xr.Dataset(
+        {"land_mask": (("y", "x"), mask, {"long_name": "land (cell centre inside a CONUS state)", "units": "1"})},
+        coords={
+            "y": ("y", y, {"standard_name": "latitude", "long_name": "latitude of cell centre", "units": "degrees_north", "axis": "Y"}),
+            "x": ("x", x, {"standard_name": "longitude", "long_name": "longitude of cell centre", "units": "degrees_east", "axis": "X"}),
+        },
+        attrs={"resolution_deg": float(resolution_deg), "bounds": list(CONUS_BOUNDS), "crs": CRS},
+    )
+    ds = ds.rio.write_crs(CRS)
+    ds = ds.rio.set_spatial_dims(x_dim="x", y_dim="y")
+    return ds
+
+
+@dataclass(frozen=True)
+class GridSample:
+    """Nearest-cell lookup of points on a grid.
+
+    ``iy``/``ix`` are -1 where the point is outside the grid; ``status`` is one of
+    ``"ok"``, ``"outside grid"`` or ``"water"`` (inside the grid but not a land cell).
+    """
+
+    iy: np.ndarray
+    ix: np.ndarray
+    status: np.ndarray
+
+    @property
+    def ok(self) -> np.ndarray:
+        return self.status == STATUS_OK
+
+
+def _axis_index(coord: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Index of the cell containing each value along a regular axis; -1 outside."""
+    step = float(coord[1] - coord[0]) if coord.size > 1 else 1.0
+    first_edge = coord[0] - step / 2
+    idx = np.floor((values - first_edge) / step).astype(np.int64, copy=False) if values.size else np.zeros(0, np.int64)
+    bad = ~np.isfinite(values) | (idx < 0) | (idx >= coord.size)
+    return np.where(bad, -1, idx)
+
+
+def sample_grid(ds: xr.Dataset, lon, lat) -> GridSample:
+    """Nearest grid cell of each point (lon, lat in degrees) and whether it is usable.
+
+    Points outside the grid extent get status ``"outside grid"``; points on a non-land cell
+    (``ds.land_mask`` False) get ``"water"``; the others ``"ok"``.
+    """
+    lon = np.atleast_1d(np.asarray(lon, dtype=float))
+    lat = np.atleast_1d(np.asarray(lat, dtype=float))
+    if lon.shape != lat.shape:
+        raise ValueError(f"lon and lat must have the same shape; got {lon.shape} and {lat.shape}")
+    ix = _axis_index(np.asarray(ds["x"].values, dtype=float), lon)
+    iy = _axis_index(np.asarray(ds["y"].values, dtype=float), lat)
+    outside = (ix < 0) | (iy < 0)
+    ix = np.where(outside, -1, ix)
+    iy = np.where(outside, -1, iy)
+    status = np.full(lon.shape, STATUS_OK, dtype=object)
+    status[outside] = STATUS_OUTSIDE
+    if "land_mask" in ds:
+        mask = np.asarray(ds["land_mask"].values, dtype=bool)
+        inside = ~outside
+        water = np.zeros(lon.shape, dtype=bool)
+        water[inside] = ~mask[iy[inside], ix[inside]]
+        status[water] = STATUS_WATER
+    return GridSample(iy=iy, ix=ix, status=status.astype(str))
