@@ -1,0 +1,52 @@
+"""Shared fixtures: small, varied forcing batches for the CLM5 tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from socmap.clm5.forcing import Forcing
+
+
+def make_forcing(n: int, seed: int = 0, *, frozen_fraction: float = 0.2) -> Forcing:
+    """Random but physically shaped forcing: seasonal soil temperature (some sites frozen
+    part or all of the year), scalars in 0–1, shallow and deep active layers, bedrock at
+    varied layers, inputs 50–800 gC m-2 yr-1."""
+    rng = np.random.default_rng(seed)
+    months = np.arange(12)
+    mean_c = rng.uniform(-10.0, 22.0, n)
+    amp = rng.uniform(2.0, 20.0, n)
+    damping = np.exp(-np.linspace(0.01, 8.0, 20) / rng.uniform(1.0, 3.0, n)[:, None])
+    wave = np.cos(2 * np.pi * (months - 6.5) / 12.0)
+    temp = 273.15 + mean_c[:, None, None] + amp[:, None, None] * wave[None, :, None] * damping[:, None, :]
+    alt = np.where(rng.random(n) < 0.6, 10.0, rng.uniform(0.2, 3.5, n))[:, None] * rng.uniform(0.3, 1.0, (n, 12))
+    alt[rng.random(n) < frozen_fraction / 2] = 0.0  # frozen all year
+    alt[:, :3] = np.where(rng.random((n, 1)) < frozen_fraction, 0.0, alt[:, :3])  # frozen winter months
+    nbedrock = np.where(rng.random(n) < 0.5, 20, rng.integers(3, 20, n))
+    return Forcing.from_numpy(
+        inputs_g_m2_yr=rng.uniform(50.0, 800.0, (n, 1)) * rng.dirichlet([2, 3, 3, 2], n),
+        soil_temp_k=temp,
+        water_scalar=rng.uniform(0.05, 0.9, (n, 12, 20)),
+        oxygen_scalar=rng.uniform(0.3, 1.0, (n, 12, 20)),
+        nitrogen_scalar=rng.uniform(0.2, 1.0, (n, 12, 20)),
+        alt_m=alt,
+        nbedrock=nbedrock,
+    )
+
+
+def random_theta(n: int, seed: int = 0) -> torch.Tensor:
+    from socmap.clm5.parameters import to_physical
+
+    g = torch.Generator().manual_seed(seed)
+    return to_physical(torch.rand(n, 21, generator=g, dtype=torch.float64))
+
+
+@pytest.fixture
+def forcing64() -> Forcing:
+    return make_forcing(64, seed=1)
+
+
+@pytest.fixture
+def theta64() -> torch.Tensor:
+    return random_theta(64, seed=2)
