@@ -226,3 +226,11 @@ def test_forcing_container_roundtrip(forcing64):
     torch.testing.assert_close(again.alt_m, forcing64.alt_m)
     with pytest.raises(ValueError, match="'nbedrock' is missing"):
         Forcing.from_numpy(**{k: v for k, v in arrays.items() if k != "nbedrock"})
+
+
+def test_prepared_forcing_subset_matches_full_solve(forcing64, theta64):
+    from socmap.clm5.operators import prepare_forcing
+
+    prepared = prepare_forcing(forcing64)
+    idx = torch.tensor([3, 10, 41])
+    torch.testing.assert_close(steady_state(theta64[idx], prepared.subset(idx)), steady_state(theta64, prepared)[idx])

@@ -81,6 +81,27 @@ class PreparedForcing:
     def batch_size(self) -> int:
         return int(self.inputs_g_m2_day.shape[-1])
 
+    def subset(self, index: torch.Tensor | slice) -> "PreparedForcing":
+        """Sites ``index`` (a slice, or an index tensor/array) of every field."""
+        if not isinstance(index, slice):
+            index = torch.as_tensor(index, device=self.thawed.device)
+        return PreparedForcing(
+            inputs_g_m2_day=self.inputs_g_m2_day[..., index],
+            temp_exponent=self.temp_exponent[..., index],
+            water=self.water[..., index],
+            oxygen=self.oxygen[..., index],
+            oxygen_nitrogen=self.oxygen_nitrogen[..., index],
+            transport_basis=self.transport_basis[..., index],
+            thawed=self.thawed[index],
+            bedrock_rule=self.bedrock_rule,
+        )
+
+    def to(self, device: str | torch.device) -> "PreparedForcing":
+        """Move every tensor to ``device``."""
+        return PreparedForcing(
+            **{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        )
+
 
 @dataclass
 class Operators:
