@@ -35,7 +35,8 @@ vectorised over sites (no Python loop over cells); shapes follow the batch-first
 Known simplifications (documented, not hidden): the soil-temperature model ignores latent heat
 and snow/organic insulation unless ``surface_offset_c`` is set, so thaw depths in permafrost
 are upper-end values; the water scalar is an index of climatic wetness, not a soil-water
-balance; NPP from the Miami model is climatic potential NPP.
+balance and is not reduced in frozen layers (the temperature scalar's frozen branch already
+slows decomposition there); NPP from the Miami model is climatic potential NPP.
 """
 
 from __future__ import annotations
@@ -786,6 +787,12 @@ def derive_forcing(
         Batch of N sites (float64 tensors). Inputs assume a steady state
         (litterfall = NPP, floored at ``min_npp_g_m2_yr``); ``alt_m`` uses the ``"cesm"``
         convention of :func:`active_layer_depth_m`.
+
+    Notes
+    -----
+    The result holds five [N, 12, 20] float64 fields, ~10 kB per site (plus transient work
+    arrays of similar size): derive large grids in chunks (e.g. 50 000 cells ≈ 0.5 GB), as the
+    Dask-chunked mapping does. Cost is ~15 µs per site on one core.
 
     Raises
     ------

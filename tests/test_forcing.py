@@ -448,3 +448,42 @@ def test_solver_on_derived_forcing_cold_wet_forest_beats_hot_dry_grass():
     for name, v in stocks.items():
         assert torch.isfinite(v).all() and (v > 0).all(), name
         assert float(v[0]) > float(v[1]), f"{name}: forest {float(v[0]):.2f} <= grass {float(v[1]):.2f} kg m-2"
+
+
+def test_read_cesm2_forcing_gridded_file_with_time_dim_and_column_inputs(tmp_path):
+    """(time, lat, lon[, levsoi]) layout: sites are lat × lon in C order; inputs without a layer
+    dimension are column totals (gC m-2 month-1) and are only summed over months."""
+    import xarray as xr
+
+    rng = np.random.default_rng(11)
+    ny, nx = 2, 3
+    lay = ("time", "levsoi", "lat", "lon")
+    ds = xr.Dataset(
+        {
+            "CWD_INPUT_ACC_VECTOR": (("time", "lat", "lon"), np.full((12, ny, nx), 1.5)),
+            "LITR1_INPUT_ACC_VECTOR": (("time", "lat", "lon"), np.full((12, ny, nx), 2.0)),
+            "LITR2_INPUT_ACC_VECTOR": (("time", "lat", "lon"), np.full((12, ny, nx), 3.0)),
+            "LITR3_INPUT_ACC_VECTOR": (("time", "lat", "lon"), np.full((12, ny, nx), 4.0)),
+            "ALTMAX": (("time", "lat", "lon"), np.full((12, ny, nx), 10.0)),
+            "ALTMAX_LASTYEAR": (("lat", "lon"), np.full((ny, nx), 10.0)),
+            "nbedrock": (("lat", "lon"), np.arange(ny * nx, dtype=float).reshape(ny, nx) + 10),
+            "O_SCALAR": (lay, np.ones((12, 20, ny, nx))),
+            "FPI_vr": (lay, np.full((12, 20, ny, nx), 0.6)),
+            "TSOI": (lay, rng.uniform(270, 300, (12, 20, ny, nx))),
+            "W_SCALAR": (lay, np.full((12, 20, ny, nx), 0.5)),
+        },
+        coords={"lat": [40.0, 41.0], "lon": [-100.0, -99.0, -98.0]},
+    )
+    ds.to_netcdf(tmp_path / "grid.nc")
+    f = read_cesm2_forcing(tmp_path / "grid.nc")
+    assert f.batch_size == 6
+    np.testing.assert_allclose(f.inputs_g_m2_yr.numpy(), np.tile([18.0, 24.0, 36.0, 48.0], (6, 1)))
+    assert f.nbedrock.tolist() == [10, 11, 12, 13, 14, 15]
+    # site 4 = (lat 1, lon 1); TSOI (month 3, layer 5) lands at [4, 3, 5]
+    assert float(f.soil_temp_k[4, 3, 5]) == pytest.approx(float(ds["TSOI"][3, 5, 1, 1]))
+    # an ocean cell (NaN) is reported by validation, naming the site
+    ds["TSOI"][:, :, 0, 2] = np.nan
+    ds.to_netcdf(tmp_path / "grid_nan.nc")
+    with pytest.raises(ValueError, match=r"soil_temp_k.*indices 2"):
+        read_cesm2_forcing(tmp_path / "grid_nan.nc")
+    assert read_cesm2_forcing(tmp_path / "grid_nan.nc", validate=False).batch_size == 6
