@@ -236,3 +236,34 @@ def test_bad_arguments():
         KAN([3])
     with pytest.raises(ValueError):
         KANLayer(2, 2)(torch.rand(4, 3))
+
+
+def test_update_grid_degenerate_and_nan_columns():
+    torch.manual_seed(0)
+    layer = KANLayer(2, 2, grid_size=4)
+    x = torch.rand(32, 2)
+    x[:, 1] = 0.4  # constant column
+    x[0, 0] = float("nan")
+    layer.update_grid(x)
+    g = layer.grid
+    assert torch.isfinite(g).all() and torch.isfinite(layer.coef).all()
+    assert float(g[1, 3]) == pytest.approx(-0.1) and float(g[1, -4]) == pytest.approx(0.9)
+    with pytest.raises(ValueError, match="finite"):
+        layer.update_grid(torch.full((4, 2), float("nan")))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_forward_update_and_curve():
+    torch.manual_seed(0)
+    model = KAN([3, 4, 2], grid_size=5).cuda()
+    x = torch.rand(64, 3, device="cuda")
+    before = model(x).detach()
+    model.update_grid(x)
+    assert (model(x).detach() - before).abs().max() < 1e-3
+    model.regularization(x, l1=1.0, entropy=1.0, curvature=1.0).backward()
+    gam = KAN([3, 2]).cuda()
+    np.testing.assert_allclose(
+        gam.edge_curve(1, 2, x[:, 2].cpu().numpy()),
+        gam.layers[0].edge_values(x)[:, 1, 2].detach().cpu().numpy(),
+        atol=1e-5,
+    )

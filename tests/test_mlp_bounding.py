@@ -186,3 +186,15 @@ def test_encoder_plus_bound_end_to_end():
     p, u = bound(enc(torch.rand(8, 10)))
     full = expand_parameters(p, [3, 9, 14, 19], torch.full((21,), 0.5))
     assert full.shape == (8, 21) and ((full >= 0) & (full <= 1)).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_encoders_and_bounds():
+    enc = MLPEncoder(5, 4, hidden=[8], lonlat=True).cuda()
+    x = torch.rand(6, 5, device="cuda")
+    ll = torch.rand(6, 2, device="cuda") * 50
+    p, u = make_bound("sigmoid").cuda()(enc(x, ll))
+    full = expand_parameters(p, [0, 1, 2, 3], torch.full((21,), 0.5))
+    assert full.device.type == "cuda" and full.shape == (6, 21)
+    net = PureNN(5, hidden=[8]).cuda()
+    assert net(x, torch.rand(6, 3, device="cuda")).shape == (6, 3)

@@ -1,0 +1,119 @@
+"""The hybrid model: covariates -> encoder -> bounded parameters -> CLM5 -> SOC at depths.
+
+Covariates enter in physical units and are min–max scaled with a range fixed at construction
+(the covariate range over the land grid), so curves and checkpoints are in physical units.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from socmap.clm5 import interpolate_to_depths, soc_nodes, steady_state
+from socmap.clm5.operators import PreparedForcing
+from socmap.clm5.parameters import INDEX, N_PARAMS, resolve_subset, to_physical
+
+from .bounding import expand_parameters, make_bound
+from .kan import KAN
+from . import make_encoder
+
+
+@dataclass
+class HybridSpec:
+    """Everything needed to rebuild a :class:`HybridModel` (saved with its weights)."""
+
+    encoder: str
+    covariate_names: list[str]
+    covariate_lo: list[float]
+    covariate_hi: list[float]
+    params: list[str]
+    fixed_p: list[float] = field(default_factory=lambda: [0.5] * N_PARAMS)
+    bound: str = "hardsigmoid"
+    encoder_kwargs: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CovariateScaler(nn.Module):
+    """Min–max scaling of covariates to [0, 1] with a fixed range; ``inverse`` maps back."""
+
+    def __init__(self, lo: list[float], hi: list[float]) -> None:
+        super().__init__()
+        lo_t = torch.as_tensor(lo, dtype=torch.float32)
+        span = torch.as_tensor(hi, dtype=torch.float32) - lo_t
+        if bool((span <= 0).any()):
+            raise ValueError("every covariate needs hi > lo for scaling; a covariate is constant")
+        self.register_buffer("lo", lo_t)
+        self.register_buffer("span", span)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.lo) / self.span
+
+    def inverse(self, s: torch.Tensor) -> torch.Tensor:
+        return s * self.span + self.lo
+
+
+class HybridModel(nn.Module):
+    """Encoder + bounding layer producing all 21 normalised parameters per site.
+
+    Parameters not in ``spec.params`` stay at ``spec.fixed_p`` (ScIReN's retrieval setting).
+    """
+
+    def __init__(self, spec: HybridSpec) -> None:
+        super().__init__()
+        names = resolve_subset(spec.params)
+        self.spec = spec
+        self.param_names = list(names)
+        self.param_index = [INDEX[n] for n in names]
+        self.scaler = CovariateScaler(spec.covariate_lo, spec.covariate_hi)
+        self.encoder = make_encoder(spec.encoder, len(spec.covariate_names), len(names), **spec.encoder_kwargs)
+        self.bound = make_bound(spec.bound)
+        self.register_buffer("fixed_p", torch.as_tensor(spec.fixed_p, dtype=torch.float32))
+
+    @property
+    def is_kan(self) -> bool:
+        return isinstance(self.encoder, KAN)
+
+    def encode(self, covariates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Physical covariates [B, C] -> (p_full [B, 21], p_sub [B, k], u [B, k] pre-bound)."""
+        z = self.encoder(self.scaler(covariates))
+        p_sub, u = self.bound(z)
+        return expand_parameters(p_sub, self.param_index, self.fixed_p.to(p_sub.dtype)), p_sub, u
+
+    def forward(self, covariates: torch.Tensor) -> torch.Tensor:
+        return self.encode(covariates)[0]
+
+    def simulate(
+        self, covariates: torch.Tensor, prepared: PreparedForcing, depth_m: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """SOC (g C m-3, float64) at ``depth_m`` [B, L], plus p_sub and u for the penalties."""
+        p_full, p_sub, u = self.encode(covariates)
+        theta = to_physical(p_full.to(torch.float64))
+        pools = steady_state(theta, prepared, check=False)
+        return interpolate_to_depths(soc_nodes(pools), depth_m), p_sub, u
+
+    def pdp_slope_to_p(self) -> float:
+        """d p / d z of the bounding layer in its linear range (1/6 for the hard-sigmoid, T = 1)."""
+        temperature = float(getattr(self.bound, "temperature", 1.0))
+        return 1.0 / (6.0 * temperature)
+
+    def to_checkpoint(self) -> dict:
+        return {"spec": self.spec.to_dict(), "state_dict": self.state_dict()}
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict) -> "HybridModel":
+        model = cls(HybridSpec(**ckpt["spec"]))
+        model.load_state_dict(ckpt["state_dict"])
+        return model
+
+
+def covariate_grid(model: HybridModel, covariate: str, n: int = 101, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+    """Evenly spaced values (physical units) across a covariate's scaling range (or [lo, hi])."""
+    i = model.spec.covariate_names.index(covariate)
+    lo = model.spec.covariate_lo[i] if lo is None else lo
+    hi = model.spec.covariate_hi[i] if hi is None else hi
+    return np.linspace(lo, hi, n)
