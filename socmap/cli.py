@@ -115,5 +115,74 @@ def synth(
         f"{meta['timings_s']['total']:.1f} s"
     )
 
+@app.command()
+def train(
+    out: Path = typer.Option(Path("runs/synthetic-kan"), "--out", help="Run folder (config, checkpoints, run.json)."),
+    config: Path | None = typer.Option(None, "--config", help="YAML file of training options (CLI flags override it)."),
+    data: str | None = typer.Option(None, "--data", help="Catalog entry of the site data: synthetic (default) or real-conus."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Use this data folder instead of the catalog entry."),
+    encoder: str | None = typer.Option(None, "--encoder", help="kan (default) | mlp | nn | rf."),
+    params: str | None = typer.Option(None, "--params", help="four (default) | all | fifteen | name,name,..."),
+    folds: int | None = typer.Option(None, "--folds", help="Number of cross-validation folds (default 5)."),
+    split: str | None = typer.Option(None, "--split", help="block2deg (default) | random."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs per fold."),
+    loss: str | None = typer.Option(None, "--loss", help="log_mse (default) | smooth_l1."),
+    seed: int | None = typer.Option(None, "--seed"),
+    device: str | None = typer.Option(None, "--device", help="auto (default) | cpu | cuda."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+) -> None:
+    """Train the hybrid model (or a baseline) with spatial cross-validation."""
+    from socmap.train import load_config
+    from socmap.train import train as run_training
+
+    try:
+        cfg = load_config(
+            config, data=data, data_dir=str(data_dir) if data_dir else None, encoder=encoder, params=params,
+            folds=folds, split=split, epochs=epochs, loss=loss, seed=seed, device=device,
+        )
+        record = run_training(cfg, out, resume=resume)
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    m = record["metrics"]
+    table = Table(title=f"run {out}: held-out skill ({cfg.split}, {cfg.folds} folds)")
+    for col in ("fold", "NSE", "NSE (log)", "RMSE g C m-3", "r"):
+        table.add_column(col)
+    for f in m["cv"]["folds"]:
+        table.add_row(str(f["fold"]), f"{f['nse']:.3f}", f"{f['nse_log']:.3f}", f"{f['rmse']:.0f}", f"{f['r']:.3f}")
+    mean = m["cv"]["mean"]
+    table.add_row("mean", f"{mean['nse']:.3f}", f"{mean['nse_log']:.3f}", f"{mean['rmse']:.0f}", f"{mean['r']:.3f}")
+    console.print(table)
+    if "param_recovery" in m:
+        rec = Table(title="parameter recovery on held-out sites")
+        for col in ("parameter", "R²", "r"):
+            rec.add_column(col)
+        for name, v in m["param_recovery"].items():
+            rec.add_row(name, f"{v['r2']:.3f}", f"{v['corr']:.3f}")
+        console.print(rec)
+    console.print(f"wrote {out / 'run.json'} in {record['timing']['total_s']:.0f} s")
+
+
+@app.command()
+def predict(
+    run: Path = typer.Option(..., "--run", help="A finished run folder (runs/NAME)."),
+    points: Path = typer.Option(..., "--points", help="CSV with columns lon, lat, depth_m."),
+    out: Path = typer.Option(..., "--out", help="Output CSV (input columns + status, SOC, stocks, parameters)."),
+) -> None:
+    """SOC and parameters at points, from the run's fold ensemble and covariate cube."""
+    from socmap.predict import predict_points, read_points
+
+    try:
+        result = predict_points(run, read_points(points))
+    except (ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    result.to_csv(tmp, index=False)
+    tmp.replace(out)
+    counts = result["status"].value_counts().to_dict()
+    console.print(f"wrote {out}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

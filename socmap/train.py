@@ -270,7 +270,7 @@ class HybridTrainer:
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 self.opt.step()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
             sim, _ = self.predict(fold.val)
             obs = self.data.soc_g_m3[fold.val]
             val_loss = float(data_loss(torch.as_tensor(sim), torch.as_tensor(obs), cfg.loss))
