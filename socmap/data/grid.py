@@ -81,12 +81,12 @@ def grid_coords(resolution_deg: float) -> tuple[np.ndarray, np.ndarray]:
 
 def land_mask_array(resolution_deg: float, geojson: str | Path | None = None) -> np.ndarray:
     """Boolean land mask ``[ny, nx]`` rasterised from the state outlines (cell centres inside)."""
+    from affine import Affine
     from rasterio.features import rasterize
-    from rasterio.transform import from_origin
 
     ny, nx = grid_shape(resolution_deg)
     w, _, _, n = CONUS_BOUNDS
-    transform = from_origin(w, n, resolution_deg, resolution_deg)
+    transform = Affine(resolution_deg, 0.0, w, 0.0, -resolution_deg, n)
     shapes = [(g, 1) for g in state_geometries(geojson)]
     out = rasterize(shapes, out_shape=(ny, nx), transform=transform, fill=0, all_touched=False, dtype="uint8")
     return out.astype(bool)

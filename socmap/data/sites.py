@@ -127,10 +127,8 @@ def load_synthetic(directory) -> SiteData:
     Reads ``sites.csv``, ``profiles.csv`` and ``truth.json``; samples the monthly climate at the
     sites' cells from ``cube.zarr`` and derives the forcing exactly as the generator did.
     """
-    import xarray as xr
-
     from socmap.data.grid import sample_grid
-    from socmap.data.synthetic import COVARIATES, cell_forcing
+    from socmap.data.synthetic import COVARIATES, cell_forcing, open_cube
 
     directory = Path(directory)
     needed = ["sites.csv", "profiles.csv", "truth.json", "cube.zarr"]
@@ -143,7 +141,7 @@ def load_synthetic(directory) -> SiteData:
     sites = pd.read_csv(directory / "sites.csv", dtype={"site_id": str})
     profiles = pd.read_csv(directory / "profiles.csv", dtype={"site_id": str})
     truth = json.loads((directory / "truth.json").read_text())
-    cube = xr.open_zarr(directory / "cube.zarr")
+    cube = open_cube(directory / "cube.zarr")
     names = list(cube.attrs.get("numeric_covariates") or truth["covariates"])
     ranges_json = cube.attrs.get("covariate_range_json")
     ranges = json.loads(ranges_json) if ranges_json else truth["covariate_range"]

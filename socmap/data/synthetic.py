@@ -544,6 +544,9 @@ def build(config: SynthConfig, progress: bool = False) -> SynthResult:
         "Conventions": "CF-1.8",
     })
     cube = cube.rio.write_crs(CRS)
+    for name in cube.data_vars:
+        if cube[name].dims[-2:] == ("y", "x"):
+            cube[name].encoding["grid_mapping"] = "spatial_ref"  # CF link to the CRS variable
     t = step("cube", t)
 
     # 4. sites: random land cells, jittered within the cell
@@ -651,13 +654,12 @@ def write_synthetic(out: str | Path, config: SynthConfig | None = None, *, overw
         t1 = time.perf_counter()
         cube = result.cube
         chunks = {"y": min(config.chunk, cube.sizes["y"]), "x": min(2 * config.chunk, cube.sizes["x"])}
-        encoding = {}
         for name, var in cube.data_vars.items():
             if var.dims[-2:] == ("y", "x"):
-                encoding[name] = {"chunks": tuple(chunks.get(d, cube.sizes[d]) for d in var.dims)}
+                var.encoding["chunks"] = tuple(chunks.get(d, cube.sizes[d]) for d in var.dims)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
-            cube.to_zarr(tmp / "cube.zarr", mode="w", encoding=encoding, consolidated=True)
+            cube.to_zarr(tmp / "cube.zarr", mode="w", consolidated=True)
         (tmp / "truth.json").write_text(json.dumps(result.truth, indent=1, default=_json_default) + "\n")
         result.sites.to_csv(tmp / "sites.csv", index=False)
         result.profiles.to_csv(tmp / "profiles.csv", index=False)
@@ -691,6 +693,18 @@ def write_synthetic(out: str | Path, config: SynthConfig | None = None, *, overw
         raise
     log.info("wrote %s: %d sites, %d layers in %.1f s", out, meta["counts"]["sites_written"], meta["counts"]["layers"], meta["timings_s"]["total"])
     return meta
+
+
+def open_cube(path: str | Path):
+    """Open a ``cube.zarr`` written by :func:`write_synthetic` (lazy, with its CRS decoded).
+
+    ``decode_coords="all"`` turns the CF ``grid_mapping`` links into the ``spatial_ref``
+    coordinate, so ``cube.rio.crs`` is EPSG:4326.
+    """
+    import rioxarray  # noqa: F401
+    import xarray as xr
+
+    return xr.open_zarr(path, decode_coords="all")
 
 
 def cell_forcing(cube, iy: np.ndarray, ix: np.ndarray, lat: np.ndarray | None = None):
