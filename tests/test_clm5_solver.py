@@ -234,3 +234,18 @@ def test_prepared_forcing_subset_matches_full_solve(forcing64, theta64):
     prepared = prepare_forcing(forcing64)
     idx = torch.tensor([3, 10, 41])
     torch.testing.assert_close(steady_state(theta64[idx], prepared.subset(idx)), steady_state(theta64, prepared)[idx])
+
+
+def test_adjoint_gradients_match_autograd_through_the_sweeps():
+    from socmap.clm5.operators import prepare_forcing
+
+    forcing, theta = make_forcing(32, 71), random_theta(32, 72)
+    prepared = prepare_forcing(forcing)
+    grads = []
+    for adjoint in (True, False):
+        th = theta.clone().requires_grad_()
+        x = solve_structured(O.build_operators(th, prepared), adjoint=adjoint)
+        torch.log(x[4:7].sum(0)[:8]).sum().backward()
+        grads.append(th.grad)
+    scale = grads[1].abs().amax(0, keepdim=True) + 1e-300
+    assert float(((grads[0] - grads[1]).abs() / scale).max()) < 1e-8

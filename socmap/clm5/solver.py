@@ -97,36 +97,99 @@ def _block_thomas(lower: list[torch.Tensor], diag: list[torch.Tensor], upper: li
     return x[::-1]
 
 
-def solve_structured(ops: Operators) -> torch.Tensor:
-    """Steady-state pools [7, 20, B] (gC m-3, sites innermost) by the structured sweeps."""
-    k = ops.decay_per_day  # [7, 20, B]
-    f = ops.fractions
-    src = ops.source_g_m3_day  # [4, 20, B]
-    lower, vdiag, upper = ops.transport.unbind(0)  # each [20, B]
-    lower_l, upper_l = lower.unbind(0), upper.unbind(0)
+_EDGE_NAMES = [name for _, _, name in TRANSFER_EDGES]
+_SOM_TRANSPOSE = [0, 3, 6, 1, 4, 7, 2, 5, 8]
 
-    x_cwd = src[0] / k[0]
-    cwd_out = src[0]  # K̄_cwd X_cwd: at steady state CWD decays exactly what it receives
-    litter_rhs = torch.stack([src[1], src[2] + f["fcwdl2"] * cwd_out, src[3] + f["1-fcwdl2"] * cwd_out], 1)  # [20, 3, B]
-    litter_diag = (k[1:4] + vdiag).transpose(0, 1).contiguous()  # [20, 3, B]
-    x_lit = torch.stack(_thomas(lower_l, litter_diag.unbind(0), upper_l, litter_rhs.unbind(0)), 1)  # [3, 20, B]
 
-    decay_flux = k[1:4] * x_lit  # litter decomposition flux, gC m-3 d-1
-    som_rhs = torch.stack(
-        [f["fl1s1"] * decay_flux[0] + f["fl2s1"] * decay_flux[1], f["fl3s2"] * decay_flux[2], torch.zeros_like(decay_flux[0])], 1
-    )  # [20, 3, B]
-    # diagonal blocks D_j = diag(K_s) + V_jj I - F K_s, with F the SOM->SOM fractions
+def _som_blocks(k: torch.Tensor, vdiag: torch.Tensor, f: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Diagonal 3×3 SOM blocks D_j = diag(K_s) + V_jj I - F K_s, row-major as [20, 9, B]."""
     ks = k[4:7]
-    entries = [[None] * 3 for _ in range(3)]
+    entries: list[list[torch.Tensor | None]] = [[None] * 3 for _ in range(3)]
     for r in range(3):
         entries[r][r] = ks[r] + vdiag
     for recv, donor, name in TRANSFER_EDGES:
         if recv >= 4 and donor >= 4:
             entries[recv - 4][donor - 4] = -f[name] * ks[donor - 4]
     zero = torch.zeros_like(vdiag)
-    block = torch.stack([e if e is not None else zero for row in entries for e in row], 1)  # [20, 9, B]
+    return torch.stack([e if e is not None else zero for row in entries for e in row], 1)
+
+
+def _sweeps(k: torch.Tensor, transport: torch.Tensor, src: torch.Tensor, f: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The forward sweeps: pools [7, 20, B] from decay [7,20,B], transport [3,20,B], source [4,20,B]."""
+    lower, vdiag, upper = transport.unbind(0)
+    lower_l, upper_l = lower.unbind(0), upper.unbind(0)
+    x_cwd = src[0] / k[0]
+    cwd_out = src[0]  # K̄_cwd X_cwd: at steady state CWD decays exactly what it receives
+    litter_rhs = torch.stack([src[1], src[2] + f["fcwdl2"] * cwd_out, src[3] + f["1-fcwdl2"] * cwd_out], 1)  # [20, 3, B]
+    litter_diag = (k[1:4] + vdiag).transpose(0, 1).contiguous()  # [20, 3, B]
+    x_lit = torch.stack(_thomas(lower_l, litter_diag.unbind(0), upper_l, litter_rhs.unbind(0)), 1)  # [3, 20, B]
+    decay_flux = k[1:4] * x_lit  # litter decomposition flux, gC m-3 d-1
+    som_rhs = torch.stack(
+        [f["fl1s1"] * decay_flux[0] + f["fl2s1"] * decay_flux[1], f["fl3s2"] * decay_flux[2], torch.zeros_like(decay_flux[0])], 1
+    )  # [20, 3, B]
+    block = _som_blocks(k, vdiag, f)
     x_som = torch.stack(_block_thomas(lower_l, block.unbind(0), upper_l, som_rhs.unbind(0)), 1)  # [3, 20, B]
     return torch.cat([x_cwd[None], x_lit, x_som], 0)
+
+
+def _adjoint_sweeps(k: torch.Tensor, transport: torch.Tensor, f: dict[str, torch.Tensor], g: torch.Tensor) -> torch.Tensor:
+    """Solve the transposed system (V̄ - A K̄)^T λ = g with the same sweeps, in reverse pool order."""
+    lower, vdiag, upper = transport.unbind(0)
+    zero = torch.zeros_like(lower[:1])
+    lower_t = torch.cat([zero, upper[:-1]]).unbind(0)  # (V^T)[j, j-1] = V[j-1, j]
+    upper_t = torch.cat([lower[1:], zero]).unbind(0)  # (V^T)[j, j+1] = V[j+1, j]
+    block_t = _som_blocks(k, vdiag, f)[:, _SOM_TRANSPOSE]
+    lam_som = torch.stack(_block_thomas(lower_t, block_t.unbind(0), upper_t, g[4:7].transpose(0, 1).unbind(0)), 1)
+    litter_rhs = torch.stack(
+        [g[1] + f["fl1s1"] * k[1] * lam_som[0], g[2] + f["fl2s1"] * k[2] * lam_som[0], g[3] + f["fl3s2"] * k[3] * lam_som[1]], 1
+    )
+    litter_diag = (k[1:4] + vdiag).transpose(0, 1).contiguous()
+    lam_lit = torch.stack(_thomas(lower_t, litter_diag.unbind(0), upper_t, litter_rhs.unbind(0)), 1)
+    lam_cwd = g[0] / k[0] + f["fcwdl2"] * lam_lit[1] + f["1-fcwdl2"] * lam_lit[2]
+    return torch.cat([lam_cwd[None], lam_lit, lam_som], 0)
+
+
+class _AdjointSteadyState(torch.autograd.Function):
+    """X = M^-1 I with M = V̄ - A K̄; the backward pass is one transposed solve (λ = M^-T g)
+    plus outer products over M's sparsity, instead of autograd through ~2000 sweep operations."""
+
+    @staticmethod
+    def forward(ctx, k, transport, src, fractions):  # type: ignore[override]
+        f = dict(zip(_EDGE_NAMES, fractions.unbind(0)))
+        x = _sweeps(k, transport, src, f)
+        ctx.save_for_backward(x, k, transport, fractions)
+        return x
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        x, k, transport, fractions = ctx.saved_tensors
+        f = dict(zip(_EDGE_NAMES, fractions.unbind(0)))
+        lam = _adjoint_sweeps(k, transport, f, g.contiguous())
+        # dL/dM = -λ xᵀ on M's pattern
+        recv = torch.zeros_like(lam)
+        for e, (r, d, _) in enumerate(TRANSFER_EDGES):
+            recv[d] += fractions[e] * lam[r]
+        grad_k = x * (recv - lam)
+        lx = lam[1:] * x[1:]
+        zero = torch.zeros_like(x[1:, :1])
+        grad_lower = -(lam[1:] * torch.cat([zero, x[1:, :-1]], 1)).sum(0)
+        grad_upper = -(lam[1:] * torch.cat([x[1:, 1:], zero], 1)).sum(0)
+        grad_transport = torch.stack([grad_lower, -lx.sum(0), grad_upper])
+        grad_src = lam[:4]
+        grad_f = torch.stack([(lam[r] * k[d] * x[d]).sum(0) for r, d, _ in TRANSFER_EDGES])
+        return grad_k, grad_transport, grad_src, grad_f
+
+
+def solve_structured(ops: Operators, adjoint: bool = True) -> torch.Tensor:
+    """Steady-state pools [7, 20, B] (gC m-3, sites innermost) by the structured sweeps.
+
+    ``adjoint=True`` differentiates with one transposed solve (faster); ``False`` lets autograd
+    record the sweeps (kept as a cross-check and for higher-order derivatives).
+    """
+    if not adjoint:
+        return _sweeps(ops.decay_per_day, ops.transport, ops.source_g_m3_day, ops.fractions)
+    fractions = torch.stack([ops.fractions[n] for n in _EDGE_NAMES])
+    return _AdjointSteadyState.apply(ops.decay_per_day, ops.transport, ops.source_g_m3_day, fractions)
 
 
 # ----------------------------------------------------------------------------------------
