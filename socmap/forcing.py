@@ -144,9 +144,15 @@ class ForcingConfig:
         Floor on PET in the P/PET ratio (Thornthwaite PET is 0 below 0 °C; a floor keeps the ratio
         finite: cold months count as wet).
     moisture_ratio_wet : float, dimensionless
-        P/PET at and above which the water scalar is 1. 1.0 = precipitation meets evaporative
-        demand (the humid/sub-humid boundary of the UNEP aridity index is 0.65 on annual totals;
-        on monthly values 1.0 is the natural "no deficit" point).
+        P/PET at which the soil is taken to sit at field capacity (1.0 = precipitation meets
+        evaporative demand, the natural "no deficit" point).
+    psi_field_capacity_mpa, psi_exponent : float
+        Soil water potential at field capacity (−0.033 MPa, the standard value) and the exponent
+        b of ψ = ψ_fc · (r / moisture_ratio_wet)^(−b) mapping the wetness ratio r to a potential.
+    psi_min_mpa, psi_max_mpa : float
+        CLM's limits of the water scalar (Andrén & Paustian 1987 as in CLM4.5/5, minpsi −2 MPa,
+        maxpsi −0.002 MPa): W = log(ψmin/ψ) / log(ψmin/ψmax). At field capacity W ≈ 0.59, so, as
+        in CESM2's W_SCALAR, soils are water-limited unless wetter than field capacity.
     water_scalar_floor : float, 0–1
         Minimum water scalar (residual decomposition in dry soil after episodic rain and dew);
         keeps the steady state of hyper-arid cells finite.
@@ -207,6 +213,10 @@ class ForcingConfig:
     surface_offset_c: float = 0.0
     pet_floor_mm: float = 1.0
     moisture_ratio_wet: float = 1.0
+    psi_field_capacity_mpa: float = -0.033
+    psi_exponent: float = 2.0
+    psi_min_mpa: float = -2.0
+    psi_max_mpa: float = -0.002
     water_scalar_floor: float = 0.05
     moisture_memory_depth_m: float = 0.5
     wetland_water_scalar: float = 1.0
@@ -581,6 +591,14 @@ def pet_thornthwaite_mm(air_temp_c: np.ndarray, latitude_deg: np.ndarray) -> np.
     return np.maximum(pet, 0.0) * adjust
 
 
+def clm_water_scalar(psi_mpa: np.ndarray, config: ForcingConfig = ForcingConfig()) -> np.ndarray:
+    """CLM's water scalar from soil water potential ψ (MPa, negative): ``log(ψmin/ψ)/log(ψmin/ψmax)``,
+    0 at or below ψmin = −2 MPa and 1 at or above ψmax = −0.002 MPa."""
+    psi = np.minimum(np.asarray(psi_mpa, dtype=np.float64), config.psi_max_mpa)
+    psi = np.maximum(psi, config.psi_min_mpa)
+    return np.log(config.psi_min_mpa / psi) / np.log(config.psi_min_mpa / config.psi_max_mpa)
+
+
 def water_scalar(
     precip_mm: np.ndarray,
     pet_mm: np.ndarray,
@@ -589,13 +607,17 @@ def water_scalar(
     *,
     land_cover: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Water scalar per month and layer from the precipitation / PET ratio.
+    """Water scalar per month and layer from the precipitation / PET ratio, CLM5-style.
 
     ``r_m = P_m / max(PET_m, pet_floor)`` is the month's wetness and ``R = ΣP / max(ΣPET, floor)``
     the year's. Layer ``j`` sees ``r_jm = e^{-z_j/z_w} r_m + (1 - e^{-z_j/z_w}) R`` (seasonal
-    signal near the surface, annual mean at depth; ``z_w = moisture_memory_depth_m``) and
-    ``W = clip(r_jm / moisture_ratio_wet, water_scalar_floor, 1)``. Permanent wetlands (IGBP 11,
-    when ``land_cover`` is given) get ``wetland_water_scalar``.
+    signal near the surface, annual mean at depth; ``z_w = moisture_memory_depth_m``). The ratio
+    is read as a soil water potential ``ψ = ψ_fc (r_jm / moisture_ratio_wet)^(−b)`` and mapped
+    as CLM does (:func:`clm_water_scalar`): ``W = log(ψmin/ψ) / log(ψmin/ψmax)``, clipped to
+    ``[water_scalar_floor, 1]``. So W ≈ 0.59 where P = PET and reaches 1 only for r ≳ 5.5, like
+    CESM2's W_SCALAR (a linear r → W map would saturate most humid soils and erase the
+    sensitivity to the ``w_scaling`` parameter). Permanent wetlands (IGBP 11, when
+    ``land_cover`` is given) get ``wetland_water_scalar``.
 
     Parameters
     ----------
@@ -620,7 +642,8 @@ def water_scalar(
     annual = p.sum(1) / np.maximum(e.sum(1), config.pet_floor_mm)
     wz = np.exp(-z / config.moisture_memory_depth_m)  # [J]
     ratio = monthly[:, :, None] * wz + annual[:, None, None] * (1.0 - wz)
-    w = np.clip(ratio / config.moisture_ratio_wet, config.water_scalar_floor, 1.0)
+    psi = config.psi_field_capacity_mpa * np.maximum(ratio / config.moisture_ratio_wet, 1e-12) ** (-config.psi_exponent)
+    w = np.clip(clm_water_scalar(psi, config), config.water_scalar_floor, 1.0)
     if land_cover is not None:
         wet = _land_cover_codes(land_cover) == 11
         w[wet] = config.wetland_water_scalar

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -170,12 +169,14 @@ def test_water_scalar_ratio_and_depth_blending():
     p = np.array([[50.0] * 6 + [0.0] * 6])  # wet half-year, dry half-year
     pet = np.full((1, 12), 100.0)
     w = water_scalar(p, pet, np.array([0.0, 50.0]))
-    # surface: monthly ratio 0.5 or 0 (→ floor 0.05); depth: annual ratio 300/1200 = 0.25
-    np.testing.assert_allclose(w[0, :6, 0], 0.5)
-    np.testing.assert_allclose(w[0, 6:, 0], 0.05)
-    np.testing.assert_allclose(w[0, :, 1], 0.25, atol=1e-12)
-    # saturating: P ≥ PET gives 1; wetlands are 1 everywhere
-    assert water_scalar(np.full((1, 12), 300.0), pet).max() == 1.0
+    # surface: monthly ratio 0.5 -> psi = -0.033 * 0.5**-2 = -0.132 MPa -> W = ln(2/0.132)/ln(1000)
+    np.testing.assert_allclose(w[0, :6, 0], np.log(2 / 0.132) / np.log(1000), rtol=1e-12)
+    np.testing.assert_allclose(w[0, 6:, 0], 0.05)  # ratio 0 -> psi below -2 MPa -> floor
+    # depth: annual ratio 300/1200 = 0.25 -> psi = -0.528 MPa
+    np.testing.assert_allclose(w[0, :, 1], np.log(2 / 0.528) / np.log(1000), rtol=1e-9)
+    # P = PET sits at field capacity (W ~ 0.59); only much wetter soils reach 1; wetlands are 1
+    np.testing.assert_allclose(water_scalar(np.full((1, 12), 100.0), pet)[0, 0, 0], np.log(2 / 0.033) / np.log(1000))
+    assert water_scalar(np.full((1, 12), 600.0), pet).max() == 1.0
     w_wet = water_scalar(p, pet, land_cover=np.array([11]))
     assert (w_wet == 1.0).all() and w_wet.shape == (1, 12, 20)
     with pytest.raises(ValueError, match=r"precip_mm has negative values.*indices 0"):
@@ -297,13 +298,15 @@ def test_derive_forcing_npp_override_and_bedrock():
     np.testing.assert_allclose(total, [miami, 0.1 * miami, 1.0])
 
 
-def test_derive_forcing_is_vectorised_and_fast():
-    air, precip, lc, lat = _random_climates(10_000, seed=1)
-    derive_forcing(air[:10], precip[:10], lc[:10], lat[:10])  # warm-up
-    start = time.perf_counter()
-    derive_forcing(air, precip, lc, lat)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 2.5, f"derive_forcing took {elapsed:.2f} s for 10k cells"  # ~0.15 s when idle
+def test_derive_forcing_rows_are_independent():
+    """Vectorised over cells: deriving a batch equals deriving each row on its own (no timing
+    assertion here; speed is a benchmark figure)."""
+    air, precip, lc, lat = _random_climates(500, seed=1)
+    batch = derive_forcing(air, precip, lc, lat)
+    for i in (0, 123, 499):
+        one = derive_forcing(air[i : i + 1], precip[i : i + 1], lc[i : i + 1], lat[i : i + 1])
+        for name, v in one.to_numpy().items():
+            np.testing.assert_allclose(batch.to_numpy()[name][i], v[0], rtol=1e-12)
 
 
 @pytest.mark.parametrize(
