@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from tqdm.auto import tqdm
 
 from socmap import metrics
@@ -101,9 +101,14 @@ def load_config(path: str | Path | None = None, **overrides) -> TrainConfig:
     base.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return TrainConfig(**base)
-    except Exception as exc:  # pydantic.ValidationError -> one readable message
+    except ValidationError as exc:  # one readable line per problem, naming the option
         where = f" in {path}" if path else ""
-        raise ValueError(f"invalid training config{where}: {exc}") from exc
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'config'}: "
+            + ("unknown option (see `socmap train --help`)" if e["type"] == "extra_forbidden" else e["msg"])
+            for e in exc.errors()
+        )
+        raise ValueError(f"invalid training config{where}: {problems}") from None
 
 
 # ----------------------------------------------------------------------------------------

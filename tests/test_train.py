@@ -1,0 +1,99 @@
+"""Training: the hybrid learns on a tiny synthetic twin, resumes exactly, and fails clearly."""
+
+from pathlib import Path
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from socmap.data.synthetic import SynthConfig, write_synthetic
+from socmap.splits import make_folds
+from socmap.train import HybridTrainer, load_config, load_sites, train
+
+
+@pytest.fixture(scope="module")
+def tiny_twin(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("twin") / "data"
+    write_synthetic(out, SynthConfig(resolution_deg=1.0, n_sites=120, seed=3, noise=0.05))
+    return out
+
+
+def _trainer(cfg, tmp: Path, fold_index: int = 0) -> HybridTrainer:
+    data = load_sites(cfg)
+    fold = make_folds(data.lon, data.lat, cfg.folds, cfg.split, cfg.seed)[fold_index]
+    return HybridTrainer(cfg, data, fold, tmp, torch.device("cpu"))
+
+
+def test_hybrid_training_reduces_loss(tiny_twin, tmp_path):
+    cfg = load_config(data_dir=str(tiny_twin), folds=3, epochs=6, batch_size=32)
+    trainer = _trainer(cfg, tmp_path)
+    trainer.fit(progress=False)
+    hist = trainer.history
+    assert len(hist) == 6
+    assert hist[-1]["train_loss"] < 0.75 * hist[0]["train_loss"]
+    assert min(h["val_loss"] for h in hist) < hist[0]["val_loss"]
+    assert (tmp_path / "model.pt").exists()
+
+
+@pytest.mark.parametrize("encoder", ["kan", "mlp"])
+def test_resume_continues_identically(tiny_twin, tmp_path, encoder):
+    straight = _trainer(load_config(data_dir=str(tiny_twin), folds=3, epochs=4, batch_size=32, encoder=encoder), tmp_path / "a")
+    straight.fit(progress=False)
+    first = _trainer(load_config(data_dir=str(tiny_twin), folds=3, epochs=2, batch_size=32, encoder=encoder), tmp_path / "b")
+    first.fit(progress=False)
+    resumed = _trainer(load_config(data_dir=str(tiny_twin), folds=3, epochs=4, batch_size=32, encoder=encoder), tmp_path / "b")
+    resumed.fit(progress=False)
+    assert resumed.epoch == 4
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=f"{key} differs after resume")
+    assert [h["train_loss"] for h in straight.history] == [h["train_loss"] for h in resumed.history]
+
+
+def test_train_writes_a_reproducible_run_record(tiny_twin, tmp_path):
+    cfg = load_config(data_dir=str(tiny_twin), folds=3, epochs=2, batch_size=32)
+    record = train(cfg, tmp_path / "run", progress=False)
+    saved = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert saved["config"]["encoder"] == "kan" and saved["versions"]["torch"].startswith("2.13")
+    assert len(saved["metrics"]["cv"]["folds"]) == 3
+    assert set(saved["metrics"]["param_recovery"]) == {"efolding", "tau4s3", "fs1s3", "w_scaling"}
+    for rel in saved["metrics"]["relationship_recovery"].values():
+        assert rel["kl"] >= 0 and len(rel["edges"]) == 2
+    preds = pd.read_csv(tmp_path / "run" / "predictions.csv")
+    assert (preds["fold"] >= 0).all() and preds["soc_sim_g_m3"].notna().mean() > 0.99
+    assert record["metrics"]["cv"]["mean"]["nse_log"] == saved["metrics"]["cv"]["mean"]["nse_log"]
+    with pytest.raises(FileExistsError, match="already holds a finished run"):
+        train(cfg, tmp_path / "run", progress=False)
+
+
+def test_random_forest_baseline_on_the_same_folds(tiny_twin, tmp_path):
+    cfg = load_config(data_dir=str(tiny_twin), folds=3, encoder="rf", rf_trees=30)
+    record = train(cfg, tmp_path / "rf", progress=False)
+    assert record["metrics"]["cv"]["mean"]["nse_log"] > 0.0  # better than the mean
+    assert "param_recovery" not in record["metrics"]
+
+
+def test_bad_configs_fail_clearly(tiny_twin, tmp_path):
+    with pytest.raises(ValueError, match="encoder"):
+        load_config(encoder="xgboost")
+    with pytest.raises(ValueError, match="unknown parameter 'tau9'"):
+        load_config(params="tau4s3,tau9")
+    with pytest.raises(ValueError, match="folds must be >= 3"):
+        load_config(folds=2)
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("epochs: 5\nlearning_rate: 0.1\n")
+    with pytest.raises(ValueError, match=r"bad.yaml.*learning_rate"):
+        load_config(bad_yaml)
+    # a data folder whose profiles hold no usable SOC
+    empty = tmp_path / "empty"
+    import shutil
+
+    shutil.copytree(tiny_twin, empty)
+    prof = pd.read_csv(empty / "profiles.csv")
+    prof["soc_g_m3"] = np.nan
+    prof.to_csv(empty / "profiles.csv", index=False)
+    with pytest.raises(ValueError, match="no usable sites"):
+        load_sites(load_config(data_dir=str(empty)))
