@@ -73,6 +73,7 @@ class HybridModel(nn.Module):
         self.encoder = make_encoder(spec.encoder, len(spec.covariate_names), len(names), **spec.encoder_kwargs)
         self.bound = make_bound(spec.bound)
         self.register_buffer("fixed_p", torch.as_tensor(spec.fixed_p, dtype=torch.float32))
+        self.solver_method = "structured"  # "dense" only for benchmarks and cross-checks
 
     @property
     def is_kan(self) -> bool:
@@ -93,7 +94,7 @@ class HybridModel(nn.Module):
         """SOC (g C m-3, float64) at ``depth_m`` [B, L], plus p_sub and u for the penalties."""
         p_full, p_sub, u = self.encode(covariates)
         theta = to_physical(p_full.to(torch.float64))
-        pools = steady_state(theta, prepared, check=False)
+        pools = steady_state(theta, prepared, method=self.solver_method, check=False)
         return interpolate_to_depths(soc_nodes(pools), depth_m), p_sub, u
 
     def pdp_slope_to_p(self) -> float:
