@@ -184,5 +184,55 @@ def predict(
     console.print(f"wrote {out}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
 
 
+@app.command("map")
+def map_(
+    run: Path = typer.Option(..., "--run", help="A finished run folder (runs/NAME); the store goes to runs/NAME/maps.zarr."),
+    resolution: float | None = typer.Option(None, "--resolution", help="Grid resolution in degrees (default: the cube's)."),
+    chunks: int = typer.Option(256, "--chunks", help="Cells per chunk side (chunks × chunks cells per task)."),
+    scheduler: str | None = typer.Option(None, "--scheduler", help="Existing Dask scheduler (tcp://host:port) or 'synchronous'; default: a LocalCluster."),
+    ensemble: bool = typer.Option(False, "--ensemble", help="Solve every fold model; store the mean and the standard deviation."),
+    compare: Path | None = typer.Option(None, "--compare", help="Another mapped run (runs/OTHER): add this-minus-other stock differences."),
+    workers: int | None = typer.Option(None, "--workers", help="LocalCluster worker processes (default: CPU count)."),
+    method: str = typer.Option("structured", "--method", help="Steady-state solver: structured (fast) | dense (reference)."),
+) -> None:
+    """Map a trained run over the grid into its Zarr run store (resumable; see socmap.mapping)."""
+    from socmap.mapping import MappingError, map_run, summary_lines
+    from socmap.store import StoreError
+
+    try:
+        record = map_run(run, resolution=resolution, chunks=chunks, scheduler=scheduler, ensemble=ensemble,
+                         compare=str(compare) if compare else None, workers=workers, method=method)
+    except (MappingError, StoreError, FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    except KeyboardInterrupt as exc:
+        console.print("[yellow]interrupted:[/yellow] finished chunks are kept; re-run the same command to resume")
+        raise typer.Exit(130) from exc
+    for line in summary_lines(record):
+        console.print(line)
+
+
+@app.command()
+def export(
+    run: Path = typer.Option(..., "--run", help="A mapped run folder (runs/NAME with maps.zarr)."),
+    layers: str = typer.Option(..., "--layers", help="Comma-separated store variables (e.g. tau4s3,soc_stock_0_30cm), soc_layerJ, or 'all'."),
+    out: Path = typer.Option(..., "--out", help="Output folder (created)."),
+    fmt: str = typer.Option("cog", "--format", help="cog (Cloud-Optimised GeoTIFF with overviews) | gtiff."),
+    crs: str = typer.Option("EPSG:4326", "--crs", help="EPSG:4326 (the store's grid) | EPSG:5070 (CONUS Albers, reprojected)."),
+    multiband: bool = typer.Option(False, "--multiband", help="One multi-band file instead of one file per layer."),
+) -> None:
+    """Export store layers as GeoTIFF / COG files."""
+    from socmap.export import ExportError, export_layers
+    from socmap.store import StoreError
+
+    try:
+        files = export_layers(run, layers, out, fmt=fmt, crs=crs, multiband=multiband)
+    except (ExportError, StoreError, FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    total = sum(f.stat().st_size for f in files)
+    console.print(f"wrote {len(files)} file(s) to {out} ({total / 1e6:.1f} MB)")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
