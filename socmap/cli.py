@@ -234,5 +234,40 @@ def export(
     console.print(f"wrote {len(files)} file(s) to {out} ({total / 1e6:.1f} MB)")
 
 
+covariates_app = typer.Typer(help="Covariate cubes: build the real CONUS cube from package-shipped data.", no_args_is_help=True)
+app.add_typer(covariates_app, name="covariates")
+
+
+@covariates_app.command("build")
+def covariates_build(
+    source: str = typer.Option("real-conus", "--source", help="Cube to build: real-conus (ERA5 climate, MODIS land cover, elevation)."),
+    resolution: float = typer.Option(0.25, "--resolution", help="Grid resolution in degrees (0.25 or 0.05; any multiple of 0.05 works)."),
+    out: Path = typer.Option(Path("data/real-conus"), "--out", help="Output folder (cube.zarr + realcube.json)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+) -> None:
+    """Build a covariate cube on the CONUS grid (the twin's grid), written atomically."""
+    from socmap.data.realcube import RealDataMissing, write_real_cube
+
+    if source != "real-conus":
+        console.print(f"[red]error:[/red] unknown --source {source!r}; available: real-conus (the synthetic twin: `socmap synth`)")
+        raise typer.Exit(2)
+    try:
+        meta = write_real_cube(out, resolution, overwrite=overwrite)
+    except RealDataMissing as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(3) from exc
+    except (FileExistsError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    table = Table(title=f"real CONUS cube {resolution:g} deg -> {out}")
+    for col in ("covariate", "units", "min", "max"):
+        table.add_column(col)
+    for name, (lo, hi) in meta["covariate_range"].items():
+        table.add_row(name, meta["covariates"][name]["units"], f"{lo:.4g}", f"{hi:.4g}")
+    console.print(table)
+    console.print(f"grid {meta['grid_shape'][0]} x {meta['grid_shape'][1]}, {meta['land_cells']} land cells, "
+                  f"regridding {meta['regridding']}, nearest fills {meta['filled_from_nearest']}; {meta['seconds']:.1f} s")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

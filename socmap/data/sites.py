@@ -171,3 +171,10 @@ def load_synthetic(directory) -> SiteData:
         truth=truth,
         covariate_range={k: (float(v[0]), float(v[1])) for k, v in ranges.items()},
     )
+
+
+def load_real(directory):
+    """Real profiles on the real covariate cube in ``directory`` (see :mod:`socmap.data.real`)."""
+    from socmap.data.real import load_real_sites
+
+    return load_real_sites(directory)
