@@ -380,6 +380,7 @@ def create_template(path: Path, cube, specs: dict[str, S.VarSpec], chunks: int, 
         attrs=attrs,
     )
     ds = ds.rio.write_crs(S.CRS).rio.set_spatial_dims(x_dim="x", y_dim="y")
+    ds.attrs.update(attrs)  # write_crs drops a "crs" attribute
     for name, spec in specs.items():
         ds[name].encoding["chunks"] = ((cy, cx, 20) if spec.layered else (cy, cx))
         ds[name].encoding["_FillValue"] = np.nan if spec.dtype == "float32" else None
@@ -422,12 +423,17 @@ def connect(scheduler: str | None, workers: int | None, n_tasks: int, timeout_s:
     import dask
     from distributed import Client, LocalCluster
 
+    for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core", "distributed.http.proxy",
+                 "distributed.batched", "distributed.worker"):
+        if not log.isEnabledFor(logging.DEBUG):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
     if scheduler:
         if not scheduler.startswith(("tcp://", "tls://", "ws://", "wss://", "inproc://", "ucx://")):
             raise MappingError(f"--scheduler {scheduler!r} is not a Dask scheduler address (like tcp://host:8786)")
         try:
             with dask.config.set({"distributed.comm.timeouts.connect": f"{timeout_s}s"}):
-                client = Client(scheduler, timeout=f"{timeout_s}s", set_as_default=False)
+                client = Client(scheduler, timeout=f"{timeout_s}s")
         except (OSError, TimeoutError) as exc:
             raise MappingError(f"cannot reach the Dask scheduler at {scheduler} within {timeout_s:g} s: {exc}") from exc
         if not client.scheduler_info().get("workers"):
@@ -439,9 +445,9 @@ def connect(scheduler: str | None, workers: int | None, n_tasks: int, timeout_s:
         return client, None
     n = workers or os.cpu_count() or 1
     n = max(1, min(n, n_tasks))
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
                            silence_logs=logging.ERROR)
-    client = Client(cluster, set_as_default=False)
+    client = Client(cluster)
     return client, cluster
 
 
@@ -613,7 +619,8 @@ def map_run(run_dir: str | Path, opts: MapOptions | None = None, **kwargs: Any) 
             resumed = 0
         else:
             resumed = len(progress["chunks_done"])
-            log.info("resuming %s: %d of %d chunks already done", partial, resumed, len(windows))
+            if resumed:
+                log.info("resuming %s: %d of %d chunks already done", partial, resumed, len(windows))
 
         jobs = []
         for idx, y0, y1, x0, x1 in windows:

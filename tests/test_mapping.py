@@ -1,0 +1,364 @@
+"""socmap map: the run store's schema and values, difference/ensemble layers, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest_mapping import CHUNKS, copy_run, main_store, mapped_run, tiny_run  # noqa: F401
+from socmap import store as S
+from socmap.clm5.diagnostics import DIAGNOSTICS
+from socmap.clm5.parameters import NAMES
+
+pytestmark = pytest.mark.slow
+
+
+def _cube(run_dir: Path):
+    from socmap.data.synthetic import open_cube
+    from socmap.runs import open_run
+
+    return open_cube(open_run(run_dir).data_dir / "cube.zarr")
+
+
+def _land_cells(ds, n=5, seed=0):
+    iy, ix = np.nonzero(ds["land_mask"].values.astype(bool))
+    pick = np.random.default_rng(seed).choice(iy.size, n, replace=False)
+    return iy[pick], ix[pick]
+
+
+def _direct(run_dir: Path, iy, ix, theta_from="mean"):
+    """covariates -> fold models -> steady_state at cells, independent of socmap.mapping."""
+    from socmap.clm5 import bulk_diagnostics, prepare_forcing, soc_nodes, standard_stocks, steady_state
+    from socmap.clm5.parameters import default_theta, to_physical
+    from socmap.data.synthetic import cell_forcing
+    from socmap.runs import open_run
+
+    run = open_run(run_dir)
+    cube = _cube(run_dir)
+    names = run.models[0].spec.covariate_names
+    cov = np.column_stack([cube[c].values[iy, ix] for c in names])
+    forcing = cell_forcing(cube, iy, ix)
+    prepared = prepare_forcing(forcing)
+    with torch.no_grad():
+        x = torch.as_tensor(cov, dtype=torch.float32)
+        ps = torch.stack([m(x).to(torch.float64) for m in run.models])
+        theta = to_physical(ps.mean(0))
+        pools = steady_state(theta, prepared)
+        soc = soc_nodes(pools)
+        out = {"soc": soc.numpy(), **{k: v.numpy() for k, v in standard_stocks(soc).items()}}
+        out.update({k: v.numpy() for k, v in bulk_diagnostics(theta, prepared, pools).items()})
+        out.update({n: theta[:, j].numpy() for j, n in enumerate(NAMES)})
+        dsoc = soc_nodes(steady_state(default_theta(len(iy)), prepared, check_bounds_=False))
+        out.update({"default_" + k: v.numpy() for k, v in standard_stocks(dsoc).items()})
+    return out
+
+
+def test_store_schema_units_crs(mapped_run, main_store):
+    ds = main_store
+    covs = list(ds.attrs["covariates"])
+    specs = S.variable_specs(covs)
+    assert set(specs) == set(ds.data_vars)
+    for name, spec in specs.items():
+        var = ds[name]
+        assert var.dims == spec.dims, name
+        assert var.attrs["units"] and var.attrs["long_name"] and var.attrs["kind"] in S.KINDS, name
+        assert str(var.dtype) == spec.dtype, name
+    for p in NAMES:
+        assert ds[p].attrs["kind"] == "parameter"
+    assert set(DIAGNOSTICS) <= set(ds.data_vars)
+    assert ds["soc"].attrs["units"] == "g C m-3" and ds["soc_stock_0_30cm"].attrs["units"] == "kg C m-2"
+    assert ds.rio.crs.to_epsg() == 4326
+    assert ds["soc_stock_0_30cm"].encoding.get("grid_mapping") == "spatial_ref" or "grid_mapping" in ds["soc_stock_0_30cm"].attrs
+    for a in S.REQUIRED_ATTRS:
+        assert a in ds.attrs, a
+    assert ds.attrs["store_version"] == S.STORE_VERSION and ds.attrs["crs"] == "EPSG:4326" and ds.attrs["run_name"] == "main"
+    assert np.all(np.diff(ds["y"].values) < 0) and np.all(np.diff(ds["x"].values) > 0)
+    np.testing.assert_allclose(ds["depth_m"].values[:3], [0.01, 0.04, 0.09], atol=1e-6)
+    assert list(ds["layer"].values) == list(range(20))
+    assert not (mapped_run / "maps.zarr.partial").exists()
+    assert not (mapped_run / "maps.zarr" / S.PROGRESS_FILE).exists()
+    rec = json.loads((mapped_run / "map.json").read_text())
+    assert rec["complete"] and rec["cells_mapped"] == int(ds["land_mask"].values.sum()) and rec["output_bytes"] > 0
+
+
+def test_values_equal_direct_computation(mapped_run, main_store):
+    ds = main_store
+    iy, ix = _land_cells(ds, 6)
+    ref = _direct(mapped_run, iy, ix)
+    np.testing.assert_allclose(ds["soc"].values[iy, ix], ref["soc"], rtol=2e-6)
+    for k in [*S.STOCKS, *NAMES, *DIAGNOSTICS, "default_soc_stock_0_30cm", "default_soc_stock_0_100cm"]:
+        np.testing.assert_allclose(ds[k].values[iy, ix], ref[k], rtol=2e-6, err_msg=k)
+    cube = _cube(mapped_run)
+    for c in ds.attrs["covariates"]:
+        np.testing.assert_allclose(ds[c].values[iy, ix], cube[c].values[iy, ix], rtol=1e-6)
+    np.testing.assert_array_equal(ds["land_cover"].values, np.where(cube["land_mask"].values, cube["land_cover"].values, 0))
+
+
+def test_stocks_are_integrated_layers(main_store):
+    from socmap.clm5 import stock_kg_m2
+
+    ds = main_store
+    land = ds["land_mask"].values.astype(bool)
+    soc = torch.as_tensor(ds["soc"].values[land].astype(np.float64))
+    np.testing.assert_allclose(ds["soc_stock_0_30cm"].values[land], stock_kg_m2(soc, 0.0, 0.3).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(ds["soc_stock_0_100cm"].values[land], stock_kg_m2(soc, 0.0, 1.0).numpy(), rtol=1e-5)
+    assert (ds["soc_stock_0_100cm"].values[land] > ds["soc_stock_0_30cm"].values[land]).all()
+
+
+def test_default_and_difference_maps(main_store):
+    ds = main_store
+    land = ds["land_mask"].values.astype(bool)
+    for s in S.STOCKS:
+        diff = ds["diff_default_" + s].values
+        np.testing.assert_allclose(diff[land], (ds[s].values - ds["default_" + s].values)[land], rtol=1e-5, atol=1e-5)
+        assert ds["diff_default_" + s].attrs["kind"] == "difference"
+        assert np.nanstd(ds["default_" + s].values) > 0  # one parameter set, but forcing varies
+        assert np.nanmax(np.abs(diff)) > 0
+
+
+def test_water_cells_are_nan(main_store):
+    ds = main_store
+    land = ds["land_mask"].values.astype(bool)
+    assert 0 < land.sum() < land.size
+    for name, var in ds.data_vars.items():
+        if var.dtype == np.float32:
+            v = var.values
+            assert np.isnan(v[~land]).all(), name
+            assert np.isfinite(v[land]).all(), name
+    assert (ds["land_cover"].values[~land] == 0).all() and (ds["land_cover"].values[land] > 0).all()
+
+
+def test_site_residuals(mapped_run):
+    df = pd.read_csv(mapped_run / "site_residuals.csv")
+    assert list(df.columns) == ["site_id", "lon", "lat", "fold", "depth_m", "soc_obs_g_m3", "soc_sim_g_m3", "residual_g_m3", "log_ratio"]
+    np.testing.assert_allclose(df["residual_g_m3"], df["soc_sim_g_m3"] - df["soc_obs_g_m3"])
+    np.testing.assert_allclose(df["log_ratio"], np.log(df["soc_sim_g_m3"] / df["soc_obs_g_m3"]))
+
+
+def test_ensemble_and_compare(tiny_run, mapped_run, main_store):
+    from socmap.mapping import compute_cells, load_models
+    from socmap.data.synthetic import cell_forcing
+    from socmap.store import open_store
+
+    run = copy_run(tiny_run, "ens")
+    from socmap.mapping import map_run
+
+    rec = map_run(run, scheduler="synchronous", chunks=16, ensemble=True, compare=str(mapped_run), progress=False)
+    assert rec["complete"]
+    ds = open_store(run).load()
+    land = ds["land_mask"].values.astype(bool)
+    for v in ("soc_std", "soc_stock_0_30cm_std", "soc_stock_0_100cm_std", "tau4s3_std"):
+        assert ds[v].attrs["kind"] == "uncertainty"
+        assert (ds[v].values[land] >= 0).all()
+    assert ds["tau4s3_std"].values[land].max() > 0
+    # mean of per-fold maps, computed fold by fold on every land cell
+    iy, ix = np.nonzero(land)
+    cube = _cube(run)
+    models = load_models(run)
+    cov = np.column_stack([cube[c].values[iy, ix] for c in ds.attrs["covariates"]])
+    forcing = cell_forcing(cube, iy, ix)
+    per_fold = [compute_cells([m], cov, forcing) for m in models]
+    for k in ("soc_stock_0_30cm", "soc_stock_0_100cm", "tau4s3", "cue"):
+        folds = np.stack([f[k] for f in per_fold])
+        np.testing.assert_allclose(ds[k].values[iy, ix], folds.mean(0), rtol=1e-5)
+        if k != "cue":
+            np.testing.assert_allclose(ds[k + "_std"].values[iy, ix], folds.std(0, ddof=1), rtol=1e-4, atol=1e-6)
+    soc_folds = np.stack([f["soc"] for f in per_fold])
+    np.testing.assert_allclose(ds["soc"].values[iy, ix], soc_folds.mean(0), rtol=1e-5)
+    # --compare: this run minus the other
+    for s in S.STOCKS:
+        np.testing.assert_allclose(ds["diff_compare_" + s].values[land], (ds[s].values - main_store[s].values)[land], rtol=1e-5, atol=1e-6)
+    assert np.abs(ds["diff_compare_soc_stock_0_30cm"].values[land]).max() > 0
+
+
+def test_compare_other_grid_or_missing_is_an_error(tiny_run, mapped_run, tmp_path):
+    from socmap.mapping import MappingError, map_run
+
+    run = copy_run(tiny_run, "coarse")
+    with pytest.raises(MappingError, match="same --resolution"):
+        map_run(run, scheduler="synchronous", resolution=2.0, compare=str(mapped_run), progress=False)
+    assert not (run / "maps.zarr").exists() and not (run / "maps.zarr.partial").exists()
+    with pytest.raises(S.StoreError, match="no run store"):
+        map_run(run, scheduler="synchronous", compare=str(tmp_path), progress=False)
+
+
+def test_resolution_regenerates_synthetic_landscape(tiny_run):
+    from socmap.mapping import map_run
+
+    run = copy_run(tiny_run, "coarse2")
+    rec = map_run(run, scheduler="synchronous", resolution=2.0, chunks=64, progress=False)
+    ds = S.open_store(run)
+    assert ds.sizes["y"] == 13 and ds.sizes["x"] == 30 and ds.attrs["resolution_deg"] == 2.0
+    assert rec["cells_mapped"] == int(ds["land_mask"].values.sum()) > 0
+    assert (run / "cache" / "cube_2deg.zarr").exists()
+
+
+def test_resume_after_stop_hook(tiny_run, main_store):
+    from socmap.mapping import MapInterrupted, map_run
+
+    run = copy_run(tiny_run, "stopped")
+    with pytest.raises(MapInterrupted):
+        map_run(run, scheduler="synchronous", chunks=CHUNKS, stop_after=3, progress=False)
+    assert not (run / "maps.zarr").exists()
+    progress = json.loads((run / "maps.zarr.partial" / S.PROGRESS_FILE).read_text())
+    assert len(progress["chunks_done"]) == 3
+    with pytest.raises(S.StoreError, match="interrupted"):
+        S.open_store(run)
+    rec = map_run(run, scheduler="synchronous", chunks=CHUNKS, progress=False)
+    assert rec["chunks_resumed"] == 3 and rec["chunks_run"] == rec["chunks_total"] - 3
+    ds = S.open_store(run).load()
+    for k in ("soc", "soc_stock_0_100cm", "tau4s3", "diff_default_soc_stock_0_30cm"):
+        np.testing.assert_allclose(ds[k].values, main_store[k].values, rtol=1e-6, equal_nan=True)
+
+
+def test_resume_after_killed_process(tiny_run, main_store):
+    from socmap.mapping import map_run
+
+    run = copy_run(tiny_run, "killed")
+    env = {**os.environ, "SOCMAP_MAP_TEST_DELAY_S": "0.4"}
+    cmd = [sys.executable, "-m", "socmap.cli", "map", "--run", str(run), "--chunks", str(CHUNKS), "--scheduler", "synchronous"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    progress_file = run / "maps.zarr.partial" / S.PROGRESS_FILE
+    done = 0
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if progress_file.exists():
+                try:
+                    done = len(json.loads(progress_file.read_text())["chunks_done"])
+                except ValueError:
+                    done = 0
+                if done >= 2:
+                    break
+            assert proc.poll() is None, "socmap map finished before it could be killed"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert done >= 2
+    assert not (run / "maps.zarr").exists(), "a killed run must not leave a store that looks complete"
+    with pytest.raises(S.StoreError):
+        S.open_store(run)
+    done = len(json.loads(progress_file.read_text())["chunks_done"])
+    rec = map_run(run, scheduler="synchronous", chunks=CHUNKS, progress=False)
+    assert rec["chunks_resumed"] == done and rec["chunks_run"] == rec["chunks_total"] - done
+    ds = S.open_store(run).load()
+    for k in ("soc", "soc_stock_0_30cm", "cue", "default_soc_stock_0_100cm"):
+        np.testing.assert_allclose(ds[k].values, main_store[k].values, rtol=1e-6, equal_nan=True)
+
+
+def test_changed_arguments_restart_partial(tiny_run):
+    from socmap.mapping import MapInterrupted, map_run
+
+    run = copy_run(tiny_run, "restart")
+    with pytest.raises(MapInterrupted):
+        map_run(run, scheduler="synchronous", chunks=CHUNKS, stop_after=2, progress=False)
+    rec = map_run(run, scheduler="synchronous", chunks=32, progress=False)  # other chunking: start again
+    assert rec["chunks_resumed"] == 0 and rec["complete"]
+
+
+def test_store_version_mismatch_is_a_clear_error(mapped_run, tmp_path):
+    import shutil
+
+    import zarr
+
+    dst = tmp_path / "old" / "maps.zarr"
+    shutil.copytree(mapped_run / "maps.zarr", dst)
+    g = zarr.open_group(str(dst), mode="r+")
+    g.attrs["store_version"] = "0"
+    zarr.consolidate_metadata(str(dst))
+    with pytest.raises(S.StoreError, match="version 0.*reads version 1"):
+        S.open_store(dst.parent)
+    with pytest.raises(S.StoreError, match="no run store"):
+        S.open_store(tmp_path / "nothing")
+
+
+def test_stale_partial_of_another_version_is_discarded(tiny_run):
+    from socmap.mapping import MapInterrupted, map_run
+
+    run = copy_run(tiny_run, "stale")
+    with pytest.raises(MapInterrupted):
+        map_run(run, scheduler="synchronous", chunks=CHUNKS, stop_after=2, progress=False)
+    pf = run / "maps.zarr.partial" / S.PROGRESS_FILE
+    p = json.loads(pf.read_text())
+    p["store_version"] = "0"
+    pf.write_text(json.dumps(p))
+    rec = map_run(run, scheduler="synchronous", chunks=CHUNKS, progress=False)
+    assert rec["chunks_resumed"] == 0 and rec["complete"]
+
+
+def _run_with_cube(tiny_run, name, cube):
+    """A run copy whose data folder holds ``cube`` (run.json points there)."""
+    import warnings
+
+    run = copy_run(tiny_run, name)
+    data = run.parent / f"{name}-data"
+    data.mkdir(exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cube.to_zarr(data / "cube.zarr", mode="w")
+    rec = json.loads((run / "run.json").read_text())
+    rec["data"]["dir"] = str(data)
+    (run / "run.json").write_text(json.dumps(rec))
+    return run
+
+
+def test_bad_cubes_are_clear_errors(tiny_run):
+    from socmap.mapping import MappingError, map_run
+
+    cube = _cube(tiny_run).load()
+    for v in cube.data_vars:
+        cube[v].encoding.clear()
+    run = _run_with_cube(tiny_run, "nocov", cube.drop_vars("clay_pct"))
+    with pytest.raises(MappingError, match="clay_pct"):
+        map_run(run, scheduler="synchronous", progress=False)
+    assert not (run / "maps.zarr.partial").exists()
+    run = _run_with_cube(tiny_run, "noclim", cube.drop_vars("precip_mm"))
+    with pytest.raises(MappingError, match="precip_mm"):
+        map_run(run, scheduler="synchronous", progress=False)
+    run = _run_with_cube(tiny_run, "albers", cube.rio.write_crs("EPSG:5070"))
+    with pytest.raises(MappingError, match="EPSG:4326"):
+        map_run(run, scheduler="synchronous", progress=False)
+
+
+def test_unwritable_output_is_a_clear_error(tiny_run, tmp_path):
+    from socmap.mapping import MappingError, map_run
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(MappingError, match="does not exist|cannot write"):
+        map_run(tiny_run, scheduler="synchronous", out=str(blocker / "maps.zarr"), progress=False)
+    if hasattr(os, "geteuid") and os.geteuid() != 0:  # root ignores permissions
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        try:
+            with pytest.raises(MappingError, match="cannot write"):
+                map_run(tiny_run, scheduler="synchronous", out=str(ro / "maps.zarr"), progress=False)
+        finally:
+            ro.chmod(0o755)
+
+
+def test_cli_map_summary(tiny_run):
+    from typer.testing import CliRunner
+
+    from socmap.cli import app
+
+    run = copy_run(tiny_run, "cli")
+    res = CliRunner().invoke(app, ["map", "--run", str(run), "--chunks", "32", "--scheduler", "synchronous"])
+    assert res.exit_code == 0, res.output
+    assert "cells/s" in res.output and "MB" in res.output and (run / "maps.zarr").exists()
+    res = CliRunner().invoke(app, ["map", "--run", str(run / "nope")])
+    assert res.exit_code == 2 and "not a finished socmap run" in " ".join(res.output.split())
