@@ -88,12 +88,12 @@ def write_store_from_model(run_dir: str | Path) -> Path:
     }
     for key in ("soc_stock_0_30cm", "soc_stock_0_100cm"):
         depth = key.split("_")[-1]
-        data_vars[key] = (("y", "x"), grid2(stocks[key].numpy()), _attrs("kg C m-2", f"SOC stock 0-{depth[2:]}", "stock"))
+        data_vars[key] = (("y", "x"), grid2(stocks[key].numpy()), _attrs("kg C m-2", f"SOC stock 0-{depth}", "stock"))
         spread = torch.stack([s[key] for s in fold_stocks]).std(0)
-        data_vars[f"{key}_std"] = (("y", "x"), grid2(spread.numpy()), _attrs("kg C m-2", f"SOC stock 0-{depth[2:]}, fold-ensemble SD", "uncertainty"))
-        data_vars[f"default_{key}"] = (("y", "x"), grid2(default_stocks[key].numpy()), _attrs("kg C m-2", f"SOC stock 0-{depth[2:]} with CLM5 default parameters", "stock"))
+        data_vars[f"{key}_std"] = (("y", "x"), grid2(spread.numpy()), _attrs("kg C m-2", f"SOC stock 0-{depth}, fold-ensemble SD", "uncertainty"))
+        data_vars[f"default_{key}"] = (("y", "x"), grid2(default_stocks[key].numpy()), _attrs("kg C m-2", f"SOC stock 0-{depth} with CLM5 default parameters", "stock"))
         data_vars[f"diff_default_{key}"] = (("y", "x"), grid2((stocks[key] - default_stocks[key]).numpy()),
-                                            _attrs("kg C m-2", f"SOC stock 0-{depth[2:]}: hybrid - CLM5 default", "difference"))
+                                            _attrs("kg C m-2", f"SOC stock 0-{depth}: hybrid - CLM5 default", "difference"))
     for j, prm in enumerate(PARAMETERS):
         data_vars[prm.name] = (("y", "x"), grid2(theta[:, j].numpy()), _attrs(prm.unit, prm.description, "parameter"))
     for key, (units, long_name) in DIAGNOSTICS.items():

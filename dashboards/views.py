@@ -1,0 +1,601 @@
+"""Dashboard views: each a ``pn.viewable.Viewer`` whose widgets are its parameters and whose plots
+are functions of those parameters. They read one :class:`dashboards.data.RunData` (shared, cached).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import panel as pn
+import param
+import holoviews as hv
+from holoviews.operation.datashader import rasterize
+
+from dashboards.data import KIND_LABEL, RunData, load_run, parameter_unit, state_outlines
+from socmap.clm5.parameters import INDEX, LOWER, NAMES, PARAMETERS, UPPER
+
+hv.extension("bokeh", logo=False)
+
+CMAPS = {
+    "soc": "viridis", "stock": "viridis", "parameter": "cividis", "diagnostic": "inferno",
+    "covariate": "kbc_r", "difference": "RdBu_r", "uncertainty": "magma", "mask": "gray", "other": "viridis",
+}
+CMAP_CHOICES = ["auto", "viridis", "cividis", "plasma", "inferno", "magma", "kbc_r", "fire", "YlGnBu", "RdBu_r", "coolwarm", "PuOr"]
+MAP_W, MAP_H = 740, 360
+PROFILE_W = 380
+
+
+def _layer_options(run: RunData) -> dict[str, str]:
+    """Select options {label: variable}, grouped by kind in the label."""
+    out = {}
+    for name, kind in run.variables.items():
+        unit = run.units(name)
+        out[f"{KIND_LABEL.get(kind, kind)} · {name}" + (f" [{unit}]" if unit and unit != "1" else "")] = name
+    return out
+
+
+def _default_layer(run: RunData) -> str:
+    for cand in ("soc_stock_0_30cm", "soc_stock_0_100cm", "soc"):
+        if cand in run.variables:
+            return cand
+    return next(iter(run.variables))
+
+
+def outlines() -> hv.Path:
+    x, y = state_outlines()
+    return hv.Path([{"x": x, "y": y}], kdims=["x", "y"]).opts(color="#333333", line_width=0.7, alpha=0.8)
+
+
+class MapExplorer(pn.viewable.Viewer):
+    """Any layer of the run store on a CONUS map; sites overlay; tap a location or a site."""
+
+    layer = param.Selector(doc="Map layer")
+    soc_layer = param.Integer(default=0, bounds=(0, 19), doc="Soil layer for 3-D variables")
+    cmap = param.Selector(default="auto", objects=CMAP_CHOICES, doc="Colour map")
+    log_colour = param.Boolean(default=False, doc="Logarithmic colour scale")
+    show_sites = param.Boolean(default=True, doc="Show observation sites")
+    site_colour = param.Selector(default="observed SOC", objects=["observed SOC", "residual (log sim/obs)"])
+    compare = param.Selector(default=None, objects=[None], allow_None=True, doc="Show this run minus another run")
+    tap_x = param.Number(default=None, allow_None=True)
+    tap_y = param.Number(default=None, allow_None=True)
+    tapped_site = param.String(default=None, allow_None=True)
+
+    def __init__(self, run: RunData, compare_runs: dict[str, RunData] | None = None, **params):
+        self.run = run
+        self.compare_runs = compare_runs or {}
+        opts = _layer_options(run)
+        self.param.layer.objects = opts
+        self.param.compare.objects = [None, *self.compare_runs]
+        params.setdefault("layer", _default_layer(run))
+        super().__init__(**params)
+        self.param.soc_layer.bounds = (0, max(run.n_layers - 1, 0))
+        self._tap = hv.streams.Tap(x=None, y=None)
+        self._tap.add_subscriber(self._on_tap)
+        self._plot = None
+
+    # ---------------------------------------------------------- data
+    @property
+    def is_difference(self) -> bool:
+        return self.compare is not None or self.run.kind(self.layer) == "difference"
+
+    def current_array(self) -> np.ndarray:
+        arr = self.run.array(self.layer, self.soc_layer)
+        if self.compare is not None:
+            other = self.compare_runs[self.compare]
+            if self.layer in other.ds and other.array(self.layer, self.soc_layer).shape == arr.shape:
+                arr = arr - other.array(self.layer, self.soc_layer)
+        return arr
+
+    def current_clim(self) -> tuple[float, float]:
+        if self.compare is None:
+            return self.run.clim(self.layer, self.soc_layer)
+        a = self.current_array()
+        finite = np.abs(a[np.isfinite(a)])
+        m = float(np.percentile(finite, 98)) if finite.size else 1.0
+        return (-(m or 1.0), m or 1.0)
+
+    def title(self) -> str:
+        label = self.run.label(self.layer, self.soc_layer if self.run.has_layers(self.layer) else None)
+        unit = self.run.units(self.layer)
+        prefix = f"{self.run.name} − {self.compare}: " if self.compare else ""
+        return f"{prefix}{label}" + (f" [{unit}]" if unit else "")
+
+    def colorbar_title(self) -> str:
+        unit = self.run.units(self.layer)
+        return f"{self.layer}" + (f" ({unit})" if unit else "")
+
+    # ---------------------------------------------------------- plot elements
+    @param.depends("layer", "soc_layer", "compare")
+    def image(self) -> hv.Image:
+        arr = self.current_array()
+        vdim = hv.Dimension(self.layer, label=self.layer, unit=self.run.units(self.layer) or None)
+        return hv.Image((self.run.x, self.run.y, arr), kdims=["x", "y"], vdims=[vdim], bounds=None)
+
+    def _resolved_cmap(self) -> str:
+        if self.cmap != "auto":
+            return self.cmap
+        if self.is_difference:
+            return CMAPS["difference"]
+        return CMAPS.get(self.run.kind(self.layer), "viridis")
+
+    @param.depends("layer", "soc_layer", "cmap", "log_colour", "compare")
+    def _style(self) -> dict:
+        lo, hi = self.current_clim()
+        logz = bool(self.log_colour and lo > 0 and not self.is_difference)
+        return dict(cmap=self._resolved_cmap(), clim=(lo, hi), logz=logz, clabel=self.colorbar_title(), title=self.title())
+
+    @param.depends("show_sites", "site_colour")
+    def sites(self) -> hv.Points:
+        df = self.run.sites
+        if not self.show_sites or df.empty:
+            return hv.Points([], kdims=["lon", "lat"], vdims=["site_id", "value"])
+        if self.site_colour.startswith("observed"):
+            vals, cmap, clim, label = df["soc_obs_top"], "viridis", tuple(np.nanpercentile(df["soc_obs_top"], [2, 98])), "observed SOC, top sample (g C m-3)"
+        else:
+            m = float(np.nanpercentile(np.abs(df["log_ratio"]), 98)) or 1.0
+            vals, cmap, clim, label = df["log_ratio"], "RdBu_r", (-m, m), "log(sim/obs), site mean"
+        data = pd.DataFrame({"lon": df["lon"], "lat": df["lat"], "site_id": df["site_id"], "value": vals, "fold": df["fold"]})
+        return hv.Points(data, kdims=["lon", "lat"], vdims=[hv.Dimension("value", label=label), "site_id", "fold"]).opts(
+            color="value", cmap=cmap, clim=clim, size=6, line_color="white", line_width=0.6, tools=["hover"],
+            colorbar=False)
+
+    @param.depends("tap_x", "tap_y")
+    def marker(self) -> hv.Points:
+        if self.tap_x is None:
+            return hv.Points([], kdims=["x", "y"])
+        return hv.Points([(self.tap_x, self.tap_y)], kdims=["x", "y"]).opts(marker="x", size=14, color="black", line_width=3)
+
+    def plot(self) -> hv.DynamicMap:
+        if self._plot is None:
+            l, b, r, t = self.run.bounds
+            img = rasterize(hv.DynamicMap(self.image), precompute=True, dynamic=True).apply(self._restyle).opts(
+                hooks=[self._colorbar_hook],
+                colorbar=True, tools=["hover", "tap"], frame_width=MAP_W, frame_height=MAP_H, xlim=(l, r), ylim=(b, t),
+                xlabel="longitude (°E)", ylabel="latitude (°N)", active_tools=["wheel_zoom"],
+                colorbar_position="right", toolbar="above", clipping_colors={"NaN": (0, 0, 0, 0)}, bgcolor="#eef1f4",
+            )
+            self._tap.source = img
+            overlay = img * outlines() * hv.DynamicMap(self.sites) * hv.DynamicMap(self.marker)
+            self._plot = overlay
+        return self._plot
+
+    @param.depends("layer", "soc_layer", "cmap", "log_colour", "compare")
+    def _restyle(self, element):
+        return element.opts(**self._style())
+
+    def _colorbar_hook(self, plot, element):
+        """HoloViews keeps the first colour-bar title; keep it in step with the layer."""
+        cb = plot.handles.get("colorbar")
+        if cb is not None:
+            cb.title = self.colorbar_title()
+
+    # ---------------------------------------------------------- tap handling
+    def _on_tap(self, x=None, y=None, **_):
+        if x is None or y is None:
+            return
+        site = None
+        df = self.run.sites
+        if self.show_sites and not df.empty:
+            d = np.hypot(df["lon"].to_numpy() - x, df["lat"].to_numpy() - y)
+            k = int(np.argmin(d))
+            if d[k] <= max(0.6, 1.5 * self.run.resolution):
+                site = str(df["site_id"].iloc[k])
+        self.param.update(tap_x=float(x), tap_y=float(y), tapped_site=site)
+
+    def tap(self, x: float, y: float) -> None:
+        """Programmatic tap (tests and the site selector)."""
+        self._on_tap(x=x, y=y)
+
+    # ---------------------------------------------------------- panels
+    @param.depends("layer", "soc_layer", "compare")
+    def caption(self):
+        arr = self.current_array()
+        finite = arr[np.isfinite(arr)]
+        stats = f"min {finite.min():.4g} · median {np.median(finite):.4g} · max {finite.max():.4g}" if finite.size else "no data"
+        return pn.pane.Markdown(f"**{self.title()}** — {stats}", css_classes=["layer-caption"], margin=(0, 10))
+
+    @param.depends("tap_x", "tap_y", "layer", "soc_layer")
+    def location_panel(self):
+        if self.tap_x is None:
+            return pn.pane.Markdown("*Click the map: a location's values, parameters and SOC profile appear here; "
+                                    "click a site for its observed profile.*", width=PROFILE_W)
+        cell = self.run.cell(self.tap_x, self.tap_y)
+        if cell is None:
+            return pn.pane.Markdown(f"({self.tap_x:.2f}, {self.tap_y:.2f}) is outside the grid.", width=PROFILE_W)
+        iy, ix = cell
+        rows = []
+        for name in [self.layer, "soc_stock_0_30cm", "soc_stock_0_100cm", *self.run.predicted_params]:
+            if name in self.run.ds and name not in [r[0] for r in rows]:
+                v = self.run.value(name, iy, ix, self.soc_layer)
+                rows.append((name, f"{v:.4g}", self.run.units(name)))
+        table = pd.DataFrame(rows, columns=["variable", "value", "units"])
+        head = f"**Location** {self.run.y[iy]:.2f}°N, {self.run.x[ix]:.2f}°E"
+        if not np.isfinite(self.run.value("land_mask", iy, ix) if "land_mask" in self.run.ds else 1.0) or (
+                "land_mask" in self.run.ds and self.run.value("land_mask", iy, ix) == 0):
+            head += " (not land)"
+        items = [pn.pane.Markdown(head), pn.pane.DataFrame(table, index=False, width=PROFILE_W, sizing_mode="fixed")]
+        if "soc" in self.run.ds and self.run.depth_m is not None:
+            prof = self.run.profile("soc", iy, ix)
+            if np.isfinite(prof).any():
+                items.append(hv.Curve((prof, self.run.depth_m), "SOC (g C m-3)", "depth (m)").opts(
+                    invert_yaxis=True, width=PROFILE_W, height=260, title="simulated SOC profile", color="#1f77b4",
+                    logx=False, tools=["hover"]))
+        return pn.Column(*items, width=PROFILE_W + 20)
+
+    def widgets(self) -> pn.Column:
+        return pn.Column(
+            pn.widgets.Select.from_param(self.param.layer, name="Layer", size=1),
+            pn.widgets.IntSlider.from_param(self.param.soc_layer, name="Soil layer (SOC)",
+                                            visible=self.param.layer.rx.pipe(lambda v: self.run.has_layers(v))),
+            pn.pane.Markdown(self.param.soc_layer.rx.pipe(self._depth_text), margin=(0, 10),
+                             visible=self.param.layer.rx.pipe(lambda v: self.run.has_layers(v))),
+            pn.widgets.Select.from_param(self.param.cmap, name="Colours"),
+            pn.widgets.Checkbox.from_param(self.param.log_colour, name="log colour scale"),
+            pn.widgets.Checkbox.from_param(self.param.show_sites, name="observation sites"),
+            pn.widgets.RadioButtonGroup.from_param(self.param.site_colour, button_type="default", button_style="outline"),
+            *( [pn.widgets.Select.from_param(self.param.compare, name="Compare with run")] if self.compare_runs else []),
+        )
+
+    def _depth_text(self, k: int) -> str:
+        if self.run.depth_m is None:
+            return ""
+        top = self.run.ds["layer_top_m"].values[k] if "layer_top_m" in self.run.ds.coords else np.nan
+        bot = self.run.ds["layer_bottom_m"].values[k] if "layer_bottom_m" in self.run.ds.coords else np.nan
+        return f"layer {k}: {top:.2f}–{bot:.2f} m (node {self.run.depth_m[k]:.2f} m)"
+
+    def __panel__(self):
+        return pn.Row(
+            pn.Column(self.caption, pn.pane.HoloViews(self.plot(), linked_axes=False), sizing_mode="fixed"),
+            self.location_panel,
+        )
+
+
+class ParameterFields(pn.viewable.Viewer):
+    """Small multiples of the learned parameter maps (the predicted ones first)."""
+
+    which = param.Selector(default="predicted", objects=["predicted", "all 21"])
+    ncols = param.Integer(default=3, bounds=(1, 6))
+
+    def __init__(self, run: RunData, **params):
+        self.run = run
+        super().__init__(**params)
+
+    def names(self) -> list[str]:
+        pred = [p for p in self.run.predicted_params if p in self.run.ds]
+        if self.which == "predicted" and pred:
+            return pred
+        return pred + [p for p in NAMES if p in self.run.ds and p not in pred]
+
+    @param.depends("which", "ncols")
+    def layout(self):
+        plots = []
+        w = max(200, int(1100 / self.ncols) - 40)
+        for name in self.names():
+            arr, (l, b, r, t) = self.run.coarse(name)
+            prm = PARAMETERS[INDEX[name]]
+            lo, hi = self.run.clim(name)
+            fixed = name not in self.run.predicted_params
+            img = hv.Image(arr, bounds=(l, b, r, t), kdims=["x", "y"], vdims=[hv.Dimension(name, unit=prm.unit)]).opts(
+                cmap="cividis", clim=(lo, hi) if hi > lo else (prm.lower, prm.upper), colorbar=True, frame_width=w,
+                frame_height=int(w * 0.5), xaxis=None, yaxis=None, tools=["hover"], clabel=prm.unit,
+                title=f"{name}{' (fixed)' if fixed else ''} — {prm.description}"[:60], fontsize={"title": 9},
+                clipping_colors={"NaN": (0, 0, 0, 0)})
+            plots.append(img * outlines().opts(line_width=0.4))
+        if not plots:
+            return pn.pane.Markdown("No parameter layers in this store.")
+        return pn.pane.HoloViews(hv.Layout(plots).cols(self.ncols).opts(shared_axes=False), linked_axes=False)
+
+    def __panel__(self):
+        return pn.Column(
+            pn.Row(pn.widgets.RadioButtonGroup.from_param(self.param.which), pn.widgets.IntSlider.from_param(self.param.ncols, name="columns", width=200)),
+            pn.pane.Markdown("Learned parameter fields in physical units (colour bar: units). "
+                             "Parameters the run did not predict stay at their fixed value."),
+            self.layout,
+        )
+
+
+class KanInspector(pn.viewable.Viewer):
+    """Edge curves (KAN) or partial dependence (MLP) of one parameter, one plot per covariate."""
+
+    parameter = param.Selector(doc="Parameter")
+    max_curves = param.Integer(default=12, bounds=(1, 30), doc="Curves shown (most important first)")
+    show_truth = param.Boolean(default=True, doc="Overlay the true curves (synthetic runs)")
+
+    def __init__(self, run: RunData, map_view: MapExplorer | None = None, **params):
+        self.run = run
+        self.map_view = map_view
+        pred = run.predicted_params or list(NAMES)
+        self.param.parameter.objects = pred
+        params.setdefault("parameter", pred[0])
+        super().__init__(**params)
+
+    def location_values(self) -> dict[str, float] | None:
+        mv = self.map_view
+        if mv is None or mv.tap_x is None:
+            return None
+        cell = self.run.cell(mv.tap_x, mv.tap_y)
+        if cell is None:
+            return None
+        iy, ix = cell
+        return {c: self.run.value(c, iy, ix) for c in self.run.covariate_names if c in self.run.ds}
+
+    def curve_plots(self, values: dict[str, float] | None = None) -> list:
+        """One overlay per covariate (learned curve, fold band, truth, distribution, location)."""
+        if not self.run.models:
+            return []
+        cv = self.run.curves(self.parameter)
+        X = self.run.covariate_sample()
+        names = self.run.covariate_names
+        plots = []
+        unit = parameter_unit(self.parameter)
+        for c, imp in list(zip(cv.covariates, cv.importance))[: self.max_curves]:
+            xs, m = cv.xs[c], cv.mean[c]
+            cunit = self.run.units(c) if c in self.run.ds else ""
+            xlabel = f"{c} ({cunit})" if cunit and cunit != "1" else c
+            ylab = f"Δp {self.parameter}"
+            xdim, ydim = hv.Dimension(c, label=xlabel), hv.Dimension("p", label=ylab)
+            span = float(max(np.ptp(np.concatenate([cv.lo[c], cv.hi[c]])), 1e-6))
+            base = float(min(cv.lo[c].min(), (cv.truth.get(c) if cv.truth.get(c) is not None else m).min())) - 0.05 * span
+            # data distribution: histogram of the land-grid values, scaled into the bottom 25 %
+            col = X[:, names.index(c)]
+            counts, edges = np.histogram(col, bins=30, range=(xs[0], xs[-1]))
+            h = counts / max(counts.max(), 1) * 0.25 * span
+            hist = hv.Histogram((edges, h + base), kdims=[xdim], vdims=[ydim]).opts(
+                fill_color="#bbbbbb", line_color=None, alpha=0.6)
+            hist = hv.Area((0.5 * (edges[1:] + edges[:-1]), np.full(len(h), base), h + base), kdims=[xdim], vdims=[ydim, "p2"]).opts(
+                color="#c8c8c8", line_alpha=0, alpha=0.7)
+            band = hv.Area((xs, cv.lo[c], cv.hi[c]), kdims=[xdim], vdims=[ydim, "p_hi"]).opts(color="#1f77b4", alpha=0.2, line_alpha=0)
+            curve = hv.Curve((xs, m), kdims=[xdim], vdims=[ydim], label="learned").opts(color="#1f77b4", line_width=2.5)
+            layers = [hist, band, curve]
+            if self.show_truth and cv.truth.get(c) is not None:
+                layers.append(hv.Curve((xs, cv.truth[c]), kdims=[xdim], vdims=[ydim], label="true").opts(
+                    color="#d62728", line_dash="dashed", line_width=2))
+            if values is not None and c in values and np.isfinite(values[c]):
+                layers.append(hv.VLine(values[c]).opts(color="black", line_width=1.5, line_dash="dotted"))
+            fit = cv.symbolic.get(c)
+            sym = f"{fit.kind} R²={fit.r2:.2f}" if fit is not None else "flat"
+            title = f"{c} · imp {imp:.2f} · {sym}"
+            plots.append(hv.Overlay(layers).opts(
+                title=title, width=290, height=210, fontsize={"title": 9, "labels": 8, "xticks": 7, "yticks": 7},
+                show_legend=len(plots) == 0, legend_position="top_left", toolbar=None))
+        return plots
+
+    def contribution_bars(self, values: dict[str, float]) -> hv.Bars:
+        contrib = self.run.contributions(self.parameter, values)
+        order = sorted(contrib, key=lambda k: -abs(contrib[k]))
+        data = pd.DataFrame({"covariate": order, "contribution": [contrib[k] for k in order]})
+        data["sign"] = np.where(data["contribution"] >= 0, "+", "−")
+        return hv.Bars(data, kdims=["covariate"], vdims=[hv.Dimension("contribution", label=f"contribution to p {self.parameter}"), "sign"]).opts(
+            color="sign", cmap={"+": "#d6604d", "−": "#4393c3"}, invert_axes=True, width=360, height=320,
+            title=f"contributions at the clicked location", tools=["hover"], fontsize={"title": 10})
+
+    @param.depends("parameter", "max_curves", "show_truth", "map_view.tap_x", "map_view.tap_y")
+    def view(self):
+        if not self.run.models:
+            return pn.pane.Markdown(f"Run {self.run.name} has no fold models (encoder {self.run.encoder}): no curves to show.")
+        values = self.location_values()
+        plots = self.curve_plots(values)
+        cv = self.run.curves(self.parameter)
+        prm = PARAMETERS[INDEX[self.parameter]]
+        head = (f"### {self.parameter} — {prm.description} ({prm.unit}; bounds {prm.lower:g}–{prm.upper:g})\n"
+                f"{cv.method} curves, fold mean (line) and range (band), ordered by importance; x in physical units, "
+                f"y = contribution to the normalised parameter p. Grey: distribution over the land grid."
+                + (" Red dashed: true curve (synthetic twin, shifted to the learned mean)." if self.run.truth else "")
+                + (" Titles: best symbolic form and its R²." ))
+        grid = pn.pane.HoloViews(hv.Layout(plots).cols(4).opts(shared_axes=False), linked_axes=False, css_classes=["kan-curves"])
+        side = []
+        if values is not None:
+            side.append(pn.pane.Markdown(f"**Location** {self.map_view.tap_y:.2f}°N, {self.map_view.tap_x:.2f}°E (dotted lines)"))
+            side.append(pn.pane.HoloViews(self.contribution_bars(values)))
+        else:
+            side.append(pn.pane.Markdown("*Click a location on the Map tab: its covariate values are marked on every curve "
+                                         "and its contributions appear here.*", width=300))
+        sym_rows = [(c, f"{cv.importance[i]:.3f}", cv.symbolic[c].formula if cv.symbolic.get(c) else "—",
+                     f"{cv.symbolic[c].r2:.3f}" if cv.symbolic.get(c) else "—") for i, c in enumerate(cv.covariates)]
+        table = pn.pane.DataFrame(pd.DataFrame(sym_rows, columns=["covariate", "importance", "symbolic suggestion (x' = scaled x)", "R²"]),
+                                  index=False, sizing_mode="stretch_width")
+        return pn.Column(pn.pane.Markdown(head), pn.Row(grid, pn.Column(*side)), table)
+
+    def __panel__(self):
+        return pn.Column(
+            pn.Row(pn.widgets.Select.from_param(self.param.parameter, name="Parameter", width=200),
+                   pn.widgets.IntSlider.from_param(self.param.max_curves, name="curves", width=200),
+                   pn.widgets.Checkbox.from_param(self.param.show_truth, name="true curves", disabled=self.run.truth is None)),
+            pn.panel(self.view, loading_indicator=True),
+        )
+
+
+class SiteView(pn.viewable.Viewer):
+    """Observed SOC profile at a site vs the simulated one (out-of-fold, and every fold's model)."""
+
+    site = param.Selector(doc="Observation site")
+
+    def __init__(self, run: RunData, map_view: MapExplorer | None = None, **params):
+        self.run = run
+        self.map_view = map_view
+        ids = list(run.sites["site_id"].astype(str))
+        self.param.site.objects = ids
+        params.setdefault("site", ids[0] if ids else None)
+        super().__init__(**params)
+        if map_view is not None:
+            map_view.param.watch(self._from_map, "tapped_site")
+
+    def _from_map(self, event):
+        if event.new is not None and event.new in self.param.site.objects:
+            self.site = event.new
+
+    def observations(self) -> pd.DataFrame:
+        obs = self.run.observations
+        return obs[obs["site_id"].astype(str) == str(self.site)].sort_values("depth_m")
+
+    def fold_profiles(self) -> np.ndarray | None:
+        """SOC [n_folds, 20] at the site's cell from every fold model (needs the data cube)."""
+        cache = self.run.__dict__.setdefault("_fold_profiles", {})
+        if self.site in cache:
+            return cache[self.site]
+        out = None
+        try:
+            import torch
+            import xarray as xr
+
+            from socmap.clm5 import soc_nodes, steady_state
+            from socmap.clm5.parameters import to_physical
+            from socmap.data.grid import sample_grid
+            from socmap.data.synthetic import cell_forcing
+
+            if self.run.models and self.run.data_dir and (self.run.data_dir / "cube.zarr").exists():
+                cube = self.run.__dict__.get("_cube")
+                if cube is None:
+                    cube = self.run.__dict__["_cube"] = xr.open_zarr(self.run.data_dir / "cube.zarr")
+                row = self.run.sites.set_index("site_id").loc[self.site]
+                s = sample_grid(cube, np.array([row["lon"]]), np.array([row["lat"]]))
+                if s.status[0] == "ok":
+                    names = self.run.covariate_names
+                    if self.run.site_table is not None and self.site in self.run.site_table.index:
+                        cov = self.run.site_table.loc[[self.site], names].to_numpy(np.float64)
+                    else:
+                        cov = np.array([[float(cube[n].values[s.iy[0], s.ix[0]]) for n in names]])
+                    forcing = cell_forcing(cube, s.iy[:1], s.ix[:1], np.array([row["lat"]]))
+                    x = torch.as_tensor(cov, dtype=torch.float32)
+                    with torch.no_grad():
+                        profs = [soc_nodes(steady_state(to_physical(m(x).to(torch.float64)), forcing))[0].numpy() for m in self.run.models]
+                    out = np.stack(profs)
+        except Exception:  # noqa: BLE001 - the fold profiles are an extra
+            out = None
+        cache[self.site] = out
+        return out
+
+    def profile_plot(self) -> hv.Overlay:
+        obs = self.observations()
+        ydim = hv.Dimension("depth", label="depth (m)")
+        xdim = hv.Dimension("soc", label="SOC (g C m-3)")
+        layers = []
+        folds = self.fold_profiles()
+        depth = self.run.depth_m if self.run.depth_m is not None else None
+        if folds is not None and depth is not None:
+            keep = depth <= max(1.5, float(obs["depth_m"].max()) * 1.5 if len(obs) else 1.5)
+            layers.append(hv.Area((depth[keep], folds.min(0)[keep], folds.max(0)[keep]), kdims=[ydim], vdims=[xdim, "hi"]).opts(
+                color="#ff7f0e", alpha=0.2, line_alpha=0))
+            for k, prof in enumerate(folds):
+                layers.append(hv.Curve((depth[keep], prof[keep]), kdims=[ydim], vdims=[xdim], label="fold models").opts(
+                    color="#ff7f0e", alpha=0.6, line_width=1))
+        layers.append(hv.Curve((obs["depth_m"], obs["soc_sim_g_m3"]), kdims=[ydim], vdims=[xdim], label="simulated (held-out fold)").opts(
+            color="#d62728", line_width=2.5))
+        layers.append(hv.Scatter((obs["depth_m"], obs["soc_obs_g_m3"]), kdims=[ydim], vdims=[xdim], label="observed").opts(
+            color="black", size=8, marker="circle"))
+        return hv.Overlay(layers).opts(
+            hv.opts.Curve(invert_axes=True), hv.opts.Scatter(invert_axes=True), hv.opts.Area(invert_axes=True)).opts(
+            invert_yaxis=True, width=460, height=420, legend_position="bottom_right", title=f"SOC profile at {self.site}",
+            tools=["hover"])
+
+    def parameter_table(self) -> pd.DataFrame:
+        rows = []
+        sp = self.run.site_parameters
+        st = self.run.site_table
+        for name in self.run.predicted_params or NAMES:
+            j = INDEX[name]
+            row = {"parameter": name, "unit": PARAMETERS[j].unit}
+            if sp is not None and self.site in sp.index and f"p_{name}" in sp:
+                p = float(sp.loc[self.site, f"p_{name}"])
+                row["learned"] = f"{LOWER[j] + p * (UPPER[j] - LOWER[j]):.4g}"
+            if st is not None and self.site in st.index and f"true_p_{name}" in st:
+                p = float(st.loc[self.site, f"true_p_{name}"])
+                row["true"] = f"{LOWER[j] + p * (UPPER[j] - LOWER[j]):.4g}"
+            row["CLM5 default"] = f"{PARAMETERS[j].default:.4g}"
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    @param.depends("site")
+    def view(self):
+        if self.site is None:
+            return pn.pane.Markdown("No sites in this run.")
+        row = self.run.sites.set_index("site_id").loc[self.site]
+        info = (f"### Site {self.site}\n{row['lat']:.3f}°N, {row['lon']:.3f}°E · CV fold {int(row['fold'])} · "
+                f"{int(row['n_obs'])} samples · mean log(sim/obs) {row['log_ratio']:+.2f}")
+        return pn.Column(pn.pane.Markdown(info), pn.Row(
+            pn.pane.HoloViews(self.profile_plot(), css_classes=["site-profile"]),
+            pn.Column(pn.pane.Markdown("**Parameters at the site** (held-out fold model)"),
+                      pn.pane.DataFrame(self.parameter_table(), index=False, width=420, sizing_mode="fixed"))))
+
+    def __panel__(self):
+        return pn.Column(
+            pn.widgets.AutocompleteInput.from_param(self.param.site, name="Site (type, or click a site on the map)",
+                                                    min_characters=1, case_sensitive=False, search_strategy="includes", width=300),
+            self.view,
+        )
+
+
+class RunSummary(pn.viewable.Viewer):
+    """Metrics from run.json and the out-of-fold obs-vs-sim scatter."""
+
+    colour_by = param.Selector(default="depth_m", objects=["depth_m", "fold"])
+
+    def __init__(self, run: RunData, **params):
+        self.run = run
+        super().__init__(**params)
+
+    def metrics_table(self) -> pd.DataFrame:
+        cv = self.run.record.get("metrics", {}).get("cv", {})
+        rows = []
+        for f in cv.get("folds", []):
+            rows.append({"fold": str(f.get("fold")), **{k: f.get(k) for k in ("nse", "nse_log", "rmse", "r")}})
+        if cv.get("mean"):
+            rows.append({"fold": "mean", **cv["mean"]})
+        if cv.get("pooled"):
+            rows.append({"fold": "pooled", **{k: cv["pooled"].get(k) for k in ("nse", "nse_log", "rmse", "r")}})
+        df = pd.DataFrame(rows)
+        return df.rename(columns={"nse": "NSE", "nse_log": "NSE (log)", "rmse": "RMSE (g C m-3)", "r": "r"}).round(3)
+
+    def recovery_table(self) -> pd.DataFrame | None:
+        m = self.run.record.get("metrics", {})
+        if "param_recovery" not in m:
+            return None
+        rows = []
+        rel = m.get("relationship_recovery", {})
+        for name, v in m["param_recovery"].items():
+            edges = rel.get(name, {}).get("edges", [])
+            rows.append({"parameter": name, "R²": round(v.get("r2", np.nan), 3), "r": round(v.get("corr", np.nan), 3),
+                         "KL(importance)": round(rel.get(name, {}).get("kl", np.nan), 3),
+                         "true edges: curve R² / mean rank": "; ".join(f"{e['covariate']} {e['curve_r2']:.2f}/{e['mean_rank']:.1f}" for e in edges)})
+        return pd.DataFrame(rows)
+
+    @param.depends("colour_by")
+    def scatter(self) -> hv.Overlay:
+        obs = self.run.observations
+        ok = (obs["soc_obs_g_m3"] > 0) & (obs["soc_sim_g_m3"] > 0)
+        d = obs[ok]
+        lo = float(min(d["soc_obs_g_m3"].min(), d["soc_sim_g_m3"].min())) * 0.8
+        hi = float(max(d["soc_obs_g_m3"].max(), d["soc_sim_g_m3"].max())) * 1.2
+        pts = hv.Points(d, kdims=[hv.Dimension("soc_obs_g_m3", label="observed SOC (g C m-3)"),
+                                  hv.Dimension("soc_sim_g_m3", label="simulated SOC (g C m-3)")],
+                        vdims=["depth_m", "fold", "site_id"]).opts(
+            color=self.colour_by, cmap="viridis" if self.colour_by == "depth_m" else "Category10", colorbar=True,
+            size=4, alpha=0.7, tools=["hover"])
+        one = hv.Curve([(lo, lo), (hi, hi)]).opts(color="black", line_dash="dashed")
+        return (pts * one).opts(logx=True, logy=True, width=520, height=480, title="held-out observations vs simulation",
+                                xlim=(lo, hi), ylim=(lo, hi))
+
+    def __panel__(self):
+        rec = self.record_md()
+        rt = self.recovery_table()
+        return pn.Row(
+            pn.Column(pn.pane.Markdown(rec),
+                      pn.pane.Markdown("**Cross-validated skill** (held-out folds)"),
+                      pn.pane.DataFrame(self.metrics_table(), index=False, width=520, sizing_mode="fixed"),
+                      *( [pn.pane.Markdown("**Recovery of the truth** (synthetic twin, held-out sites)"),
+                          pn.pane.DataFrame(rt, index=False, width=620, sizing_mode="fixed")] if rt is not None else [])),
+            pn.Column(pn.widgets.RadioButtonGroup.from_param(self.param.colour_by), self.scatter),
+        )
+
+    def record_md(self) -> str:
+        r = self.run.record
+        cfg = r.get("config", {})
+        data = r.get("data", {})
+        t = r.get("timing", {}).get("total_s")
+        return (f"### Run {self.run.name}\nencoder **{cfg.get('encoder')}**, parameters **{cfg.get('params')}**, "
+                f"{cfg.get('folds')} folds ({cfg.get('split')}), {cfg.get('epochs')} epochs max · data **{data.get('entry')}** "
+                f"({data.get('n_sites')} sites, {data.get('n_obs', '?')} observations) · map resolution {self.run.resolution:g}° · "
+                f"git {str(r.get('git_revision') or '?')[:10]}" + (f" · trained in {t:.0f} s" if t else ""))
+
+
+__all__ = ["MapExplorer", "ParameterFields", "KanInspector", "SiteView", "RunSummary", "load_run", "outlines"]
