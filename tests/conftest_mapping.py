@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-CHUNKS = 8
+CHUNKS = 16  # 2 × 4 chunks on the 1° grid (25 × 59)
 _CACHE: dict[str, Path] = {}
 
 

@@ -1,0 +1,108 @@
+"""socmap map against a real Dask cluster: `dask scheduler` + two `dask worker` processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest_mapping import CHUNKS, copy_run, main_store, mapped_run, tiny_run  # noqa: F401
+from socmap import store as S
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def dask_cluster(tmp_path):
+    dask = shutil.which("dask", path=str(BIN)) or "dask"
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    procs = []
+    logs = tmp_path / "dask-logs"
+    logs.mkdir()
+
+    def start(args, name):
+        fh = open(logs / f"{name}.log", "w")
+        procs.append((subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path), fh))
+
+    try:
+        start([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"], "scheduler")
+        for i in range(2):
+            start([dask, "worker", address, "--nthreads", "1", "--nworkers", "1", "--host", "127.0.0.1",
+                   "--no-dashboard", "--name", f"w{i}", "--local-directory", str(tmp_path / f"w{i}")], f"worker{i}")
+        from distributed import Client
+
+        deadline = time.time() + 60
+        client = None
+        while client is None:
+            try:
+                client = Client(address, timeout="2s", set_as_default=False)
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.3)
+        client.wait_for_workers(2, timeout=60)
+        client.close()
+        yield address
+    finally:
+        for p, fh in reversed(procs):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p, fh in reversed(procs):
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(5)
+            fh.close()
+
+
+def test_map_on_dask_cluster_equals_local_run(dask_cluster, tiny_run, main_store):
+    run = copy_run(tiny_run, "distributed")
+    cmd = [str(BIN / "socmap"), "map", "--run", str(run), "--chunks", str(CHUNKS), "--scheduler", dask_cluster]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "cells/s" in res.stdout
+    ds = S.open_store(run).load()
+    assert set(ds.data_vars) == set(main_store.data_vars)
+    for k in ds.data_vars:
+        a, b = ds[k].values, main_store[k].values
+        if a.dtype.kind == "f":
+            np.testing.assert_allclose(a, b, rtol=1e-6, equal_nan=True, err_msg=k)
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=k)
+    import json
+
+    rec = json.loads((run / "map.json").read_text())
+    assert rec["arguments"]["scheduler"] == dask_cluster and rec["complete"]
+
+
+def test_unreachable_scheduler_is_a_clear_error(tiny_run):
+    run = copy_run(tiny_run, "unreachable")
+    port = _free_port()  # nothing listens there
+    t0 = time.time()
+    res = subprocess.run([str(BIN / "socmap"), "map", "--run", str(run), "--scheduler", f"tcp://127.0.0.1:{port}"],
+                         capture_output=True, text=True, timeout=120)
+    out = " ".join((res.stdout + res.stderr).split())
+    assert res.returncode == 2, out
+    assert "cannot reach the Dask scheduler" in out
+    assert time.time() - t0 < 60
+    assert not (run / "maps.zarr").exists() and not (run / "maps.zarr.partial").exists()
+    res = subprocess.run([str(BIN / "socmap"), "map", "--run", str(run), "--scheduler", "localhost:1"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "not a Dask scheduler address" in " ".join(res.stdout.split())
