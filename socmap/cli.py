@@ -52,39 +52,52 @@ def info() -> None:
 
 
 @app.command()
-def demo() -> None:
-    """The main job. For now: the CLM5 steady state at four example sites (profiles, stocks, diagnostics)."""
-    import torch
+def demo(
+    data_dir: Path = typer.Option(Path("data/synthetic"), "--data-dir", help="Where the synthetic twin lives (built if missing)."),
+    run: Path = typer.Option(Path("runs/synthetic-kan"), "--run", help="The run folder (trained if missing)."),
+    port: int = typer.Option(5006, "--port"),
+    address: str = typer.Option("127.0.0.1", "--address"),
+    show: bool = typer.Option(False, "--show/--no-show", help="Open a browser tab."),
+    serve_app: bool = typer.Option(True, "--serve/--no-serve", help="Serve the dashboard at the end."),
+) -> None:
+    """The main job: synthetic twin → train the KAN (5-fold spatial CV) → map CONUS → dashboard.
 
-    from socmap.clm5 import bulk_diagnostics, prepare_forcing, soc_nodes, standard_stocks, steady_state
-    from socmap.clm5.grid import NODE_M
-    from socmap.clm5.parameters import midrange_theta
-    from socmap.example import example_forcing
+    Each step is skipped when its output exists, so a second `socmap demo` starts in seconds.
+    """
+    import time as _time
 
-    names, forcing = example_forcing()
-    theta = midrange_theta(len(names))
-    prepared = prepare_forcing(forcing)
-    pools = steady_state(theta, prepared)
-    soc = soc_nodes(pools)
-    stocks = standard_stocks(soc)
-    diag = bulk_diagnostics(theta, prepared, pools)
+    t0 = _time.perf_counter()
+    if not (data_dir / "truth.json").exists():
+        from socmap.data.synthetic import SynthConfig, write_synthetic
 
-    table = Table(title="CLM5 steady-state SOC (g C m-3) at mid-range parameters (p = 0.5)")
-    table.add_column("depth (m)")
-    for n in names:
-        table.add_column(n)
-    for j in range(0, 12):
-        table.add_row(f"{NODE_M[j]:.2f}", *[f"{float(soc[i, j]):,.0f}" for i in range(len(names))])
-    console.print(table)
-    summary = Table(title="Stocks and bulk diagnostics")
-    summary.add_column("quantity")
-    for n in names:
-        summary.add_column(n)
-    for key, vals in {**stocks, **{k: v for k, v in diag.items() if v.dim() == 1}}.items():
-        summary.add_row(key, *[f"{float(v):.3g}" for v in vals])
-    console.print(summary)
-    torch.set_printoptions(precision=4)
+        console.rule("1/4 synthetic CONUS twin")
+        write_synthetic(data_dir, SynthConfig(), overwrite=data_dir.exists(), progress=True)
+    else:
+        console.print(f"1/4 synthetic twin: using {data_dir}")
+    if not (run / "run.json").exists():
+        from socmap.train import load_config
+        from socmap.train import train as run_training
 
+        console.rule("2/4 training the KAN hybrid (5-fold 2° block CV)")
+        record = run_training(load_config(data_dir=str(data_dir)), run, resume=run.exists())
+        mean = record["metrics"]["cv"]["mean"]
+        console.print(f"held-out NSE {mean['nse']:.3f}, NSE(log) {mean['nse_log']:.3f}")
+        for name, v in record["metrics"].get("param_recovery", {}).items():
+            console.print(f"  recovery of {name}: R² {v['r2']:.3f}")
+    else:
+        console.print(f"2/4 trained run: using {run}")
+    if not (run / "maps.zarr").exists():
+        from socmap.mapping import MapOptions, map_run, summary_lines
+
+        console.rule("3/4 mapping CONUS")
+        for line in summary_lines(map_run(run, MapOptions(ensemble=True))):
+            console.print(line)
+    else:
+        console.print(f"3/4 maps: using {run / 'maps.zarr'}")
+    console.print(f"ready in {_time.perf_counter() - t0:.0f} s")
+    if serve_app:
+        console.rule("4/4 dashboard")
+        serve(run=[run], port=port, address=address, show=show)
 
 
 @app.command()
