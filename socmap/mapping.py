@@ -415,6 +415,12 @@ def _dir_size(path: Path) -> int:
 # schedulers
 # ----------------------------------------------------------------------------------------
 
+def _check_scheduler_address(scheduler: str | None) -> None:
+    if scheduler and scheduler != "synchronous" and not scheduler.startswith(("tcp://", "tls://", "ws://", "wss://", "inproc://", "ucx://")):
+        raise MappingError(f"--scheduler {scheduler!r} is not a Dask scheduler address (like tcp://host:8786) "
+                           "nor 'synchronous'")
+
+
 def connect(scheduler: str | None, workers: int | None, n_tasks: int, timeout_s: float = 5.0):
     """``(client, cluster)`` for a scheduler address, a new LocalCluster (None) or (None, None) for
     ``"synchronous"``. An unreachable address raises :class:`MappingError` within ``timeout_s``."""
@@ -429,8 +435,7 @@ def connect(scheduler: str | None, workers: int | None, n_tasks: int, timeout_s:
             logging.getLogger(name).setLevel(logging.WARNING)
 
     if scheduler:
-        if not scheduler.startswith(("tcp://", "tls://", "ws://", "wss://", "inproc://", "ucx://")):
-            raise MappingError(f"--scheduler {scheduler!r} is not a Dask scheduler address (like tcp://host:8786)")
+        _check_scheduler_address(scheduler)
         try:
             with dask.config.set({"distributed.comm.timeouts.connect": f"{timeout_s}s"}):
                 client = Client(scheduler, timeout=f"{timeout_s}s")
@@ -532,6 +537,7 @@ def map_run(run_dir: str | Path, opts: MapOptions | None = None, **kwargs: Any) 
         raise MappingError(f"--chunks must be >= 1, not {opts.chunks}")
     if opts.method not in ("structured", "dense"):
         raise MappingError(f"method must be 'structured' or 'dense', not {opts.method!r}")
+    _check_scheduler_address(opts.scheduler)
     try:
         run = open_run(run_dir)
     except FileNotFoundError as exc:
