@@ -366,7 +366,7 @@ class RunData:
                 curves[c] = np.stack([self._pd(m, X[:256], param, i, grid) for m in models])
             xs[c] = grid
         if kan:
-            imps = np.mean([interpret.importance(m, X)[m.param_names.index(param)] for m in models], axis=0)
+            imps = np.mean([interpret.importance(m, X[:300])[m.param_names.index(param)] for m in models], axis=0)
         else:
             imps = np.array([np.std(curves[c].mean(0)) for c in names])
             imps = imps / max(imps.sum(), 1e-12)
@@ -376,7 +376,7 @@ class RunData:
             c = names[i]
             ys = curves[c]
             mean[c], lo[c], hi[c] = ys.mean(0), ys.min(0), ys.max(0)
-            symbolic[c] = interpret.suggest_symbolic(xs[c], mean[c]) if np.ptp(mean[c]) > 1e-9 else None
+            symbolic[c] = fast_symbolic(xs[c], mean[c]) if np.ptp(mean[c]) > 1e-9 else None
             truth[c] = None
             if self.truth is not None:
                 from socmap.data.synthetic import truth_edge_function
@@ -414,6 +414,46 @@ class RunData:
                 cv = self.curves(param)
                 out[c] = float(np.interp(v, cv.xs[c], cv.mean[c]) - cv.mean[c].mean())
         return out
+
+
+def fast_symbolic(xs: np.ndarray, ys: np.ndarray):
+    """Vectorised :func:`socmap.interpret.suggest_symbolic` (same library, grids and formula text):
+    for each f and (a, b) the least-squares (c, d) of ``c·f(a·x' + b) + d`` in closed form."""
+    import warnings
+
+    from socmap.interpret import _LIBRARY, SymbolicFit
+
+    xs, ys = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+    lo, hi = xs.min(), xs.max()
+    u = (xs - lo) / (hi - lo if hi > lo else 1.0)
+    yc = ys - ys.mean()
+    sst = float((yc ** 2).sum())
+    best = None
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for kind, f in _LIBRARY.items():
+            if kind == "linear":
+                ab = np.array([[1.0, 0.0]])
+            else:
+                a, b = np.meshgrid(np.linspace(-3, 3, 25), np.linspace(-2, 2, 17), indexing="ij")
+                ab = np.column_stack([a.ravel(), b.ravel()])
+                ab = ab[ab[:, 0] != 0]
+            g = f(ab[:, :1] * u[None, :] + ab[:, 1:])
+            ok = np.isfinite(g).all(1) & (g.std(1) >= 1e-12)
+            if not ok.any():
+                continue
+            g, ab = g[ok], ab[ok]
+            gc = g - g.mean(1, keepdims=True)
+            c = (gc @ yc) / (gc ** 2).sum(1)
+            d = ys.mean() - c * g.mean(1)
+            sse = ((ys[None, :] - (c[:, None] * g + d[:, None])) ** 2).sum(1)
+            r2 = 1.0 - sse / sst if sst > 0 else np.zeros_like(sse)
+            k = int(np.argmax(r2))
+            if best is None or r2[k] > best.r2 + 1e-9:
+                a_, b_ = ab[k]
+                inner = "x'" if kind == "linear" else f"{a_:.2g}·x'{b_:+.2g}"
+                best = SymbolicFit(f"{c[k]:.3g}·{kind}({inner}) {d[k]:+.3g}", kind, float(r2[k]), (float(a_), float(b_), float(c[k]), float(d[k])))
+    return best
 
 
 @functools.lru_cache(maxsize=8)

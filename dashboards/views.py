@@ -21,7 +21,7 @@ CMAPS = {
     "covariate": "kbc_r", "difference": "RdBu_r", "uncertainty": "magma", "mask": "gray", "other": "viridis",
 }
 CMAP_CHOICES = ["auto", "viridis", "cividis", "plasma", "inferno", "magma", "kbc_r", "fire", "YlGnBu", "RdBu_r", "coolwarm", "PuOr"]
-MAP_W, MAP_H = 740, 360
+MAP_W, MAP_H = 680, 340
 PROFILE_W = 380
 
 
