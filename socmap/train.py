@@ -52,6 +52,8 @@ class TrainConfig(BaseModel):
     patience: int = 20
     batch_size: int = 64
     lr: float = 1e-2
+    lr_schedule: Literal["plateau", "none"] = Field("plateau", description="halve the learning rate when validation stalls")
+    lr_patience: int = 6
     weight_decay: float = 0.0
     loss: Literal["log_mse", "smooth_l1"] = "log_mse"
     bound: Literal["hardsigmoid", "sigmoid"] = "hardsigmoid"
@@ -193,6 +195,11 @@ class HybridTrainer:
         )
         self.model = HybridModel(spec).to(device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        # equifinal parameter directions are shallow valleys: a decaying step settles into them
+        self.sched = (
+            torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, factor=0.5, patience=config.lr_patience, min_lr=config.lr / 64)
+            if config.lr_schedule == "plateau" else None
+        )
         self.x = torch.as_tensor(data.covariates, dtype=torch.float32, device=device)
         self.depth = torch.as_tensor(data.depth_m, dtype=torch.float64, device=device)
         self.obs = torch.as_tensor(data.soc_g_m3, dtype=torch.float64, device=device)
@@ -208,6 +215,7 @@ class HybridTrainer:
     def save_checkpoint(self) -> None:
         state = {
             "epoch": self.epoch, "model": self.model.state_dict(), "opt": self.opt.state_dict(),
+            "sched": self.sched.state_dict() if self.sched is not None else None,
             "best_val": self.best_val, "bad_epochs": self.bad_epochs, "best_state": self.best_state,
             "history": self.history, "torch_rng": torch.get_rng_state(),
         }
@@ -221,6 +229,8 @@ class HybridTrainer:
         state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
+        if self.sched is not None and state.get("sched") is not None:
+            self.sched.load_state_dict(state["sched"])
         self.epoch, self.best_val, self.bad_epochs = state["epoch"], state["best_val"], state["bad_epochs"]
         self.best_state, self.history = state["best_state"], state["history"]
         torch.set_rng_state(state["torch_rng"])
@@ -280,7 +290,9 @@ class HybridTrainer:
             obs = self.data.soc_g_m3[fold.val]
             val_loss = float(data_loss(torch.as_tensor(sim), torch.as_tensor(obs), cfg.loss))
             val = metrics.skill(obs, sim)
-            self.history.append({"epoch": self.epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss, **{f"val_{k}": v for k, v in val.items()}})
+            self.history.append({"epoch": self.epoch, "lr": self.opt.param_groups[0]["lr"], "train_loss": float(np.mean(losses)), "val_loss": val_loss, **{f"val_{k}": v for k, v in val.items()}})
+            if self.sched is not None:
+                self.sched.step(val_loss)
             if val_loss < self.best_val - 1e-6:
                 self.best_val, self.bad_epochs = val_loss, 0
                 self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
