@@ -269,7 +269,7 @@ class ParameterFields(pn.viewable.Viewer):
     @param.depends("which", "ncols")
     def layout(self):
         plots = []
-        w = max(200, int(1100 / self.ncols) - 40)
+        w = max(180, int(1000 / self.ncols) - 90)
         for name in self.names():
             arr, (l, b, r, t) = self.run.coarse(name)
             prm = PARAMETERS[INDEX[name]]
@@ -357,7 +357,7 @@ class KanInspector(pn.viewable.Viewer):
             title = f"{c} · imp {imp:.2f} · {sym}"
             plots.append(hv.Overlay(layers).opts(
                 title=title, width=290, height=210, fontsize={"title": 9, "labels": 8, "xticks": 7, "yticks": 7},
-                show_legend=len(plots) == 0, legend_position="top_left", toolbar=None))
+                show_legend=len(plots) == 0, legend_position="top_left", toolbar=None, legend_opts={"label_text_font_size": "8pt", "padding": 2, "spacing": 0}))
         return plots
 
     def contribution_bars(self, values: dict[str, float]) -> hv.Bars:
@@ -382,7 +382,8 @@ class KanInspector(pn.viewable.Viewer):
                 f"y = contribution to the normalised parameter p. Grey: distribution over the land grid."
                 + (" Red dashed: true curve (synthetic twin, shifted to the learned mean)." if self.run.truth else "")
                 + (" Titles: best symbolic form and its R²." ))
-        grid = pn.pane.HoloViews(hv.Layout(plots).cols(4).opts(shared_axes=False), linked_axes=False, css_classes=["kan-curves"])
+        grid = pn.GridBox(*[pn.pane.HoloViews(pl, linked_axes=False, width=300, height=220, sizing_mode="fixed") for pl in plots],
+                          ncols=3, css_classes=["kan-curves"], sizing_mode="fixed", width=3 * 305)
         side = []
         if values is not None:
             side.append(pn.pane.Markdown(f"**Location** {self.map_view.tap_y:.2f}°N, {self.map_view.tap_x:.2f}°E (dotted lines)"))
@@ -466,26 +467,25 @@ class SiteView(pn.viewable.Viewer):
         return out
 
     def profile_plot(self) -> hv.Overlay:
+        """SOC (x) against depth (y, downwards): observations, held-out simulation, each fold model."""
         obs = self.observations()
-        ydim = hv.Dimension("depth", label="depth (m)")
         xdim = hv.Dimension("soc", label="SOC (g C m-3)")
+        ydim = hv.Dimension("depth", label="depth (m)")
         layers = []
         folds = self.fold_profiles()
-        depth = self.run.depth_m if self.run.depth_m is not None else None
+        depth = self.run.depth_m
+        max_depth = max(0.3, float(obs["depth_m"].max()) if len(obs) else 1.0) * 1.3
         if folds is not None and depth is not None:
-            keep = depth <= max(1.5, float(obs["depth_m"].max()) * 1.5 if len(obs) else 1.5)
-            layers.append(hv.Area((depth[keep], folds.min(0)[keep], folds.max(0)[keep]), kdims=[ydim], vdims=[xdim, "hi"]).opts(
-                color="#ff7f0e", alpha=0.2, line_alpha=0))
-            for k, prof in enumerate(folds):
-                layers.append(hv.Curve((depth[keep], prof[keep]), kdims=[ydim], vdims=[xdim], label="fold models").opts(
-                    color="#ff7f0e", alpha=0.6, line_width=1))
-        layers.append(hv.Curve((obs["depth_m"], obs["soc_sim_g_m3"]), kdims=[ydim], vdims=[xdim], label="simulated (held-out fold)").opts(
-            color="#d62728", line_width=2.5))
-        layers.append(hv.Scatter((obs["depth_m"], obs["soc_obs_g_m3"]), kdims=[ydim], vdims=[xdim], label="observed").opts(
-            color="black", size=8, marker="circle"))
+            keep = depth <= max_depth
+            for prof in folds:
+                layers.append(hv.Curve((prof[keep], depth[keep]), kdims=[xdim], vdims=[ydim], label="fold models").opts(
+                    color="#ff7f0e", alpha=0.7, line_width=1.5))
+        layers.append(hv.Curve((obs["soc_sim_g_m3"].to_numpy(), obs["depth_m"].to_numpy()), kdims=[xdim], vdims=[ydim],
+                               label="simulated (held-out fold)").opts(color="#d62728", line_width=2.5))
+        layers.append(hv.Scatter((obs["soc_obs_g_m3"].to_numpy(), obs["depth_m"].to_numpy()), kdims=[xdim], vdims=[ydim],
+                                 label="observed").opts(color="black", size=8))
         return hv.Overlay(layers).opts(
-            hv.opts.Curve(invert_axes=True), hv.opts.Scatter(invert_axes=True), hv.opts.Area(invert_axes=True)).opts(
-            invert_yaxis=True, width=460, height=420, legend_position="bottom_right", title=f"SOC profile at {self.site}",
+            ylim=(max_depth, 0), width=460, height=420, legend_position="bottom_right", title=f"SOC profile at {self.site}",
             tools=["hover"])
 
     def parameter_table(self) -> pd.DataFrame:
@@ -579,7 +579,7 @@ class RunSummary(pn.viewable.Viewer):
         rec = self.record_md()
         rt = self.recovery_table()
         return pn.Row(
-            pn.Column(pn.pane.Markdown(rec),
+            pn.Column(pn.pane.Markdown(rec, width=640),
                       pn.pane.Markdown("**Cross-validated skill** (held-out folds)"),
                       pn.pane.DataFrame(self.metrics_table(), index=False, width=520, sizing_mode="fixed"),
                       *( [pn.pane.Markdown("**Recovery of the truth** (synthetic twin, held-out sites)"),
