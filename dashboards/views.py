@@ -217,9 +217,11 @@ class MapExplorer(pn.viewable.Viewer):
         if "soc" in self.run.ds and self.run.depth_m is not None:
             prof = self.run.profile("soc", iy, ix)
             if np.isfinite(prof).any():
-                items.append(hv.Curve((prof, self.run.depth_m), "SOC (g C m-3)", "depth (m)").opts(
+                items.append(hv.Curve((prof, self.run.depth_m), hv.Dimension("soc_cell", label="SOC (g C m-3)"),
+                                      hv.Dimension("depth_cell", label="depth (m)")).opts(
                     invert_yaxis=True, width=PROFILE_W, height=260, title="simulated SOC profile", color="#1f77b4",
                     logx=False, tools=["hover"]))
+                items[-1] = pn.pane.HoloViews(items[-1], linked_axes=False)
         return pn.Column(*items, width=PROFILE_W + 20)
 
     def widgets(self) -> pn.Column:
@@ -366,7 +368,7 @@ class KanInspector(pn.viewable.Viewer):
         data = pd.DataFrame({"covariate": order, "contribution": [contrib[k] for k in order]})
         data["sign"] = np.where(data["contribution"] >= 0, "+", "−")
         return hv.Bars(data, kdims=["covariate"], vdims=[hv.Dimension("contribution", label=f"contribution to p {self.parameter}"), "sign"]).opts(
-            color="sign", cmap={"+": "#d6604d", "−": "#4393c3"}, invert_axes=True, width=360, height=320,
+            color="sign", cmap={"+": "#d6604d", "−": "#4393c3"}, invert_axes=True, width=360, height=320, show_legend=False,
             title=f"contributions at the clicked location", tools=["hover"], fontsize={"title": 10})
 
     @param.depends("parameter", "max_curves", "show_truth", "map_view.tap_x", "map_view.tap_y")
@@ -387,7 +389,7 @@ class KanInspector(pn.viewable.Viewer):
         side = []
         if values is not None:
             side.append(pn.pane.Markdown(f"**Location** {self.map_view.tap_y:.2f}°N, {self.map_view.tap_x:.2f}°E (dotted lines)"))
-            side.append(pn.pane.HoloViews(self.contribution_bars(values)))
+            side.append(pn.pane.HoloViews(self.contribution_bars(values), linked_axes=False))
         else:
             side.append(pn.pane.Markdown("*Click a location on the Map tab: its covariate values are marked on every curve "
                                          "and its contributions appear here.*", width=300))
@@ -513,7 +515,7 @@ class SiteView(pn.viewable.Viewer):
         info = (f"### Site {self.site}\n{row['lat']:.3f}°N, {row['lon']:.3f}°E · CV fold {int(row['fold'])} · "
                 f"{int(row['n_obs'])} samples · mean log(sim/obs) {row['log_ratio']:+.2f}")
         return pn.Column(pn.pane.Markdown(info), pn.Row(
-            pn.pane.HoloViews(self.profile_plot(), css_classes=["site-profile"]),
+            pn.pane.HoloViews(self.profile_plot(), css_classes=["site-profile"], linked_axes=False),
             pn.Column(pn.pane.Markdown("**Parameters at the site** (held-out fold model)"),
                       pn.pane.DataFrame(self.parameter_table(), index=False, width=420, sizing_mode="fixed"))))
 

@@ -150,6 +150,7 @@ def build_run(root: str | Path, name: str = "kan", encoder: str = "kan", sites: 
 
 def upsample_store(src_run: str | Path, dst_run: str | Path, resolution: float = 0.05) -> Path:
     """Copy a run and resample its store to ``resolution`` on the CONUS land mask (timing tests)."""
+    import rioxarray  # noqa: F401
     import xarray as xr
 
     from socmap.data.grid import grid_coords, land_mask_array
@@ -203,6 +204,7 @@ def upsample_store(src_run: str | Path, dst_run: str | Path, resolution: float =
         attrs={**src.attrs, "run_name": dst_run.name, "resolution_deg": resolution},
     )
     ds = ds.rio.write_crs("EPSG:4326")
+    ds.attrs["crs"] = "EPSG:4326"
     for v in ds.data_vars:
         ds[v].encoding["grid_mapping"] = "spatial_ref"
     chunks = {"y": 256, "x": 256, "layer": LAYERS}
