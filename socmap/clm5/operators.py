@@ -249,7 +249,10 @@ def _transport_basis(forcing: Forcing, bedrock_rule: BedrockRule) -> torch.Tenso
         raise ValueError(f"bedrock_rule must be 'conservative' or 'binn', not {bedrock_rule!r}")
     like = forcing.soil_temp_k
     z = grid.grid_tensor("INTERFACE_BOTTOM_M", like)
-    alt = forcing.alt_m[:, :, None]  # [B, 12, 1]
+    alt_m = forcing.alt_m
+    if not alt_m.requires_grad and bool((alt_m == alt_m[:, :1]).all()):
+        alt_m = alt_m[:, :1]  # one active layer all year (the usual case): V̄ is that month's V
+    alt = alt_m[:, :, None]  # [B, months, 1]
     is_cryo = (alt.detach() > 0) & (alt.detach() <= MAX_ALT_CRYOTURBATION_M)
     is_bio = alt.detach() > MAX_ALT_CRYOTURBATION_M
     taper_den = torch.where(is_cryo, MAX_DEPTH_CRYOTURBATION_M - alt, torch.ones_like(alt))
