@@ -48,8 +48,8 @@ class TrainConfig(BaseModel):
     folds: int = 5
     split: Literal["block2deg", "random"] = "block2deg"
     fold_indices: list[int] | None = Field(None, description="run only these folds (default: all)")
-    epochs: int = 80
-    patience: int = 20
+    epochs: int = 150
+    patience: int = 30
     batch_size: int = 64
     lr: float = 1e-2
     lr_schedule: Literal["plateau", "none"] = Field("plateau", description="halve the learning rate when validation stalls")
