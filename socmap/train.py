@@ -50,9 +50,9 @@ class TrainConfig(BaseModel):
     fold_indices: list[int] | None = Field(None, description="run only these folds (default: all)")
     epochs: int = 150
     patience: int = 30
-    batch_size: int = 64
+    batch_size: int = 128
     lr: float = 1e-2
-    lr_schedule: Literal["plateau", "none"] = Field("plateau", description="halve the learning rate when validation stalls")
+    lr_schedule: Literal["plateau", "none"] = Field("none", description="plateau: halve the learning rate when validation stalls")
     lr_patience: int = 6
     weight_decay: float = 0.0
     loss: Literal["log_mse", "smooth_l1"] = "log_mse"
@@ -268,7 +268,7 @@ class HybridTrainer:
         resumed = self.load_checkpoint()
         if resumed:
             log.info("fold %d: resuming at epoch %d", fold.index, self.epoch)
-        bar = tqdm(total=cfg.epochs, initial=self.epoch, desc=f"fold {fold.index}", disable=not progress, leave=False)
+        bar = tqdm(total=cfg.epochs, initial=self.epoch, desc=f"fold {fold.index}", disable=None if progress else True, leave=False)
         while self.epoch < cfg.epochs and self.bad_epochs < cfg.patience:
             self.model.train()
             if self.model.is_kan and self.epoch < cfg.grid_update_epochs:
@@ -369,7 +369,7 @@ def fit_baseline(config: TrainConfig, data: SiteData, fold: Fold, fold_dir: Path
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=config.weight_decay)
     best, best_state, bad = float("inf"), None, 0
     batch = max(32, config.batch_size * 4)
-    for epoch in tqdm(range(config.epochs * 2), desc=f"nn fold {fold.index}", disable=not progress, leave=False):
+    for epoch in tqdm(range(config.epochs * 2), desc=f"nn fold {fold.index}", disable=None if progress else True, leave=False):
         net.train()
         perm = torch.as_tensor(np.random.default_rng([config.seed, fold.index, epoch]).permutation(len(zt)), device=device)
         for start in range(0, len(perm), batch):
