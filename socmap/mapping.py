@@ -34,10 +34,12 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
+
+from socmap.fsutil import swap_into_place
 from typing import Any
 
 import numpy as np
@@ -284,7 +286,6 @@ def cube_resolution(cube) -> float:
 def regrid_cube(cube, resolution: float, covariates: list[str], out: Path) -> Path:
     """Write the cube at ``resolution`` to ``out`` (once; reused later). See the module docstring."""
     import rioxarray  # noqa: F401
-    import xarray as xr
 
     from socmap.data.grid import conus_grid
 
@@ -720,13 +721,7 @@ def _run_jobs(jobs: list[ChunkJob], client, partial: Path, progress: dict[str, A
 def _finalise(partial: Path, store: Path) -> None:
     """Remove the progress file and rename ``partial`` to ``store`` (swapping out an old store)."""
     (partial / S.PROGRESS_FILE).unlink(missing_ok=True)
-    if store.exists():
-        old = store.parent / f"{store.name}.old-{os.getpid()}"
-        store.rename(old)
-        partial.rename(store)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        partial.rename(store)
+    swap_into_place(partial, store)
 
 
 def summary_lines(record: dict[str, Any]) -> list[str]:

@@ -39,6 +39,8 @@ import shutil
 import time
 import warnings
 from pathlib import Path
+
+from socmap.fsutil import swap_into_place
 from typing import Any
 
 import numpy as np
@@ -377,13 +379,7 @@ def write_real_cube(out: str | Path, resolution_deg: float = 0.25, *, overwrite:
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         (tmp / "realcube.json").write_text(json.dumps(meta, indent=1) + "\n")
-        if out.exists():
-            old = out.parent / f"{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

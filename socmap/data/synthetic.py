@@ -25,6 +25,8 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from socmap.fsutil import swap_into_place
 from typing import Any
 
 import numpy as np
@@ -681,13 +683,7 @@ def write_synthetic(out: str | Path, config: SynthConfig | None = None, *, overw
             **result.info,
         }
         (tmp / "synth.json").write_text(json.dumps(meta, indent=1, default=_json_default) + "\n")
-        if out.exists():
-            old = out.parent / f"{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
