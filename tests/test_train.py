@@ -97,3 +97,21 @@ def test_bad_configs_fail_clearly(tiny_twin, tmp_path):
     prof.to_csv(empty / "profiles.csv", index=False)
     with pytest.raises(ValueError, match="no usable sites"):
         load_sites(load_config(data_dir=str(empty)))
+
+
+def test_predict_points_reports_status_per_row(tiny_twin, tmp_path):
+    from socmap.predict import predict_points
+
+    run = tmp_path / "run"
+    train(load_config(data_dir=str(tiny_twin), folds=3, epochs=2, batch_size=32), run, progress=False)
+    sites = pd.read_csv(tiny_twin / "sites.csv")
+    points = pd.DataFrame({
+        "lon": [sites.lon[0], sites.lon[1], -130.0, -90.0, sites.lon[2]],
+        "lat": [sites.lat[0], sites.lat[1], 40.0, 27.0, sites.lat[2]],
+        "depth_m": [0.1, 0.5, 0.1, 0.1, -0.2],
+    })
+    out = predict_points(run, points)
+    assert out["status"].tolist() == ["ok", "ok", "outside grid", "water", "bad depth (need 0-8.6 m)"]
+    ok = out[out.status == "ok"]
+    assert (ok["soc_g_m3"] > 0).all() and (ok["soc_stock_0_100cm"] > ok["soc_stock_0_30cm"]).all()
+    assert ok["tau4s3"].between(20, 400).all() and out.loc[out.status != "ok", "soc_g_m3"].isna().all()
