@@ -59,7 +59,7 @@ class TrainConfig(BaseModel):
     bound: Literal["hardsigmoid", "sigmoid"] = "hardsigmoid"
     lambda_violation: float = 1.0
     lambda_param_reg: float = 0.0
-    kan_grid_size: int = 8
+    kan_grid_size: int = 4
     kan_hidden: list[int] = Field(default_factory=list)
     kan_base: Literal["identity", "silu", "zero"] = "identity"
     kan_l1: float = 1e-4
