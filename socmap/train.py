@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 from typing import Literal
@@ -26,10 +24,11 @@ from tqdm.auto import tqdm
 
 from socmap import metrics
 from socmap.clm5.operators import prepare_forcing
+from socmap.provenance import git_revision, json_default, software_versions
 from socmap.clm5.parameters import NAMES, resolve_subset
 from socmap.data.sites import SiteData
 from socmap.nets.hybrid import HybridModel, HybridSpec
-from socmap.splits import SPLITS, Fold, make_folds
+from socmap.splits import Fold, make_folds
 
 log = logging.getLogger(__name__)
 
@@ -403,42 +402,10 @@ def fit_baseline(config: TrainConfig, data: SiteData, fold: Fold, fold_dir: Path
 # the run
 # ----------------------------------------------------------------------------------------
 
-def software_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("socmap", "torch", "numpy", "xarray", "dask", "zarr", "scikit-learn", "pandas"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
-def git_revision() -> str | None:
-    try:
-        root = Path(__file__).resolve().parent.parent
-        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5)
-        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if rev.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def _write_json(path: Path, obj: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
+    tmp.write_text(json.dumps(obj, indent=2, default=json_default))
     os.replace(tmp, path)
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
 def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict:

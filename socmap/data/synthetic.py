@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import shutil
 import time
 import warnings
@@ -27,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from socmap.fsutil import swap_into_place
+from socmap.provenance import json_default, software_versions
 from typing import Any
 
 import numpy as np
@@ -612,28 +612,6 @@ def build(config: SynthConfig, progress: bool = False) -> SynthResult:
     return SynthResult(cube=cube, truth=truth, sites=sites, profiles=profiles, info=info)
 
 
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("socmap", "numpy", "pandas", "torch", "xarray", "zarr", "rioxarray", "rasterio"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o)}")
-
-
 def write_synthetic(out: str | Path, config: SynthConfig | None = None, *, overwrite: bool = False,
                     progress: bool = False) -> dict[str, Any]:
     """Generate the twin and write it to ``out`` atomically; return the ``synth.json`` content.
@@ -662,7 +640,7 @@ def write_synthetic(out: str | Path, config: SynthConfig | None = None, *, overw
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
             cube.to_zarr(tmp / "cube.zarr", mode="w", consolidated=True)
-        (tmp / "truth.json").write_text(json.dumps(result.truth, indent=1, default=_json_default) + "\n")
+        (tmp / "truth.json").write_text(json.dumps(result.truth, indent=1, default=json_default) + "\n")
         result.sites.to_csv(tmp / "sites.csv", index=False)
         result.profiles.to_csv(tmp / "profiles.csv", index=False)
         result.info["timings_s"]["write"] = round(time.perf_counter() - t1, 3)
@@ -672,7 +650,7 @@ def write_synthetic(out: str | Path, config: SynthConfig | None = None, *, overw
             "arguments": {**asdict(config), "out": str(out), "overwrite": overwrite},
             "seed": int(config.seed),
             "targets": result.truth["targets"],
-            "versions": _versions(),
+            "versions": software_versions(),
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "files": {
                 "cube.zarr": "covariates, land_cover, air_temp_c/precip_mm (month, y, x), land_mask, true_p_<name>, true_<name>",
@@ -682,7 +660,7 @@ def write_synthetic(out: str | Path, config: SynthConfig | None = None, *, overw
             },
             **result.info,
         }
-        (tmp / "synth.json").write_text(json.dumps(meta, indent=1, default=_json_default) + "\n")
+        (tmp / "synth.json").write_text(json.dumps(meta, indent=1, default=json_default) + "\n")
         swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
