@@ -1,6 +1,5 @@
 """Property and known-answer tests of the CLM5 steady-state solver."""
 
-import warnings
 
 import numpy as np
 import pytest

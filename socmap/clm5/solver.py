@@ -16,7 +16,6 @@ Both run in float64 (pitfall P2).
 
 from __future__ import annotations
 
-import logging
 import warnings
 from typing import Literal
 
@@ -27,7 +26,6 @@ from socmap.clm5.forcing import Forcing
 from socmap.clm5.operators import TRANSFER_EDGES, BedrockRule, Operators, PreparedForcing, build_operators, prepare_forcing
 from socmap.clm5.parameters import N_PARAMS, check_bounds
 
-log = logging.getLogger(__name__)
 
 Method = Literal["structured", "dense"]
 NL = grid.N_LAYERS

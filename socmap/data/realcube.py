@@ -271,7 +271,6 @@ def build_real_cube(resolution_deg: float = 0.25, progress: bool = False):
         lc = block_mode(lc_raw, int(round(factor)))
         lc_method = f"majority of land classes 1-16 in {int(round(factor))}x{int(round(factor))} blocks of 0.05 deg pixels"
     else:
-        import xarray as xr  # noqa: F811
         from rasterio.enums import Resampling
 
         pw, ps_, pe, pn = (np.floor((w - 1) / 0.05) * 0.05, np.floor((s - 1) / 0.05) * 0.05,
