@@ -32,7 +32,7 @@ def build_run(base: Path) -> Path:
     data = base / "data"
     write_synthetic(data, SynthConfig(resolution_deg=0.5, n_sites=300, seed=0))
     run = base / "runs" / "bench"
-    train(load_config(data_dir=str(data), epochs=2, folds=3), run, progress=False)
+    train(load_config(data_dir=str(data), epochs=2, folds=3, kan_polish_iters=5, kan_sparsify_epochs=2, kan_refit_epochs=2), run, progress=False)
     return run
 
 

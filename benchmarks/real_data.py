@@ -107,7 +107,8 @@ def main(argv=None) -> int:
     epochs = 2 if args.quick else args.epochs
     base = TrainConfig(data="real-conus", data_dir=str(data_dir), folds=args.folds, epochs=epochs, patience=max(5, epochs // 4),
                        params=args.params, rf_trees=50 if args.quick else 300, threads=args.threads, seed=0,
-                       fold_indices=[0] if args.quick else None)
+                       fold_indices=[0] if args.quick else None,
+                       **({"kan_polish_iters": 5, "kan_sparsify_epochs": 2, "kan_refit_epochs": 2} if args.quick else {}))
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     results, t0 = {}, time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="socmap-real-bench-") as tmp:

@@ -47,7 +47,7 @@ class TrainConfig(BaseModel):
     folds: int = 5
     split: Literal["block2deg", "random"] = "block2deg"
     fold_indices: list[int] | None = Field(None, description="run only these folds (default: all)")
-    epochs: int = 150
+    epochs: int = Field(100, description="most epochs of the main fit (KAN: before the sparsify/refit phases)")
     patience: int = 30
     batch_size: int = 128
     lr: float = 1e-2
@@ -65,6 +65,11 @@ class TrainConfig(BaseModel):
     kan_entropy: float = 1e-4
     kan_curvature: float = 1e-3
     grid_update_epochs: int = 3
+    kan_polish_iters: int = Field(100, ge=0, description="KAN: full-batch L-BFGS iterations after the fit (0: skip)")
+    kan_sparsify_epochs: int = Field(30, ge=0, description="KAN: epochs of reweighted-L1 sparsification after the fit (0: skip sparsify, prune and refit)")
+    kan_sparsify_l1: float = Field(1e-3, ge=0, description="KAN: weight of the reweighted L1 score penalty while sparsifying")
+    kan_prune_threshold: float = Field(0.03, ge=0, description="KAN: edges with a score below this are pruned after sparsifying")
+    kan_refit_epochs: int = Field(80, ge=0, description="KAN: most epochs refitting the pruned network without the sparsity penalty")
     mlp_hidden: list[int] = Field(default_factory=lambda: [128, 128])
     dropout: float = 0.0
     rf_trees: int = 200
@@ -205,6 +210,10 @@ class HybridTrainer:
         self.prepared = prepare_forcing(data.forcing.to(torch.float64, device))
         self.epoch, self.best_val, self.bad_epochs, self.best_state = 0, float("inf"), 0, None
         self.history: list[dict] = []
+        # KAN: fit -> sparsify (reweighted L1) -> prune -> refit (a relaxed lasso); others: fit
+        self.phase, self.phase_epoch = "fit", 0
+        self.l1_weights: list[torch.Tensor] | None = None
+        self.edges_kept: list[int] | None = None
 
     # -- checkpoints -------------------------------------------------------------------
     @property
@@ -217,6 +226,7 @@ class HybridTrainer:
             "sched": self.sched.state_dict() if self.sched is not None else None,
             "best_val": self.best_val, "bad_epochs": self.bad_epochs, "best_state": self.best_state,
             "history": self.history, "torch_rng": torch.get_rng_state(),
+            "phase": self.phase, "phase_epoch": self.phase_epoch, "l1_weights": self.l1_weights, "edges_kept": self.edges_kept,
         }
         tmp = self.checkpoint_path.with_suffix(".tmp")
         torch.save(state, tmp)
@@ -227,6 +237,10 @@ class HybridTrainer:
             return False
         state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
         self.model.load_state_dict(state["model"])
+        self.phase, self.phase_epoch = state.get("phase", "fit"), state.get("phase_epoch", state["epoch"])
+        self.l1_weights, self.edges_kept = state.get("l1_weights"), state.get("edges_kept")
+        if self.phase != "fit":  # later phases run their own optimiser (same param groups)
+            self.opt = self._phase_optimizer(self.phase)
         self.opt.load_state_dict(state["opt"])
         if self.sched is not None and state.get("sched") is not None:
             self.sched.load_state_dict(state["sched"])
@@ -248,6 +262,8 @@ class HybridTrainer:
             loss = loss + self.model.encoder.regularization(
                 self.model.scaler(self.x[t]), l1=cfg.kan_l1, entropy=cfg.kan_entropy, curvature=cfg.kan_curvature
             )
+        if self.phase == "sparsify" and cfg.kan_sparsify_l1:
+            loss = loss + cfg.kan_sparsify_l1 * self.model.encoder.weighted_l1(self.model.scaler(self.x[t]), self.l1_weights)
         return loss
 
     @torch.no_grad()
@@ -262,48 +278,125 @@ class HybridTrainer:
             ps.append(self.model(self.x[t]).cpu().numpy())
         return np.concatenate(sims), np.concatenate(ps)
 
+    # -- phases ------------------------------------------------------------------------
+    def phase_plan(self) -> dict[str, int]:
+        """Most epochs per phase, in order. After its minibatch fit a KAN is polished with
+        full-batch L-BFGS, sparsified and refitted. Correlated covariates (precipitation, NPP,
+        pH) make long shallow valleys in the loss that Adam crawls along, so the fit leaves a
+        relationship split between them; L-BFGS follows the valley to where the data put the
+        signal, the reweighted L1 then moves each relationship onto one edge, and the pruned
+        network is refitted without the penalty (a relaxed lasso)."""
+        cfg = self.config
+        plan = {"fit": cfg.epochs}
+        if self.model.is_kan and cfg.kan_polish_iters > 0:
+            plan["polish"] = 1  # one L-BFGS run, recorded as one epoch
+        if self.model.is_kan and cfg.kan_sparsify_epochs > 0:
+            plan.update(sparsify=cfg.kan_sparsify_epochs, refit=cfg.kan_refit_epochs)
+        return plan
+
+    def _phase_optimizer(self, phase: str) -> torch.optim.Optimizer:
+        # a gentler step while the penalty drives edges to zero; the refit starts afresh
+        lr = self.config.lr / 3 if phase == "sparsify" else self.config.lr
+        return torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=self.config.weight_decay)
+
+    def _train_x(self) -> torch.Tensor:
+        return self.model.scaler(self.x[torch.as_tensor(self.fold.train, device=self.device)])
+
+    def _next_phase(self) -> None:
+        plan = list(self.phase_plan())
+        if self.phase in ("fit", "refit") and self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        if self.phase == "sparsify":
+            with torch.no_grad():
+                self.edges_kept = self.model.encoder.prune(self._train_x(), edge_quantile=None, threshold=self.config.kan_prune_threshold)
+            log.info("fold %d: pruned to %s edges", self.fold.index, self.edges_kept)
+        nxt = plan[plan.index(self.phase) + 1] if plan.index(self.phase) + 1 < len(plan) else "done"
+        self.phase, self.phase_epoch = nxt, 0
+        if nxt in ("polish", "sparsify", "refit"):
+            self.opt = self._phase_optimizer(nxt)
+            self.best_val, self.bad_epochs, self.best_state = float("inf"), 0, None
+
+    def _polish(self) -> float:
+        """Full-batch L-BFGS on the training sites (deterministic, so a resume redoes it
+        identically); the gradient is accumulated over chunks weighted by their observations."""
+        idx = self.fold.train
+        chunks = [idx[i : i + 2048] for i in range(0, len(idx), 2048)]
+        n_obs = [int(np.isfinite(self.data.soc_g_m3[c]).sum()) for c in chunks]
+        weights = [n / max(sum(n_obs), 1) for n in n_obs]
+        opt = torch.optim.LBFGS(self.model.parameters(), lr=1.0, max_iter=self.config.kan_polish_iters,
+                                history_size=20, line_search_fn="strong_wolfe", tolerance_grad=1e-12, tolerance_change=1e-14)
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad(set_to_none=True)
+            total = torch.zeros((), dtype=torch.float64, device=self.device)
+            for c, w in zip(chunks, weights):
+                loss = w * self._batch_loss(c)
+                loss.backward()
+                total = total + loss.detach()
+            return total
+
+        self.model.train()
+        opt.step(closure)
+        with torch.no_grad():
+            return float(sum(w * self._batch_loss(c) for c, w in zip(chunks, weights)))
+
+    def _phase_over(self) -> bool:
+        if self.phase_epoch >= self.phase_plan()[self.phase]:
+            return True
+        # sparsifying worsens the fit on purpose: no early stopping there
+        return self.phase in ("fit", "refit") and self.bad_epochs >= self.config.patience
+
+    def _train_epoch(self) -> list[float]:
+        cfg, fold = self.config, self.fold
+        self.model.train()
+        if self.phase == "fit" and self.model.is_kan and self.phase_epoch < cfg.grid_update_epochs:
+            with torch.no_grad():
+                self.model.encoder.update_grid(self._train_x())
+        if self.phase == "sparsify" and self.phase_epoch % 10 == 0:
+            self.l1_weights = self.model.encoder.adaptive_l1_weights(self._train_x())
+        rng = np.random.default_rng([cfg.seed, fold.index, self.epoch])
+        order = fold.train[rng.permutation(len(fold.train))]
+        losses = []
+        for start in range(0, len(order), cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            if len(idx) < 2:
+                continue
+            loss = self._batch_loss(idx)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            losses.append(float(loss.detach()))
+        return losses
+
     def fit(self, progress: bool = True) -> None:
         cfg, fold = self.config, self.fold
-        resumed = self.load_checkpoint()
-        if resumed:
-            log.info("fold %d: resuming at epoch %d", fold.index, self.epoch)
-        bar = tqdm(total=cfg.epochs, initial=self.epoch, desc=f"fold {fold.index}", disable=None if progress else True, leave=False)
-        while self.epoch < cfg.epochs and self.bad_epochs < cfg.patience:
-            self.model.train()
-            if self.model.is_kan and self.epoch < cfg.grid_update_epochs:
-                with torch.no_grad():
-                    self.model.encoder.update_grid(self.model.scaler(self.x[torch.as_tensor(fold.train)]))
-            rng = np.random.default_rng([cfg.seed, fold.index, self.epoch])
-            order = fold.train[rng.permutation(len(fold.train))]
-            losses = []
-            for start in range(0, len(order), cfg.batch_size):
-                idx = order[start : start + cfg.batch_size]
-                if len(idx) < 2:
-                    continue
-                loss = self._batch_loss(idx)
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                self.opt.step()
-                losses.append(float(loss.detach()))
+        if self.load_checkpoint():
+            log.info("fold %d: resuming at epoch %d (%s phase)", fold.index, self.epoch, self.phase)
+        bar = tqdm(total=sum(self.phase_plan().values()), initial=self.epoch, desc=f"fold {fold.index}", disable=None if progress else True, leave=False)
+        while self.phase != "done":
+            if self._phase_over():
+                self._next_phase()
+                continue
+            losses = [self._polish()] if self.phase == "polish" else self._train_epoch()
             sim, _ = self.predict(fold.val)
             obs = self.data.soc_g_m3[fold.val]
             val_loss = float(data_loss(torch.as_tensor(sim), torch.as_tensor(obs), cfg.loss))
             val = metrics.skill(obs, sim)
-            self.history.append({"epoch": self.epoch, "lr": self.opt.param_groups[0]["lr"], "train_loss": float(np.mean(losses)), "val_loss": val_loss, **{f"val_{k}": v for k, v in val.items()}})
-            if self.sched is not None:
+            self.history.append({"epoch": self.epoch, "phase": self.phase, "lr": self.opt.param_groups[0]["lr"], "train_loss": float(np.mean(losses)), "val_loss": val_loss, **{f"val_{k}": v for k, v in val.items()}})
+            if self.sched is not None and self.phase == "fit":
                 self.sched.step(val_loss)
-            if val_loss < self.best_val - 1e-6:
+            if self.phase in ("fit", "refit") and val_loss < self.best_val - 1e-6:
                 self.best_val, self.bad_epochs = val_loss, 0
                 self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             else:
                 self.bad_epochs += 1
             self.epoch += 1
+            self.phase_epoch += 1
             self.save_checkpoint()
             bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses):.4f}", val_nse_log=f"{val['nse_log']:.3f}", val_nse=f"{val['nse']:.3f}")
+            bar.set_postfix(phase=self.phase, loss=f"{np.mean(losses):.4f}", val_nse_log=f"{val['nse_log']:.3f}", val_nse=f"{val['nse']:.3f}")
         bar.close()
-        if self.best_state is not None:
-            self.model.load_state_dict(self.best_state)
+        self.save_checkpoint()
         torch.save(self.model.to_checkpoint(), self.dir / "model.pt")
 
 
@@ -457,16 +550,17 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progres
             np.save(fold_dir / "test_p.npy", p)
             p_all[fold.test] = p
             epochs = trainer.epoch
+            extra = {"edges_kept": trainer.edges_kept} if trainer.edges_kept is not None else {}
             models.append(trainer.model.cpu())
         else:
             sim = fit_baseline(config, data, fold, fold_dir, device, progress)
-            epochs = None
+            epochs, extra = None, {}
         np.save(fold_dir / "test_sim.npy", sim)
         sim_all[fold.test] = sim
         fold_of[fold.test] = fold.index
         rec = {
             "fold": fold.index, "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(fold.test),
-            "epochs": epochs, "seconds": time.perf_counter() - t_fold, **metrics.skill(data.soc_g_m3[fold.test], sim),
+            "epochs": epochs, **extra, "seconds": time.perf_counter() - t_fold, **metrics.skill(data.soc_g_m3[fold.test], sim),
         }
         _write_json(done, rec)
         fold_records.append(rec)

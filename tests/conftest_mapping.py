@@ -31,7 +31,7 @@ def build_tiny_run(tmp_path_factory) -> Path:
     data = base / "data"
     write_synthetic(data, SynthConfig(resolution_deg=1.0, n_sites=150, seed=0))
     run = base / "runs" / "tiny"
-    train(load_config(data_dir=str(data), epochs=2, folds=3), run, progress=False)
+    train(load_config(data_dir=str(data), epochs=2, folds=3, kan_polish_iters=5, kan_sparsify_epochs=2, kan_refit_epochs=2), run, progress=False)
     _CACHE["run"] = run
     return run
 

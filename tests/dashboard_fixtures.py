@@ -142,7 +142,7 @@ def build_run(root: str | Path, name: str = "kan", encoder: str = "kan", sites: 
     if not (run_dir / "run.json").exists():
         if run_dir.exists():
             shutil.rmtree(run_dir)
-        train(load_config(data_dir=str(data_dir), epochs=epochs, folds=3, encoder=encoder, mlp_hidden=[16]), run_dir, progress=False)
+        train(load_config(data_dir=str(data_dir), epochs=epochs, folds=3, encoder=encoder, mlp_hidden=[16], kan_polish_iters=5, kan_sparsify_epochs=2, kan_refit_epochs=2), run_dir, progress=False)
     if not (run_dir / "maps.zarr").exists():
         write_store_from_model(run_dir)
     return run_dir

@@ -28,25 +28,67 @@ def _trainer(cfg, tmp: Path, fold_index: int = 0) -> HybridTrainer:
 
 
 def test_hybrid_training_reduces_loss(tiny_twin, tmp_path):
-    cfg = load_config(data_dir=str(tiny_twin), folds=3, epochs=6, batch_size=32)
+    cfg = load_config(data_dir=str(tiny_twin), folds=3, epochs=6, batch_size=32, kan_polish_iters=0, kan_sparsify_epochs=0)
     trainer = _trainer(cfg, tmp_path)
     trainer.fit(progress=False)
     hist = trainer.history
-    assert len(hist) == 6
+    assert len(hist) == 6 and {h["phase"] for h in hist} == {"fit"}
     assert hist[-1]["train_loss"] < 0.75 * hist[0]["train_loss"]
     assert min(h["val_loss"] for h in hist) < hist[0]["val_loss"]
     assert (tmp_path / "model.pt").exists()
 
 
-@pytest.mark.parametrize("encoder", ["kan", "mlp"])
-def test_resume_continues_identically(tiny_twin, tmp_path, encoder):
-    straight = _trainer(load_config(data_dir=str(tiny_twin), folds=3, epochs=4, batch_size=32, encoder=encoder), tmp_path / "a")
+def test_kan_sparsify_prune_refit_phases(tiny_twin, tmp_path):
+    cfg = load_config(data_dir=str(tiny_twin), folds=3, epochs=4, batch_size=32, kan_polish_iters=10,
+                      kan_sparsify_epochs=4, kan_refit_epochs=3, patience=10)
+    trainer = _trainer(cfg, tmp_path)
+    trainer.fit(progress=False)
+    hist = trainer.history
+    assert [h["phase"] for h in hist] == ["fit"] * 4 + ["polish"] + ["sparsify"] * 4 + ["refit"] * 3
+    # full-batch L-BFGS lowers the training loss of the fit's best state
+    best_fit = min(range(4), key=lambda i: hist[i]["val_loss"])
+    assert hist[4]["train_loss"] < hist[best_fit]["train_loss"]
+    assert hist[5]["lr"] == pytest.approx(cfg.lr / 3) and hist[-1]["lr"] == cfg.lr
+    mask = trainer.model.encoder.layers[0].mask
+    assert trainer.edges_kept == [int(mask.sum())] and 0 < int(mask.sum()) < mask.numel()
+    # the saved weights carry the pruning, and pruned edges contribute nothing
+    saved = torch.load(tmp_path / "model.pt", weights_only=False)["state_dict"]
+    torch.testing.assert_close(saved["encoder.layers.0.mask"], mask)
+    phi = trainer.model.encoder.layers[0].edge_values(trainer._train_x())
+    assert torch.all(phi[:, mask == 0] == 0)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _interrupt_after(trainer: HybridTrainer, n_epochs: int) -> None:
+    """Make ``trainer`` die (like a killed job) when it starts epoch ``n_epochs + 1``."""
+    real, calls = trainer._train_epoch, []
+
+    def epoch():
+        calls.append(1)
+        if len(calls) > n_epochs:
+            raise _Interrupt
+        return real()
+
+    trainer._train_epoch = epoch
+
+
+@pytest.mark.parametrize(("encoder", "stop_after"), [("kan", 2), ("kan", 5), ("kan", 7), ("mlp", 2)])
+def test_resume_continues_identically(tiny_twin, tmp_path, encoder, stop_after):
+    # KAN: 3 fit + 1 polish + 3 sparsify + 2 refit epochs; stopping after 5 interrupts mid-sparsify
+    cfg = load_config(data_dir=str(tiny_twin), folds=3, epochs=3, batch_size=32, encoder=encoder,
+                      kan_polish_iters=5, kan_sparsify_epochs=3, kan_refit_epochs=2, patience=10)
+    straight = _trainer(cfg, tmp_path / "a")
     straight.fit(progress=False)
-    first = _trainer(load_config(data_dir=str(tiny_twin), folds=3, epochs=2, batch_size=32, encoder=encoder), tmp_path / "b")
-    first.fit(progress=False)
-    resumed = _trainer(load_config(data_dir=str(tiny_twin), folds=3, epochs=4, batch_size=32, encoder=encoder), tmp_path / "b")
+    first = _trainer(cfg, tmp_path / "b")
+    _interrupt_after(first, stop_after)
+    with pytest.raises(_Interrupt):
+        first.fit(progress=False)
+    resumed = _trainer(cfg, tmp_path / "b")
     resumed.fit(progress=False)
-    assert resumed.epoch == 4
+    assert resumed.epoch == straight.epoch == (9 if encoder == "kan" else 3)
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=f"{key} differs after resume")
@@ -54,7 +96,7 @@ def test_resume_continues_identically(tiny_twin, tmp_path, encoder):
 
 
 def test_train_writes_a_reproducible_run_record(tiny_twin, tmp_path):
-    cfg = load_config(data_dir=str(tiny_twin), folds=3, epochs=2, batch_size=32)
+    cfg = load_config(data_dir=str(tiny_twin), folds=3, epochs=2, batch_size=32, kan_polish_iters=5, kan_sparsify_epochs=2, kan_refit_epochs=2)
     record = train(cfg, tmp_path / "run", progress=False)
     saved = json.loads((tmp_path / "run" / "run.json").read_text())
     assert saved["config"]["encoder"] == "kan" and saved["versions"]["torch"].startswith("2.13")
@@ -103,7 +145,7 @@ def test_predict_points_reports_status_per_row(tiny_twin, tmp_path):
     from socmap.predict import predict_points
 
     run = tmp_path / "run"
-    train(load_config(data_dir=str(tiny_twin), folds=3, epochs=2, batch_size=32), run, progress=False)
+    train(load_config(data_dir=str(tiny_twin), folds=3, epochs=2, batch_size=32, kan_polish_iters=5, kan_sparsify_epochs=2, kan_refit_epochs=2), run, progress=False)
     sites = pd.read_csv(tiny_twin / "sites.csv")
     points = pd.DataFrame({
         "lon": [sites.lon[0], sites.lon[1], -130.0, -90.0, sites.lon[2]],

@@ -464,6 +464,20 @@ class KAN(nn.Module):
         """Per-layer, per-output normalised scores (rows sum to 1)."""
         return [layer.edge_importance(h) for layer, h in zip(self.layers, self.layer_inputs(x))]
 
+    @torch.no_grad()
+    def adaptive_l1_weights(self, x: Tensor, floor: float = 0.02) -> list[Tensor]:
+        """Adaptive-lasso weights ``1 / (importance + floor)`` per layer ``[out_l, in_l]``.
+
+        Weak edges get a heavy penalty and strong ones a light one, so repeated reweighting
+        moves a signal shared between correlated covariates onto the edge that carries it
+        instead of splitting it (plain L1 is indifferent between the two).
+        """
+        return [1.0 / (imp + floor) for imp in self.edge_importance(x)]
+
+    def weighted_l1(self, x: Tensor, weights: list[Tensor]) -> Tensor:
+        """``sum_l sum_ji w_lji S_lji``: the L1 score penalty with per-edge weights."""
+        return sum((w.to(s.dtype) * s).sum() for w, s in zip(weights, self.edge_scores(x)))
+
     def regularization(
         self,
         x: Tensor,
