@@ -138,7 +138,8 @@ def train(
     params: str | None = typer.Option(None, "--params", help="four (default) | all | fifteen | name,name,..."),
     folds: int | None = typer.Option(None, "--folds", help="Number of cross-validation folds (default 5)."),
     split: str | None = typer.Option(None, "--split", help="block2deg (default) | random."),
-    epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs per fold."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs of the main fit per fold."),
+    lr: float | None = typer.Option(None, "--lr", help="AdamW learning rate (default 1e-2; 1e-3 suits the MLP)."),
     loss: str | None = typer.Option(None, "--loss", help="log_mse (default) | smooth_l1."),
     seed: int | None = typer.Option(None, "--seed"),
     device: str | None = typer.Option(None, "--device", help="auto (default) | cpu | cuda."),
@@ -151,7 +152,7 @@ def train(
     try:
         cfg = load_config(
             config, data=data, data_dir=str(data_dir) if data_dir else None, encoder=encoder, params=params,
-            folds=folds, split=split, epochs=epochs, loss=loss, seed=seed, device=device,
+            folds=folds, split=split, epochs=epochs, lr=lr, loss=loss, seed=seed, device=device,
         )
         record = run_training(cfg, out, resume=resume)
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
