@@ -355,7 +355,8 @@ class KanInspector(pn.viewable.Viewer):
             if values is not None and c in values and np.isfinite(values[c]):
                 layers.append(hv.VLine(values[c]).opts(color="black", line_width=1.5, line_dash="dotted"))
             fit = cv.symbolic.get(c)
-            sym = f"{fit.kind} R²={fit.r2:.2f}" if fit is not None else "flat"
+            pruned = self.run.is_kan and not np.any(cv.lo[c]) and not np.any(cv.hi[c])  # zero in every fold
+            sym = f"{fit.kind} R²={fit.r2:.2f}" if fit is not None else ("pruned" if pruned else "flat")
             title = f"{c} · imp {imp:.2f} · {sym}"
             plots.append(hv.Overlay(layers).opts(
                 title=title, width=290, height=210, fontsize={"title": 9, "labels": 8, "xticks": 7, "yticks": 7},

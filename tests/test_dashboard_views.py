@@ -61,6 +61,25 @@ def test_difference_layers_are_diverging_and_symmetric(run):
     assert 0 < lo < hi
 
 
+def test_kan_inspector_labels_edges_pruned_in_every_fold(run):
+    from dashboards.views import KanInspector, MapExplorer
+
+    j = run.covariate_names.index("clay_pct")
+    masks = [mdl.encoder.layers[0].mask for mdl in run.models]
+    saved = [mk.clone() for mk in masks]
+    try:
+        for mdl, mk in zip(run.models, masks):
+            mk[mdl.param_names.index("fs1s3"), j] = 0.0
+        run._curves.pop("fs1s3", None)
+        plots = KanInspector(run, map_view=MapExplorer(run), parameter="fs1s3").curve_plots()
+        titles = [p.opts.get("plot").kwargs["title"] for p in plots]
+        assert [t.split(" · ")[0] for t in titles if "pruned" in t] == ["clay_pct"]
+    finally:
+        for mk, old in zip(masks, saved):
+            mk.copy_(old)
+        run._curves.pop("fs1s3", None)
+
+
 def test_kan_inspector_curves_ordered_by_importance(run):
     from dashboards.views import KanInspector, MapExplorer
 
@@ -74,7 +93,7 @@ def test_kan_inspector_curves_ordered_by_importance(run):
     assert np.all(np.diff(cv.importance) <= 1e-12)
     assert [p.get(0).kdims[0].name for p in plots] == cv.covariates
     titles = [p.opts.get("plot").kwargs["title"] for p in plots]
-    assert all("R²" in t or "flat" in t for t in titles) and titles[0].startswith(cv.covariates[0])
+    assert all("R²" in t or "flat" in t or "pruned" in t for t in titles) and titles[0].startswith(cv.covariates[0])
     # synthetic run: the true curves are overlaid for the true edges
     true_covs = {e["covariate"] for e in run.truth["parameters"]["tau4s3"]["edges"]}
     with_truth = {p.get(0).kdims[0].name for p in plots if any(getattr(el, "label", "") == "true" for el in p)}
