@@ -214,6 +214,9 @@ class HybridTrainer:
         self.phase, self.phase_epoch = "fit", 0
         self.l1_weights: list[torch.Tensor] | None = None
         self.edges_kept: list[int] | None = None
+        self.fit_state: dict | None = None  # the fit's model, kept to compare with the final one
+        self.fit_val_loss = float("inf")
+        self.selection: dict | None = None
 
     # -- checkpoints -------------------------------------------------------------------
     @property
@@ -227,6 +230,7 @@ class HybridTrainer:
             "best_val": self.best_val, "bad_epochs": self.bad_epochs, "best_state": self.best_state,
             "history": self.history, "torch_rng": torch.get_rng_state(),
             "phase": self.phase, "phase_epoch": self.phase_epoch, "l1_weights": self.l1_weights, "edges_kept": self.edges_kept,
+            "fit_state": self.fit_state, "fit_val_loss": self.fit_val_loss, "selection": self.selection,
         }
         tmp = self.checkpoint_path.with_suffix(".tmp")
         torch.save(state, tmp)
@@ -239,6 +243,8 @@ class HybridTrainer:
         self.model.load_state_dict(state["model"])
         self.phase, self.phase_epoch = state.get("phase", "fit"), state.get("phase_epoch", state["epoch"])
         self.l1_weights, self.edges_kept = state.get("l1_weights"), state.get("edges_kept")
+        self.fit_state, self.fit_val_loss = state.get("fit_state"), state.get("fit_val_loss", float("inf"))
+        self.selection = state.get("selection")
         if self.phase != "fit":  # later phases run their own optimiser (same param groups)
             self.opt = self._phase_optimizer(self.phase)
         self.opt.load_state_dict(state["opt"])
@@ -302,19 +308,40 @@ class HybridTrainer:
     def _train_x(self) -> torch.Tensor:
         return self.model.scaler(self.x[torch.as_tensor(self.fold.train, device=self.device)])
 
+    def _val_loss(self) -> float:
+        sim, _ = self.predict(self.fold.val)
+        return float(data_loss(torch.as_tensor(sim), torch.as_tensor(self.data.soc_g_m3[self.fold.val]), self.config.loss))
+
     def _next_phase(self) -> None:
         plan = list(self.phase_plan())
         if self.phase in ("fit", "refit") and self.best_state is not None:
             self.model.load_state_dict(self.best_state)
+        if self.phase == "fit" and len(plan) > 1:
+            self.fit_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.fit_val_loss = self._val_loss()
         if self.phase == "sparsify":
             with torch.no_grad():
                 self.edges_kept = self.model.encoder.prune(self._train_x(), edge_quantile=None, threshold=self.config.kan_prune_threshold)
             log.info("fold %d: pruned to %s edges", self.fold.index, self.edges_kept)
         nxt = plan[plan.index(self.phase) + 1] if plan.index(self.phase) + 1 < len(plan) else "done"
+        if nxt == "done" and self.fit_state is not None:
+            self._select_final()
         self.phase, self.phase_epoch = nxt, 0
         if nxt in ("polish", "sparsify", "refit"):
             self.opt = self._phase_optimizer(nxt)
             self.best_val, self.bad_epochs, self.best_state = float("inf"), 0, None
+
+    def _select_final(self) -> None:
+        """Keep the polished/pruned model only if it validates no worse than the plain fit:
+        on the twin it validates better, but on noisy real profiles with no sparse truth
+        the later phases can overfit, and then the fit's model is the better one."""
+        final_val = self._val_loss()
+        self.selection = {"fit_val_loss": self.fit_val_loss, "final_val_loss": final_val,
+                          "kept": "final" if final_val <= self.fit_val_loss else "fit"}
+        if final_val > self.fit_val_loss:
+            self.model.load_state_dict(self.fit_state)
+            log.info("fold %d: kept the plain fit (validation loss %.4g < %.4g after %s)", self.fold.index,
+                     self.fit_val_loss, final_val, "+".join(list(self.phase_plan())[1:]))
 
     def _polish(self) -> float:
         """Full-batch L-BFGS on the training sites (deterministic, so a resume redoes it
@@ -551,6 +578,8 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progres
             p_all[fold.test] = p
             epochs = trainer.epoch
             extra = {"edges_kept": trainer.edges_kept} if trainer.edges_kept is not None else {}
+            if trainer.selection is not None:
+                extra["selection"] = trainer.selection
             models.append(trainer.model.cpu())
         else:
             sim = fit_baseline(config, data, fold, fold_dir, device, progress)

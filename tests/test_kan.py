@@ -292,3 +292,37 @@ def test_reweighted_l1_moves_a_shared_signal_onto_the_true_edge():
     learned, truth = model.edge_curve(0, 0, xs), np.exp(1.5 * xs)
     r2 = 1.0 - np.sum((learned - learned.mean() - truth + truth.mean()) ** 2) / np.sum((truth - truth.mean()) ** 2)
     assert r2 > 0.99
+
+
+def test_clamped_layer_holds_edges_constant_beyond_the_grid():
+    torch.manual_seed(2)
+    free = KANLayer(2, 3, grid_size=4)
+    held = copy.deepcopy(free)
+    held.clamp = True
+    x = torch.rand(64, 2)
+    x[0] = torch.tensor([1.0, 1.0])  # the span's edge: both layers agree there
+    assert torch.allclose(held(x), free(x), atol=1e-6)
+    lo, hi = held.span()
+    far = torch.tensor([[-3.0, 5.0], [9.0, -0.5]])
+    edge = torch.stack([torch.stack([lo[0], hi[1]]), torch.stack([hi[0], lo[1]])])
+    assert torch.allclose(held(far), free(edge), atol=1e-6)
+    assert not torch.allclose(free(far), free(edge), atol=1e-3)  # the unclamped layer extrapolates
+    xs = np.array([-3.0, 0.5, 9.0])
+    np.testing.assert_allclose(held.edge_curve(1, 0, xs), free.edge_curve(1, 0, np.array([float(lo[0]), 0.5, float(hi[0])])), atol=1e-6)
+    # a KAN clamps only its input layer (hidden layers would lose their gradients)
+    assert [layer.clamp for layer in KAN([2, 3, 1]).layers] == [True, False]
+
+
+def test_update_grid_on_a_clamped_layer_widens_the_span_like_a_free_one():
+    torch.manual_seed(3)
+    held = KANLayer(2, 2, grid_size=4, clamp=True)
+    _fit(torch.nn.Sequential(held), torch.rand(128, 2), torch.rand(128, 2), steps=50)
+    free = copy.deepcopy(held)
+    free.clamp = False
+    x = torch.rand(256, 2) * 1.6 - 0.3  # data beyond the old span [0, 1]
+    held.update_grid(x)
+    free.update_grid(x)
+    lo, hi = held.span()
+    assert float(lo.max()) < -0.3 and float(hi.min()) > 1.3
+    # on the data (all inside the new span) the clamped layer is the free one
+    torch.testing.assert_close(held(x), free(x))

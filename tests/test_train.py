@@ -38,10 +38,14 @@ def test_hybrid_training_reduces_loss(tiny_twin, tmp_path):
     assert (tmp_path / "model.pt").exists()
 
 
-def test_kan_sparsify_prune_refit_phases(tiny_twin, tmp_path):
+@pytest.mark.parametrize("final_validates_better", [True, False])
+def test_kan_sparsify_prune_refit_phases(tiny_twin, tmp_path, final_validates_better):
     cfg = load_config(data_dir=str(tiny_twin), folds=3, epochs=4, batch_size=32, kan_polish_iters=10,
                       kan_sparsify_epochs=4, kan_refit_epochs=3, patience=10)
     trainer = _trainer(cfg, tmp_path)
+    # validation loss at the end of the fit, then of the final (pruned, refitted) model
+    scripted = iter([1.0, 0.5] if final_validates_better else [0.5, 1.0])
+    trainer._val_loss = lambda: next(scripted)
     trainer.fit(progress=False)
     hist = trainer.history
     assert [h["phase"] for h in hist] == ["fit"] * 4 + ["polish"] + ["sparsify"] * 4 + ["refit"] * 3
@@ -50,12 +54,20 @@ def test_kan_sparsify_prune_refit_phases(tiny_twin, tmp_path):
     assert hist[4]["train_loss"] < hist[best_fit]["train_loss"]
     assert hist[5]["lr"] == pytest.approx(cfg.lr / 3) and hist[-1]["lr"] == cfg.lr
     mask = trainer.model.encoder.layers[0].mask
-    assert trainer.edges_kept == [int(mask.sum())] and 0 < int(mask.sum()) < mask.numel()
-    # the saved weights carry the pruning, and pruned edges contribute nothing
     saved = torch.load(tmp_path / "model.pt", weights_only=False)["state_dict"]
     torch.testing.assert_close(saved["encoder.layers.0.mask"], mask)
-    phi = trainer.model.encoder.layers[0].edge_values(trainer._train_x())
-    assert torch.all(phi[:, mask == 0] == 0)
+    assert 0 < trainer.edges_kept[0] < mask.numel()
+    if final_validates_better:
+        assert trainer.selection["kept"] == "final"
+        assert int(mask.sum()) == trainer.edges_kept[0]
+        # pruned edges contribute nothing
+        phi = trainer.model.encoder.layers[0].edge_values(trainer._train_x())
+        assert torch.all(phi[:, mask == 0] == 0)
+    else:  # the pruned model validates worse: the fit's model is kept, unpruned
+        assert trainer.selection["kept"] == "fit"
+        for key, value in trainer.fit_state.items():
+            torch.testing.assert_close(saved[key], value, rtol=0, atol=0)
+        assert int(mask.sum()) == mask.numel()
 
 
 class _Interrupt(Exception):

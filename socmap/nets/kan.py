@@ -139,6 +139,8 @@ class KANLayer(nn.Module):
     grid_range : initial grid span for every input.
     noise_scale : initial spline coefficients are a least-squares fit to noise
         ``U(-1/2, 1/2) * noise_scale / G`` at the grid points (spec §6.3 uses 0.3; default 0.1).
+    clamp : hold every edge constant beyond its grid's span (the data range plus the grid
+        margin) instead of extrapolating: inputs are clamped to ``[grid[k], grid[k + G]]``.
     """
 
     def __init__(
@@ -150,6 +152,7 @@ class KANLayer(nn.Module):
         base: str = "identity",
         grid_range: tuple[float, float] = (0.0, 1.0),
         noise_scale: float = 0.1,
+        clamp: bool = False,
     ) -> None:
         super().__init__()
         if base not in _BASES:
@@ -166,6 +169,7 @@ class KANLayer(nn.Module):
         self.grid_size = grid_size
         self.spline_order = spline_order
         self.base = base
+        self.clamp = bool(clamp)
         self.n_basis = grid_size + spline_order
 
         lo_t = torch.full((in_features,), lo, dtype=torch.get_default_dtype())
@@ -192,8 +196,19 @@ class KANLayer(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"grid_size={self.grid_size}, spline_order={self.spline_order}, base={self.base!r}"
+            f"grid_size={self.grid_size}, spline_order={self.spline_order}, base={self.base!r}, clamp={self.clamp}"
         )
+
+    def span(self) -> tuple[Tensor, Tensor]:
+        """Per-input ``(lo, hi)`` of the grid's interior (the data range plus margin)."""
+        k, g = self.spline_order, self.grid
+        return g[:, k], g[:, k + self.grid_size]
+
+    def _clamped(self, x: Tensor) -> Tensor:
+        if not self.clamp:
+            return x
+        lo, hi = self.span()
+        return torch.minimum(torch.maximum(x, lo.to(x.dtype)), hi.to(x.dtype))
 
     def _base_fn(self, x: Tensor) -> Tensor:
         if self.base == "identity":
@@ -213,6 +228,7 @@ class KANLayer(nn.Module):
     def edge_values(self, x: Tensor) -> Tensor:
         """Masked edge activations ``mask[j,i] * phi_ji(x_i)`` as ``[B, out, in]``."""
         self._check_input(x)
+        x = self._clamped(x)
         dt = x.dtype
         spline = torch.einsum("biq,oiq->boi", self.basis(x), self.coef.to(dt))
         phi = self.scale_base.to(dt) * self._base_fn(x)[:, None, :] + self.scale_sp.to(dt) * spline
@@ -221,6 +237,7 @@ class KANLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``u [B, out]``; parameters are cast to ``x.dtype`` (float32 or float64)."""
         self._check_input(x)
+        x = self._clamped(x)
         dt = x.dtype
         m = self.mask.to(dt)
         w_base = m * self.scale_base.to(dt)  # [out, in]
@@ -270,6 +287,7 @@ class KANLayer(nn.Module):
 
         old_grid = self.grid.to(torch.float64)
         old_coef = self.coef.detach().to(torch.float64)
+        # the spline part unclamped: data beyond the old span get the old edge's extension
         y = torch.einsum("biq,oiq->boi", bspline_basis(x_fit, old_grid, self.spline_order), old_coef)
 
         new_grid = _uniform_grid(lo, hi, self.grid_size, self.spline_order)
@@ -382,6 +400,9 @@ class KANLayer(nn.Module):
         xs_np = np.asarray(xs, dtype=np.float64)
         dev = self.coef.device
         xt = torch.as_tensor(xs_np.reshape(-1, 1), dtype=torch.float64, device=dev)
+        if self.clamp:
+            lo, hi = self.span()
+            xt = xt.clamp(float(lo[in_idx]), float(hi[in_idx]))
         g = self.grid[in_idx : in_idx + 1].to(torch.float64)
         b = bspline_basis(xt, g, self.spline_order)[:, 0, :]  # [N, nb]
         c = self.coef[out_idx, in_idx].to(torch.float64)
@@ -409,6 +430,7 @@ class KAN(nn.Module):
         grid_range: tuple[float, float] = (0.0, 1.0),
         hidden_grid_range: tuple[float, float] = (-1.0, 1.0),
         noise_scale: float = 0.1,
+        clamp_inputs: bool = True,
     ) -> None:
         super().__init__()
         widths = [int(w) for w in widths]
@@ -424,6 +446,7 @@ class KAN(nn.Module):
                 base=base,
                 grid_range=grid_range if i == 0 else hidden_grid_range,
                 noise_scale=noise_scale,
+                clamp=clamp_inputs and i == 0,
             )
             for i in range(len(widths) - 1)
         )
