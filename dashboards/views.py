@@ -541,7 +541,12 @@ class RunSummary(pn.viewable.Viewer):
         cv = self.run.record.get("metrics", {}).get("cv", {})
         rows = []
         for f in cv.get("folds", []):
-            rows.append({"fold": str(f.get("fold")), **{k: f.get(k) for k in ("nse", "nse_log", "rmse", "r")}})
+            row = {"fold": str(f.get("fold")), **{k: f.get(k) for k in ("nse", "nse_log", "rmse", "r")}}
+            if f.get("edges_kept") is not None:  # KAN: what the sparsify/prune/refit phases left
+                kept = (f.get("selection") or {}).get("kept", "final")
+                row["KAN model"] = (f"pruned to {sum(f['edges_kept'])} edges" if kept == "final"
+                                    else "plain fit (the pruned model validated worse)")
+            rows.append(row)
         if cv.get("mean"):
             rows.append({"fold": "mean", **cv["mean"]})
         if cv.get("pooled"):

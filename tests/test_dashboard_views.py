@@ -134,6 +134,12 @@ def test_summary_fields_and_export(run, tmp_path):
     summary = RunSummary(run)
     t = summary.metrics_table()
     assert "NSE" in t and "mean" in set(t["fold"])
+    # per fold, what the KAN's sparsify/prune/refit phases left (or that the plain fit was kept)
+    for f, label in zip(run.record["metrics"]["cv"]["folds"], t["KAN model"]):
+        if f["selection"]["kept"] == "final":
+            assert label == f"pruned to {sum(f['edges_kept'])} edges"
+        else:
+            assert label.startswith("plain fit")
     assert summary.recovery_table() is not None
     assert isinstance(summary.scatter(), hv.Overlay)
     fields = ParameterFields(run)
