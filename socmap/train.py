@@ -67,7 +67,7 @@ class TrainConfig(BaseModel):
     grid_update_epochs: int = 3
     kan_polish_iters: int = Field(100, ge=0, description="KAN: full-batch L-BFGS iterations after the fit (0: skip)")
     kan_sparsify_epochs: int = Field(30, ge=0, description="KAN: epochs of reweighted-L1 sparsification after the fit (0: skip sparsify, prune and refit)")
-    kan_sparsify_l1: float = Field(1e-3, ge=0, description="KAN: weight of the reweighted L1 score penalty while sparsifying")
+    kan_sparsify_l1: float = Field(3e-4, ge=0, description="KAN: weight of the reweighted L1 score penalty while sparsifying")
     kan_prune_threshold: float = Field(0.03, ge=0, description="KAN: edges with a score below this are pruned after sparsifying")
     kan_refit_epochs: int = Field(80, ge=0, description="KAN: most epochs refitting the pruned network without the sparsity penalty")
     mlp_hidden: list[int] = Field(default_factory=lambda: [128, 128])
