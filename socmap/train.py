@@ -308,9 +308,14 @@ class HybridTrainer:
     def _train_x(self) -> torch.Tensor:
         return self.model.scaler(self.x[torch.as_tensor(self.fold.train, device=self.device)])
 
-    def _val_loss(self) -> float:
+    def _validate(self) -> tuple[float, dict[str, float]]:
+        """Loss and skill (``metrics.skill``) on the fold's validation sites."""
         sim, _ = self.predict(self.fold.val)
-        return float(data_loss(torch.as_tensor(sim), torch.as_tensor(self.data.soc_g_m3[self.fold.val]), self.config.loss))
+        obs = self.data.soc_g_m3[self.fold.val]
+        return float(data_loss(torch.as_tensor(sim), torch.as_tensor(obs), self.config.loss)), metrics.skill(obs, sim)
+
+    def _val_loss(self) -> float:
+        return self._validate()[0]
 
     def _next_phase(self) -> None:
         plan = list(self.phase_plan())
@@ -405,10 +410,7 @@ class HybridTrainer:
                 self._next_phase()
                 continue
             losses = [self._polish()] if self.phase == "polish" else self._train_epoch()
-            sim, _ = self.predict(fold.val)
-            obs = self.data.soc_g_m3[fold.val]
-            val_loss = float(data_loss(torch.as_tensor(sim), torch.as_tensor(obs), cfg.loss))
-            val = metrics.skill(obs, sim)
+            val_loss, val = self._validate()
             self.history.append({"epoch": self.epoch, "phase": self.phase, "lr": self.opt.param_groups[0]["lr"], "train_loss": float(np.mean(losses)), "val_loss": val_loss, **{f"val_{k}": v for k, v in val.items()}})
             if self.sched is not None and self.phase == "fit":
                 self.sched.step(val_loss)
