@@ -9,25 +9,21 @@ import torch
 
 from socmap.clm5.forcing import Forcing
 from socmap.clm5.grid import DZ_M, NODE_M
-from socmap.forcing import (
-    ForcingConfig,
-    LitterQuality,
-    active_layer_depth_m,
-    damping_depth_m,
+from socmap.cesm2_forcing import read_cesm2_forcing
+from socmap.climate_forcing import (
     daylength_h,
     derive_forcing,
-    land_cover_group,
     litter_split,
     miami_npp_g_m2_yr,
     nbedrock_from_depth,
     nitrogen_scalar,
     oxygen_scalar,
     pet_thornthwaite_mm,
-    read_cesm2_forcing,
-    soil_temperature_k,
-    thaw_depth_m,
-    water_scalar,
+    water_scalar_from_climate,
 )
+from socmap.forcing_config import ForcingConfig, LitterQuality
+from socmap.land_cover import land_cover_group
+from socmap.soil_temperature import active_layer_depth_m, damping_depth_m, soil_temperature_k, thaw_depth_m
 
 YEAR_S = 365.25 * 86400.0
 MONTHS = np.arange(12)
@@ -168,19 +164,19 @@ def test_thornthwaite_pet_hand_computed():
 def test_water_scalar_ratio_and_depth_blending():
     p = np.array([[50.0] * 6 + [0.0] * 6])  # wet half-year, dry half-year
     pet = np.full((1, 12), 100.0)
-    w = water_scalar(p, pet, np.array([0.0, 50.0]))
+    w = water_scalar_from_climate(p, pet, np.array([0.0, 50.0]))
     # surface: monthly ratio 0.5 -> psi = -0.033 * 0.5**-2 = -0.132 MPa -> W = ln(2/0.132)/ln(1000)
     np.testing.assert_allclose(w[0, :6, 0], np.log(2 / 0.132) / np.log(1000), rtol=1e-12)
     np.testing.assert_allclose(w[0, 6:, 0], 0.05)  # ratio 0 -> psi below -2 MPa -> floor
     # depth: annual ratio 300/1200 = 0.25 -> psi = -0.528 MPa
     np.testing.assert_allclose(w[0, :, 1], np.log(2 / 0.528) / np.log(1000), rtol=1e-9)
     # P = PET sits at field capacity (W ~ 0.59); only much wetter soils reach 1; wetlands are 1
-    np.testing.assert_allclose(water_scalar(np.full((1, 12), 100.0), pet)[0, 0, 0], np.log(2 / 0.033) / np.log(1000))
-    assert water_scalar(np.full((1, 12), 600.0), pet).max() == 1.0
-    w_wet = water_scalar(p, pet, land_cover=np.array([11]))
+    np.testing.assert_allclose(water_scalar_from_climate(np.full((1, 12), 100.0), pet)[0, 0, 0], np.log(2 / 0.033) / np.log(1000))
+    assert water_scalar_from_climate(np.full((1, 12), 600.0), pet).max() == 1.0
+    w_wet = water_scalar_from_climate(p, pet, land_cover=np.array([11]))
     assert (w_wet == 1.0).all() and w_wet.shape == (1, 12, 20)
     with pytest.raises(ValueError, match=r"precip_mm has negative values.*indices 0"):
-        water_scalar(-p, pet)
+        water_scalar_from_climate(-p, pet)
 
 
 def test_oxygen_and_nitrogen_scalars():

@@ -1,7 +1,9 @@
-"""The typed forcing container the CLM5 model consumes (batch-first, one row per site/cell).
+"""The forcing container: the typed input the CLM5 model consumes (batch-first, one row per site/cell).
 
-How forcing is *derived* (from climate and land cover, or read from a CESM2-style file) lives
-in :mod:`socmap.forcing`; this module only fixes the contract and validates it.
+This module only fixes the contract (fields, shapes, units, ranges) and validates it. Forcing is
+produced elsewhere: derived from monthly climate and land cover by
+:func:`socmap.climate_forcing.derive_forcing`, or read from a CESM2-style file by
+:func:`socmap.cesm2_forcing.read_cesm2_forcing`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import torch
 from socmap.clm5.grid import N_LAYERS
 
 N_MONTHS = 12
+#: Freezing point of water (K): soil at or below it is frozen (``soil_temp_k`` is in kelvin).
+T_FREEZE_K = 273.15
 INPUT_POOLS = ("cwd", "litter1", "litter2", "litter3")
 
 

@@ -20,12 +20,11 @@ from typing import Literal
 import torch
 
 from socmap.clm5 import grid
-from socmap.clm5.forcing import Forcing
+from socmap.clm5.forcing import T_FREEZE_K, Forcing
 from socmap.clm5.parameters import INDEX
 
 DAYS_PER_YEAR = 365.0
 T_REF_K = 298.15  # reference temperature of the Q10 function (25 °C)
-T_FREEZE_K = 273.15
 MAX_ALT_CRYOTURBATION_M = 2.0  # cryoturbation only where the active layer is this shallow
 MAX_DEPTH_CRYOTURBATION_M = 3.0
 TINY = 1e-30  # CLM's floor on diffusivities and advection (keeps the harmonic mean defined)
@@ -155,8 +154,12 @@ def temperature_scalar(soil_temp_k: torch.Tensor, q10: torch.Tensor, q10_frozen:
     return torch.where(soil_temp_k.detach() >= T_FREEZE_K, warm, cold)
 
 
-def water_scalar(w: torch.Tensor, w_scaling: torch.Tensor) -> torch.Tensor:
-    """ξ^W = min(1, w_scaling · W) (pitfall P6: zero gradient where clipped)."""
+def scaled_water_scalar(w: torch.Tensor, w_scaling: torch.Tensor) -> torch.Tensor:
+    """The model's water factor ξ^W = min(1, w_scaling · W) from the forcing's water scalar W.
+
+    ``w`` [B, ...] is the forcing field ``water_scalar`` (0–1, CESM2 ``W_SCALAR`` or derived);
+    ``w_scaling`` [B] the fitted parameter (pitfall P6: zero gradient where clipped).
+    """
     shape = (-1,) + (1,) * (w.dim() - 1)
     return torch.clamp(w_scaling.reshape(shape) * w, max=1.0)
 
@@ -170,7 +173,7 @@ def depth_scalar(efolding_m: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def decay_rates_direct(theta: torch.Tensor, forcing: Forcing) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Reference: month-averaged decay rates K̄ [B, 7, 20] (d-1) straight from the spec, batch-first."""
     xi_t = temperature_scalar(forcing.soil_temp_k, _col(theta, "q10"))
-    xi_w = water_scalar(forcing.water_scalar, _col(theta, "w_scaling"))
+    xi_w = scaled_water_scalar(forcing.water_scalar, _col(theta, "w_scaling"))
     env = xi_t * xi_w * forcing.oxygen_scalar  # [B, 12, 20]
     env_mean = env.mean(1)
     env_n_mean = (env * forcing.nitrogen_scalar).mean(1)

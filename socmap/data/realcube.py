@@ -234,7 +234,8 @@ def build_real_cube(resolution_deg: float = 0.25, progress: bool = False):
     import xarray as xr
 
     from socmap.data.grid import CRS, conus_grid
-    from socmap.forcing import IGBP_CLASSES, miami_npp_g_m2_yr, pet_thornthwaite_mm
+    from socmap.climate_forcing import miami_npp_g_m2_yr, pet_thornthwaite_mm
+    from socmap.land_cover import IGBP_CLASSES
 
     missing = missing_sources()
     if missing:

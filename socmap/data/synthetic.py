@@ -34,7 +34,7 @@ import pandas as pd
 
 from socmap.clm5.parameters import LOWER, NAMES, UPPER, resolve_subset
 from socmap.data.grid import CRS, conus_grid
-from socmap.forcing import IGBP_CLASSES
+from socmap.land_cover import IGBP_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def make_landscape(lon: np.ndarray, lat: np.ndarray, seed: int) -> dict[str, np.
     ``air_temp_c`` and ``precip_mm`` (``[12, ...]``, float32-representable float64: the values
     the cube stores). Deterministic in ``seed``; no land/water masking here.
     """
-    from socmap.forcing import miami_npp_g_m2_yr, pet_thornthwaite_mm
+    from socmap.climate_forcing import miami_npp_g_m2_yr, pet_thornthwaite_mm
 
     lon = np.asarray(lon, dtype=np.float64)
     lat = np.asarray(lat, dtype=np.float64)
@@ -476,7 +476,7 @@ def build(config: SynthConfig, progress: bool = False) -> SynthResult:
     import torch
     from tqdm.auto import tqdm
 
-    from socmap.forcing import derive_forcing
+    from socmap.climate_forcing import derive_forcing
 
     if config.n_sites < 1:
         raise ValueError(f"--sites must be at least 1, not {config.n_sites}")
@@ -689,7 +689,7 @@ def cell_forcing(cube, iy: np.ndarray, ix: np.ndarray, lat: np.ndarray | None = 
     """
     import xarray as xr
 
-    from socmap.forcing import derive_forcing
+    from socmap.climate_forcing import derive_forcing
 
     iy = np.asarray(iy)
     ix = np.asarray(ix)
