@@ -33,6 +33,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from socmap.data.covariates import COVARIATES
+
 CATALOG_FILENAME = "data_catalog.yaml"
 REAL_DATA_ENV = "SOCMAP_REAL_DATA"
 
@@ -60,16 +62,17 @@ QUANTITY_UNITS: dict[str, frozenset[str]] = {
 }
 
 #: Variable name → quantity when ``quantity`` is not given (exact names first, then patterns).
+#: Encoder covariates take theirs from the covariate table; the rest are coordinates, profile
+#: columns, climate and forcing fields.
 _QUANTITY_BY_NAME: dict[str, str] = {
+    **{c.name: c.quantity for c in COVARIATES.values()},
     "lon": "coordinate", "lat": "coordinate", "longitude": "coordinate", "latitude": "coordinate",
     "top_m": "depth", "bottom_m": "depth", "depth_m": "depth", "top": "depth", "bottom": "depth",
-    "soc_g_m3": "soc_density", "bulk_density": "bulk_density", "bulk_density_g_cm3": "bulk_density",
-    "elevation_m": "elevation", "elevation": "elevation", "land_cover": "category", "ph": "ph",
-    "clay_pct": "texture", "sand_pct": "texture", "silt_pct": "texture", "cec_cmol_kg": "cec",
-    "npp_g_m2_yr": "npp", "mat_c": "temperature", "map_mm": "precipitation", "air_temp_c": "temperature",
-    "precip_mm": "precipitation", "soil_temp_k": "temperature", "t_seasonality_c": "temperature",
+    "soc_g_m3": "soc_density", "bulk_density": "bulk_density", "elevation": "elevation",
+    "land_cover": "category", "silt_pct": "texture", "air_temp_c": "temperature",
+    "precip_mm": "precipitation", "soil_temp_k": "temperature",
     "water_scalar": "scalar", "oxygen_scalar": "scalar", "nitrogen_scalar": "scalar",
-    "alt_m": "depth", "bedrock_depth_m": "depth", "aridity_index": "scalar", "organic_carbon": "carbon_content",
+    "alt_m": "depth", "bedrock_depth_m": "depth", "organic_carbon": "carbon_content",
 }
 
 
