@@ -40,6 +40,7 @@ import time
 import warnings
 from pathlib import Path
 
+from socmap.cube import to_grid
 from socmap.fsutil import swap_into_place
 from typing import Any
 
@@ -299,14 +300,9 @@ def build_real_cube(resolution_deg: float = 0.25, progress: bool = False):
     pet = pet_thornthwaite_mm(tl, lat).sum(1)
     derived["aridity_index"] = np.clip(derived["map_mm"] / np.maximum(pet, 50.0), 0.0, 5.0)
 
-    def to_grid(v: np.ndarray) -> np.ndarray:
-        arr = np.full((ny, nx), np.nan)
-        arr[iy, ix] = v
-        return arr
-
     data_vars: dict[str, Any] = {}
     for k, (units, long) in REAL_COVARIATES.items():
-        data_vars[k] = (("y", "x"), to_grid(derived[k]), {"units": units, "long_name": long})
+        data_vars[k] = (("y", "x"), to_grid(derived[k], iy, ix, (ny, nx)), {"units": units, "long_name": long})
     data_vars["land_cover"] = (("y", "x"), lc, {
         "units": "1", "long_name": "IGBP land-cover class, MODIS MCD12C1 2019 (0 = water / outside land)",
         "flag_values": list(IGBP_CLASSES), "method": lc_method,
@@ -383,23 +379,3 @@ def write_real_cube(out: str | Path, resolution_deg: float = 0.25, *, overwrite:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return meta
-
-
-def sample_cube(cube, lon, lat) -> dict[str, np.ndarray]:
-    """Covariates, land cover and monthly climate at points (nearest cell; NaN off the land cells)."""
-    from socmap.data.grid import sample_grid
-
-    where = sample_grid(cube, lon, lat)
-    out: dict[str, np.ndarray] = {"status": where.status}
-    ok = where.ok
-    for k in list(REAL_COVARIATES) + ["land_cover"]:
-        v = np.full(len(ok), np.nan)
-        if ok.any():
-            v[ok] = cube[k].values[where.iy[ok], where.ix[ok]]
-        out[k] = v
-    for k in ("air_temp_c", "precip_mm"):
-        v = np.full((len(ok), 12), np.nan)
-        if ok.any():
-            v[ok] = cube[k].values[:, where.iy[ok], where.ix[ok]].T
-        out[k] = v
-    return out
