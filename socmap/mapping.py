@@ -41,7 +41,18 @@ import numpy as np
 
 from socmap import store as S
 from socmap.cluster import SchedulerError, check_scheduler_address, connect
-from socmap.cube import CLIMATE_VARS, CubeError, cell_forcing, cell_values, check_cube, climate_ok, cube_resolution, open_cube, regrid_cube, sample_grid
+from socmap.cube import (
+    CLIMATE_VARS,
+    CubeError,
+    cell_forcing,
+    cell_values,
+    check_cube,
+    climate_ok,
+    cube_resolution,
+    open_cube,
+    regrid_cube,
+    sample_grid,
+)
 from socmap.fsutil import swap_into_place, write_atomic
 
 log = logging.getLogger(__name__)
@@ -324,6 +335,8 @@ def site_profiles(inputs: _Inputs, batch: int = 4096) -> S.SiteProfiles | None:
     site's cell; the forcing from the cube's climate at the site's cell (at the site's latitude).
     Sites off the land cells (or with incomplete inputs) get NaN profiles.
     """
+    import xarray as xr
+
     from socmap.cells import predict_cells
 
     sites = _training_sites(inputs.run_dir)
@@ -338,8 +351,6 @@ def site_profiles(inputs: _Inputs, batch: int = 4096) -> S.SiteProfiles | None:
         iy, ix = where.iy[ok], where.ix[ok]
         cov = (sites.loc[ok, names].to_numpy(np.float64) if all(n in sites for n in names)
                else cell_values(cube, names, iy, ix))
-        import xarray as xr
-
         at = cube[["air_temp_c", "precip_mm", "npp_g_m2_yr", "land_cover"]].isel(
             y=xr.DataArray(iy, dims="site"), x=xr.DataArray(ix, dims="site")).load()
         good = np.isfinite(cov).all(1) & climate_ok(at)
