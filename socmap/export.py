@@ -72,15 +72,18 @@ def resolve_layers(ds, layers: str | list[str]) -> list[str]:
     names = [s.strip() for s in layers.split(",") if s.strip()] if isinstance(layers, str) else list(layers)
     if not names:
         raise ExportError("--layers is empty; give variable names (e.g. tau4s3,soc_stock_0_30cm) or 'all'")
+    def layered(v: str) -> bool:  # a (y, x, layer) grid variable (not a per-site one)
+        return v in ds.data_vars and ds[v].dims[:2] == ("y", "x") and "layer" in ds[v].dims
+
     out: list[str] = []
     for n in names:
         if n == "all":
             out.extend(v for v in ds.data_vars if ds[v].dims == ("y", "x"))
         elif n in ds.data_vars and ds[n].dims == ("y", "x"):
             out.append(n)
-        elif n in ds.data_vars and "layer" in ds[n].dims:
+        elif layered(n):
             out.extend(f"{n}_layer{j}" for j in range(ds.sizes["layer"]))
-        elif (m := _LAYER_RE.match(n)) and m["var"] in ds.data_vars and "layer" in ds[m["var"]].dims:
+        elif (m := _LAYER_RE.match(n)) and layered(m["var"]):
             if int(m["j"]) >= ds.sizes["layer"]:
                 raise ExportError(f"{n}: layer index must be 0..{ds.sizes['layer'] - 1}")
             out.append(n)

@@ -1,10 +1,31 @@
-"""Atomic file-system moves shared by every writer (synthetic twin, real cube, run store)."""
+"""Atomic file-system writes shared by every writer (synthetic twin, real cube, run store, records)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 from pathlib import Path
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> Path:
+    """Write ``data`` (text as UTF-8, or bytes) to ``path`` through a temporary file and a rename.
+
+    A reader (or a process killed mid-write) sees either the old file or the complete new one,
+    never a truncated file. The temporary file sits next to ``path`` so the rename stays on one
+    file system. Returns ``path``.
+    """
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def swap_into_place(src: Path, dst: Path) -> None:

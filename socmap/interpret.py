@@ -162,7 +162,7 @@ def _centered_r2(truth: np.ndarray, learned: np.ndarray) -> float:
 def relationship_recovery(models: list[HybridModel], data) -> dict[str, dict]:
     """Per parameter: KL(true ‖ learned importance) and, per true edge, the curve R² and the
     edge's importance rank, averaged over the folds' models (spec §6.4, §7)."""
-    from socmap.data.synthetic import truth_edge_function
+    from socmap.truth import truth_edge_function
 
     truth = data.truth
     cov = data.covariates

@@ -1,6 +1,7 @@
 """Point predictions from a trained run: lon, lat, depth -> SOC and parameters.
 
-Covariates and forcing come from the run's covariate cube at the nearest land cell. Points
+Covariates and forcing come from the run's covariate cube at the nearest land cell; the
+prediction is :func:`socmap.cells.predict_cells` (θ from the mean of the fold models' outputs). Points
 outside the grid, on water, or with invalid depths get a per-row ``status`` instead of a crash.
 """
 
@@ -12,11 +13,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import xarray as xr
 
-from socmap.clm5 import interpolate_to_depths, soc_nodes, standard_stocks, steady_state
-from socmap.clm5.parameters import NAMES, PARAMETERS, to_physical
+from socmap.cells import predict_cells
+from socmap.clm5 import interpolate_to_depths
+from socmap.clm5.parameters import NAMES
+from socmap.cube import cell_forcing, cell_values, open_cube, sample_grid
 from socmap.runs import open_run
+from socmap.store import STOCKS
 
 log = logging.getLogger(__name__)
 REQUIRED = ("lon", "lat", "depth_m")
@@ -37,14 +40,16 @@ def read_points(path: str | Path) -> pd.DataFrame:
 
 
 def predict_points(run_dir: str | Path, points: pd.DataFrame) -> pd.DataFrame:
-    """SOC (g C m-3) at each point's depth, stocks, and the 21 parameters (fold-ensemble mean)."""
-    from socmap.data.grid import sample_grid
-    from socmap.data.synthetic import cell_forcing
+    """SOC (g C m-3) at each point's depth, stocks, and the 21 parameters (fold-ensemble mean).
 
+    ``points`` has columns lon, lat (degrees) and depth_m (m); the result adds ``status``,
+    ``soc_g_m3``, the stocks (kg C m-2) and one column per parameter (physical units), NaN where
+    ``status`` is not ``"ok"``.
+    """
     run = open_run(run_dir)
     if not run.models:
         raise ValueError(f"run {run.name} has encoder {run.encoder!r}: point prediction needs a hybrid (kan or mlp) run")
-    cube = xr.open_zarr(run.data_dir / "cube.zarr")
+    cube = open_cube(run.data_dir / "cube.zarr")
     out = points.copy()
     sample = sample_grid(cube, out["lon"].to_numpy(), out["lat"].to_numpy())
     status = sample.status.astype(object)
@@ -53,29 +58,22 @@ def predict_points(run_dir: str | Path, points: pd.DataFrame) -> pd.DataFrame:
     names = run.models[0].spec.covariate_names
     ok = np.flatnonzero(status == "ok")
     if len(ok):
-        yi, xi = xr.DataArray(sample.iy[ok], dims="p"), xr.DataArray(sample.ix[ok], dims="p")
-        cov = np.column_stack([cube[n].isel(y=yi, x=xi).values.astype(np.float64) for n in names])
+        cov = cell_values(cube, names, sample.iy[ok], sample.ix[ok])
         finite = np.isfinite(cov).all(1)
         status[ok[~finite]] = "missing covariates"
         ok = ok[finite]
         cov = cov[finite]
     out["status"] = status
-    for col in ["soc_g_m3", "soc_stock_0_30cm", "soc_stock_0_100cm", *NAMES]:
+    for col in ["soc_g_m3", *STOCKS, *NAMES]:
         out[col] = np.nan
     if len(ok):
         forcing = cell_forcing(cube, sample.iy[ok], sample.ix[ok], out["lat"].to_numpy()[ok])
-        x = torch.as_tensor(cov, dtype=torch.float32)
-        with torch.no_grad():
-            p = torch.stack([m(x).to(torch.float64) for m in run.models]).mean(0)
-            theta = to_physical(p)
-            soc = soc_nodes(steady_state(theta, forcing))
-            at_depth = interpolate_to_depths(soc, torch.as_tensor(depth[ok], dtype=torch.float64)[:, None])[:, 0]
-            stocks = standard_stocks(soc)
+        res = predict_cells(run.models, cov, forcing, default=False, diagnostics=False).values
+        soc = torch.as_tensor(res["soc"], dtype=torch.float64)
+        at_depth = interpolate_to_depths(soc, torch.as_tensor(depth[ok], dtype=torch.float64)[:, None])[:, 0]
         out.loc[out.index[ok], "soc_g_m3"] = at_depth.numpy()
-        for k, v in stocks.items():
-            out.loc[out.index[ok], k] = v.numpy()
-        for j, prm in enumerate(PARAMETERS):
-            out.loc[out.index[ok], prm.name] = theta[:, j].numpy()
+        for col in [*STOCKS, *NAMES]:
+            out.loc[out.index[ok], col] = res[col]
     n_bad = int((out["status"] != "ok").sum())
     if n_bad:
         log.warning("%d of %d points not predicted (see the status column)", n_bad, len(out))

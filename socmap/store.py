@@ -1,17 +1,38 @@
-"""The run store schema: ``runs/NAME/maps.zarr`` (written by :mod:`socmap.mapping`).
+"""The run store schema (version 2): ``runs/NAME/maps.zarr``, written by :mod:`socmap.mapping`.
 
-The dashboard and the exporters read the store only through this module: the names, the
-attributes and :func:`open_store`, which checks the store version.
+The run folder is the contract between training/mapping and every consumer (the dashboard,
+``socmap export``): they read the store through this module (:func:`open_store` checks the
+version) and never the data folder. Bump :data:`STORE_VERSION` when names or meanings change.
 
-Layout
-------
+Grid variables
+--------------
 * dims ``(y, x)`` or ``(y, x, layer)``; ``y`` latitude of cell centres (descending), ``x``
   longitude; coords ``layer`` 0..19, ``depth_m`` (node depth), ``layer_top_m``,
   ``layer_bottom_m``; CRS EPSG:4326 (rioxarray ``spatial_ref`` + CF ``grid_mapping``).
 * float32 variables, NaN off land (and where a cell could not be computed); each has CF
-  ``units``, ``long_name`` and a ``kind`` (see :data:`KINDS`).
+  ``units``, ``long_name`` and a ``kind`` (see :data:`KINDS`); names and units in
+  :func:`variable_specs`: ``soc`` (g C m-3 per layer), the :data:`STOCKS` (kg C m-2), the 21
+  parameters, the bulk diagnostics, the encoder covariates, ``default_*`` / ``diff_default_*``
+  stocks, with ``--compare`` ``diff_compare_*``, with ``--ensemble`` the ``*_std`` spreads.
 * ``land_cover`` int16 (IGBP code, 0 = water / outside land); ``land_mask`` uint8 (1 = land).
-* dataset attrs: :data:`REQUIRED_ATTRS`.
+
+Site variables (kind ``"site"``, :func:`site_variable_specs`)
+-------------------------------------------------------------
+On a ``site`` dimension (coord ``site_id``) and a ``model`` dimension (coord ``model``: the fold
+model files, relative to the run folder): ``site_lon``, ``site_lat`` (degrees) and
+``site_soc_fold`` (site, model, layer; g C m-3): every fold model's SOC profile at the training
+site's covariates and forcing (NaN where the site is off the grid's land cells).
+
+Dataset attributes
+------------------
+:data:`REQUIRED_ATTRS`: ``store_version``, ``run_name``, ``created``, ``socmap_version``,
+``resolution_deg``, ``crs``, ``encoder``, ``parameters`` (predicted parameter names),
+``fold_models`` (model files used, relative to the run folder), ``n_models``, ``data`` (the
+run.json ``data`` dict: entry, kind, absolute dir) and ``covariates`` (encoder covariate names).
+
+Beside the store, in the run folder: ``site_residuals.csv`` (:data:`SITE_RESIDUALS`) and
+``map.json`` (:data:`MAP_RECORD`). While mapping, the store is built as ``maps.zarr.partial``
+holding :data:`PROGRESS_FILE` (finished windows); :func:`create_template` writes its metadata.
 """
 
 from __future__ import annotations
@@ -20,8 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 #: Version of the schema below; bump it when names or meanings change.
-STORE_VERSION = "1"
+STORE_VERSION = "2"
 STORE_NAME = "maps.zarr"
 PARTIAL_SUFFIX = ".partial"
 PROGRESS_FILE = "socmap_progress.json"
@@ -29,7 +52,7 @@ SITE_RESIDUALS = "site_residuals.csv"
 MAP_RECORD = "map.json"
 CRS = "EPSG:4326"
 
-KINDS = ("soc", "stock", "parameter", "diagnostic", "covariate", "difference", "uncertainty", "mask")
+KINDS = ("soc", "stock", "parameter", "diagnostic", "covariate", "difference", "uncertainty", "mask", "site")
 
 SOC = "soc"
 STOCKS: tuple[str, ...] = ("soc_stock_0_30cm", "soc_stock_0_100cm")
@@ -44,7 +67,16 @@ STD_SUFFIX = "_std"                  # --ensemble: standard deviation across the
 LAND_COVER = "land_cover"
 LAND_MASK = "land_mask"
 
-REQUIRED_ATTRS = ("store_version", "run_name", "created", "socmap_version", "resolution_deg", "encoder", "crs")
+REQUIRED_ATTRS = ("store_version", "run_name", "created", "socmap_version", "resolution_deg", "crs", "encoder",
+                  "parameters", "fold_models", "n_models", "data", "covariates")
+
+#: Per-site variables (see the module docstring).
+SITE_DIM = "site"
+MODEL_DIM = "model"
+SITE_ID = "site_id"
+SITE_LON = "site_lon"
+SITE_LAT = "site_lat"
+SITE_SOC_FOLD = "site_soc_fold"
 
 
 class StoreError(RuntimeError):
@@ -111,16 +143,16 @@ def store_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / STORE_NAME
 
 
-def partial_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / (STORE_NAME + PARTIAL_SUFFIX)
-
-
 def check_version(attrs: dict[str, Any], where: str | Path) -> None:
     """Raise :class:`StoreError` unless ``attrs['store_version']`` is :data:`STORE_VERSION`."""
     found = attrs.get("store_version")
     if found is None:
         raise StoreError(f"{where} has no store_version attribute: it was not written by `socmap map` "
                          f"(store version {STORE_VERSION}); re-create it with `socmap map --run RUN`")
+    if str(found) == "1":
+        raise StoreError(f"{where} is run store version 1, which does not record the predicted parameters, the "
+                         f"fold models or the site profiles; this socmap reads version {STORE_VERSION}: "
+                         f"re-run `socmap map --run RUN` (the old store is replaced)")
     if str(found) != STORE_VERSION:
         raise StoreError(f"{where} is run store version {found}, but this socmap reads version {STORE_VERSION}; "
                          f"re-create it with `socmap map --run RUN` (the old store is replaced)")
@@ -153,15 +185,115 @@ def open_store(run_dir: str | Path, *, chunks: Any = "auto"):
     return ds
 
 
-def store_grid_signature(ds) -> tuple[int, int, float, float, float, float]:
-    """(ny, nx, y0, y1, x0, x1): enough to tell whether two stores share a grid."""
-    y, x = ds["y"].values, ds["x"].values
-    return (len(y), len(x), float(y[0]), float(y[-1]), float(x[0]), float(x[-1]))
-
-
 def same_grid(a, b, tol: float = 1e-9) -> bool:
-    import numpy as np
+
 
     if a.sizes["y"] != b.sizes["y"] or a.sizes["x"] != b.sizes["x"]:
         return False
     return bool(np.allclose(a["y"].values, b["y"].values, atol=tol) and np.allclose(a["x"].values, b["x"].values, atol=tol))
+
+
+# ----------------------------------------------------------------------------------------
+# writing: the template, the per-site profiles and the progress file (used by socmap.mapping)
+# ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SiteProfiles:
+    """Every fold model's SOC profile at the training sites (the store's ``site`` variables).
+
+    ``site_id``, ``lon_deg``, ``lat_deg`` [S]; ``soc_fold_g_m3`` [S, K, 20] (NaN for a site off
+    the land cells); ``models`` [K] fold model files relative to the run folder.
+    """
+
+    site_id: np.ndarray
+    lon_deg: np.ndarray
+    lat_deg: np.ndarray
+    soc_fold_g_m3: np.ndarray
+    models: tuple[str, ...]
+
+
+def site_variable_specs() -> dict[str, VarSpec]:
+    """The per-site variables of the store (kind ``"site"``), in store order."""
+    return {
+        SITE_LON: VarSpec(SITE_LON, (SITE_DIM,), "float64", "degrees_east", "longitude of the training site", "site"),
+        SITE_LAT: VarSpec(SITE_LAT, (SITE_DIM,), "float64", "degrees_north", "latitude of the training site", "site"),
+        SITE_SOC_FOLD: VarSpec(SITE_SOC_FOLD, (SITE_DIM, MODEL_DIM, "layer"), "float32", "g C m-3",
+                               "soil organic carbon density at the site from each fold model", "site"),
+    }
+
+
+def create_template(path: Path, cube, specs: dict[str, VarSpec], chunks: int, attrs: dict[str, Any],
+                    sites: SiteProfiles | None = None) -> None:
+    """Write the store's metadata (grid data left unwritten) with Zarr chunks equal to the windows.
+
+    Grid variables are filled later, window by window, by the chunk tasks; the per-site
+    variables (small) are written here in full.
+    """
+    import warnings
+
+    import dask.array as da
+
+    import rioxarray  # noqa: F401
+    import xarray as xr
+
+    from socmap.clm5.grid import INTERFACE_BOTTOM_M, INTERFACE_TOP_M, NODE_M
+
+    ny, nx = cube.sizes["y"], cube.sizes["x"]
+    cy, cx = min(chunks, ny), min(chunks, nx)
+    data = {}
+    for name, spec in specs.items():
+        shape = (ny, nx, 20) if spec.layered else (ny, nx)
+        ch = (cy, cx, 20) if spec.layered else (cy, cx)
+        fill = np.nan if spec.dtype == "float32" else 0
+        arr = da.full(shape, fill, dtype=spec.dtype, chunks=ch)
+        data[name] = (spec.dims, arr, {"units": spec.units, "long_name": spec.long_name, "kind": spec.kind})
+    coords = {
+        "y": ("y", cube["y"].values, dict(cube["y"].attrs) or {"units": "degrees_north", "standard_name": "latitude"}),
+        "x": ("x", cube["x"].values, dict(cube["x"].attrs) or {"units": "degrees_east", "standard_name": "longitude"}),
+        "layer": ("layer", np.arange(20, dtype=np.int16), {"long_name": "CLM5 soil layer index (0 = top)", "units": "1"}),
+        "depth_m": ("layer", NODE_M.astype(np.float32), {"long_name": "depth of the layer node", "units": "m", "positive": "down"}),
+        "layer_top_m": ("layer", INTERFACE_TOP_M.astype(np.float32), {"long_name": "depth of the layer top", "units": "m"}),
+        "layer_bottom_m": ("layer", INTERFACE_BOTTOM_M.astype(np.float32), {"long_name": "depth of the layer bottom", "units": "m"}),
+    }
+    site_specs = site_variable_specs() if sites is not None else {}
+    if sites is not None:
+        coords[SITE_ID] = (SITE_DIM, np.asarray(sites.site_id, dtype=str), {"long_name": "training site id"})
+        coords[MODEL_DIM] = (MODEL_DIM, np.asarray(sites.models, dtype=str), {"long_name": "fold model file (relative to the run folder)"})
+        values = {SITE_LON: sites.lon_deg, SITE_LAT: sites.lat_deg, SITE_SOC_FOLD: sites.soc_fold_g_m3}
+        for name, spec in site_specs.items():
+            data[name] = (spec.dims, np.asarray(values[name], dtype=spec.dtype),
+                          {"units": spec.units, "long_name": spec.long_name, "kind": spec.kind})
+    ds = xr.Dataset(data, coords=coords, attrs=attrs)
+    ds = ds.rio.write_crs(CRS).rio.set_spatial_dims(x_dim="x", y_dim="y")
+    ds.attrs.update(attrs)  # write_crs drops a "crs" attribute
+    for name, spec in specs.items():
+        ds[name].encoding["chunks"] = ((cy, cx, 20) if spec.layered else (cy, cx))
+        ds[name].encoding["_FillValue"] = np.nan if spec.dtype == "float32" else None
+        ds[name].encoding["grid_mapping"] = "spatial_ref"
+    for name, spec in site_specs.items():
+        ds[name].encoding["_FillValue"] = np.nan if spec.dtype.startswith("float") else None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        ds.to_zarr(path, mode="w", compute=False, consolidated=True, zarr_format=2)
+
+
+def read_progress(partial: Path) -> dict[str, Any] | None:
+    """The progress record of a partial store (``None`` if absent or unreadable)."""
+    import json
+
+    f = Path(partial) / PROGRESS_FILE
+    if not f.is_file():
+        return None
+    try:
+        return json.loads(f.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_progress(partial: Path, progress: dict[str, Any]) -> None:
+    """Replace the progress record of a partial store atomically."""
+    import json
+
+    from socmap.fsutil import write_atomic
+
+    write_atomic(Path(partial) / PROGRESS_FILE, json.dumps(progress))

@@ -50,3 +50,64 @@ def forcing64() -> Forcing:
 @pytest.fixture
 def theta64() -> torch.Tensor:
     return random_theta(64, seed=2)
+
+
+# ----------------------------------------------------------------------------------------
+# mapping / export / distributed: a tiny twin, a 3-fold KAN run on it, and that run mapped
+# ----------------------------------------------------------------------------------------
+
+MAP_CHUNKS = 16  # 2 × 4 windows on the 1° grid (25 × 59)
+
+
+@pytest.fixture(scope="session")
+def map_chunks() -> int:
+    """Window size the shared store ``mapped_run`` was mapped with (re-maps must match it)."""
+    return MAP_CHUNKS
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A 1.0°, 150-site synthetic twin and a 3-fold, 2-epoch KAN run on it (built once per process)."""
+    from socmap.data.synthetic import SynthConfig, write_synthetic
+    from socmap.train import load_config, train
+
+    base = tmp_path_factory.mktemp("mapping-shared")
+    data = base / "data"
+    write_synthetic(data, SynthConfig(resolution_deg=1.0, n_sites=150, seed=0))
+    run = base / "runs" / "tiny"
+    train(load_config(data_dir=str(data), epochs=2, folds=3, kan_polish_iters=5, kan_sparsify_epochs=2, kan_refit_epochs=2),
+          run, progress=False)
+    return run
+
+
+@pytest.fixture(scope="session")
+def run_copy(tiny_run):
+    """``run_copy(name)``: a copy of ``tiny_run`` (models, records; no store) named ``name``, same cube."""
+    import shutil
+
+    def make(name: str):
+        dst = tiny_run.parent / name
+        if dst.exists():
+            shutil.rmtree(dst)
+        shutil.copytree(tiny_run, dst, ignore=shutil.ignore_patterns("maps.zarr*", "map.json", "site_residuals.csv", "cache"))
+        return dst
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def mapped_run(run_copy):
+    """``tiny_run`` copied to ``main`` and mapped in-process (synchronous, ``MAP_CHUNKS`` windows)."""
+    from socmap.mapping import map_run
+
+    run = run_copy("main")
+    map_run(run, scheduler="synchronous", chunks=MAP_CHUNKS, progress=False)
+    return run
+
+
+@pytest.fixture(scope="session")
+def main_store(mapped_run):
+    """The store of ``mapped_run``, loaded into memory."""
+    from socmap.store import open_store
+
+    return open_store(mapped_run).load()

@@ -48,7 +48,8 @@ def write_store_from_model(run_dir: str | Path) -> Path:
     from socmap.clm5.diagnostics import DIAGNOSTICS
     from socmap.clm5.grid import INTERFACE_BOTTOM_M, INTERFACE_TOP_M, NODE_M
     from socmap.clm5.parameters import DEFAULT, NAMES, PARAMETERS, to_physical
-    from socmap.data.synthetic import COVARIATES, cell_forcing, open_cube
+    from socmap.cube import cell_forcing, open_cube
+    from socmap.data.synthetic import COVARIATES
     from socmap.runs import open_run
 
     run_dir = Path(run_dir)

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest_mapping import CHUNKS, copy_run, main_store, mapped_run, tiny_run  # noqa: F401
 from socmap import store as S
 
 pytestmark = pytest.mark.slow
@@ -72,9 +71,9 @@ def dask_cluster(tmp_path):
             fh.close()
 
 
-def test_map_on_dask_cluster_equals_local_run(dask_cluster, tiny_run, main_store):
-    run = copy_run(tiny_run, "distributed")
-    cmd = [str(BIN / "socmap"), "map", "--run", str(run), "--chunks", str(CHUNKS), "--scheduler", dask_cluster]
+def test_map_on_dask_cluster_equals_local_run(dask_cluster, run_copy, main_store, map_chunks):
+    run = run_copy("distributed")
+    cmd = [str(BIN / "socmap"), "map", "--run", str(run), "--chunks", str(map_chunks), "--scheduler", dask_cluster]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "cells/s" in res.stdout
@@ -92,8 +91,8 @@ def test_map_on_dask_cluster_equals_local_run(dask_cluster, tiny_run, main_store
     assert rec["arguments"]["scheduler"] == dask_cluster and rec["complete"]
 
 
-def test_unreachable_scheduler_is_a_clear_error(tiny_run):
-    run = copy_run(tiny_run, "unreachable")
+def test_unreachable_scheduler_is_a_clear_error(run_copy):
+    run = run_copy("unreachable")
     port = _free_port()  # nothing listens there
     t0 = time.time()
     res = subprocess.run([str(BIN / "socmap"), "map", "--run", str(run), "--scheduler", f"tcp://127.0.0.1:{port}"],

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import rasterio
 
-from conftest_mapping import main_store, mapped_run, tiny_run  # noqa: F401
 from socmap.export import ExportError, export_layers, grid_transform
 
 pytestmark = pytest.mark.slow

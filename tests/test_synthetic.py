@@ -10,18 +10,17 @@ import pytest
 import torch
 
 from socmap.clm5.parameters import LOWER, NAMES, SUBSETS, UPPER
-from socmap.data.grid import conus_grid, grid_shape, sample_grid
+from socmap.cube import cell_forcing, open_cube, sample_grid
+from socmap.data.grid import conus_grid, grid_shape
 from socmap.data.sites import SiteData, load_synthetic, profiles_to_arrays
 from socmap.data.synthetic import (
     NUMERIC_COVARIATES,
     SynthConfig,
     build,
-    cell_forcing,
     simulate_soc,
-    true_p_from_covariates,
-    truth_edge_function,
     write_synthetic,
 )
+from socmap.truth import true_p_from_covariates, truth_edge_function
 
 RES = 1.0
 N_SITES = 100
@@ -128,8 +127,6 @@ def test_covariates_look_real(result):
 
 
 def test_cube_store_has_crs_and_cf_attrs(synth_dir):
-    from socmap.data.synthetic import open_cube
-
     cube = open_cube(synth_dir / "cube.zarr")
     assert cube.rio.crs.to_epsg() == 4326
     assert cube["y"].values[0] > cube["y"].values[-1]
@@ -250,8 +247,6 @@ def test_profiles_to_arrays_ragged():
 
 
 def test_simulate_reports_nonfinite_as_nan(result):
-    from socmap.data.synthetic import cell_forcing
-
     cube = result.cube
     iy, ix = np.nonzero(cube["land_mask"].values)
     f = cell_forcing(cube, iy[:3], ix[:3])

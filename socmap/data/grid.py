@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -24,10 +23,6 @@ import xarray as xr
 #: Bounding box of the grid (degrees): west, south, east, north.
 CONUS_BOUNDS: tuple[float, float, float, float] = (-125.0, 24.5, -66.5, 49.5)
 CRS = "EPSG:4326"
-
-STATUS_OK = "ok"
-STATUS_OUTSIDE = "outside grid"
-STATUS_WATER = "water"
 
 
 def conus_states_path() -> Path:
@@ -113,55 +108,3 @@ def conus_grid(resolution_deg: float = 0.25, geojson: str | Path | None = None) 
     ds = ds.rio.write_crs(CRS)
     ds = ds.rio.set_spatial_dims(x_dim="x", y_dim="y")
     return ds
-
-
-@dataclass(frozen=True)
-class GridSample:
-    """Nearest-cell lookup of points on a grid.
-
-    ``iy``/``ix`` are -1 where the point is outside the grid; ``status`` is one of
-    ``"ok"``, ``"outside grid"`` or ``"water"`` (inside the grid but not a land cell).
-    """
-
-    iy: np.ndarray
-    ix: np.ndarray
-    status: np.ndarray
-
-    @property
-    def ok(self) -> np.ndarray:
-        return self.status == STATUS_OK
-
-
-def _axis_index(coord: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Index of the cell containing each value along a regular axis; -1 outside."""
-    step = float(coord[1] - coord[0]) if coord.size > 1 else 1.0
-    first_edge = coord[0] - step / 2
-    idx = np.floor((values - first_edge) / step).astype(np.int64, copy=False) if values.size else np.zeros(0, np.int64)
-    bad = ~np.isfinite(values) | (idx < 0) | (idx >= coord.size)
-    return np.where(bad, -1, idx)
-
-
-def sample_grid(ds: xr.Dataset, lon, lat) -> GridSample:
-    """Nearest grid cell of each point (lon, lat in degrees) and whether it is usable.
-
-    Points outside the grid extent get status ``"outside grid"``; points on a non-land cell
-    (``ds.land_mask`` False) get ``"water"``; the others ``"ok"``.
-    """
-    lon = np.atleast_1d(np.asarray(lon, dtype=float))
-    lat = np.atleast_1d(np.asarray(lat, dtype=float))
-    if lon.shape != lat.shape:
-        raise ValueError(f"lon and lat must have the same shape; got {lon.shape} and {lat.shape}")
-    ix = _axis_index(np.asarray(ds["x"].values, dtype=float), lon)
-    iy = _axis_index(np.asarray(ds["y"].values, dtype=float), lat)
-    outside = (ix < 0) | (iy < 0)
-    ix = np.where(outside, -1, ix)
-    iy = np.where(outside, -1, iy)
-    status = np.full(lon.shape, STATUS_OK, dtype=object)
-    status[outside] = STATUS_OUTSIDE
-    if "land_mask" in ds:
-        mask = np.asarray(ds["land_mask"].values, dtype=bool)
-        inside = ~outside
-        water = np.zeros(lon.shape, dtype=bool)
-        water[inside] = ~mask[iy[inside], ix[inside]]
-        status[water] = STATUS_WATER
-    return GridSample(iy=iy, ix=ix, status=status.astype(str))

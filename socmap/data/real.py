@@ -62,10 +62,10 @@ def aggregate_layers(table: pd.DataFrame) -> pd.DataFrame:
 def snap_to_land(cube, where, lon, lat, max_cells: int = 1):
     """Move sites on water cells to the nearest land cell within ``max_cells`` cells (coastal wetlands).
 
-    Returns the updated :class:`~socmap.data.grid.GridSample` and the number of sites moved;
+    Returns the updated :class:`~socmap.cube.GridSample` and the number of sites moved;
     sites with no land cell that close keep the status ``water`` (dropped by the caller).
     """
-    from socmap.data.grid import STATUS_OK, STATUS_WATER, GridSample
+    from socmap.cube import STATUS_OK, STATUS_WATER, GridSample
 
     if max_cells <= 0:
         return where, 0
@@ -93,9 +93,9 @@ def snap_to_land(cube, where, lon, lat, max_cells: int = 1):
 def load_real(directory, *, sources=None, bulk_density: str | None = None, forest_floor: str | None = None,
               aggregate: bool = True, snap_cells: int = 1) -> RealSites:
     """Real profiles on the real cube in ``directory`` (see the module docstring)."""
-    from socmap.data.grid import sample_grid
+    from socmap.cube import sample_grid
     from socmap.data.profiles import load_profiles
-    from socmap.data.synthetic import cell_forcing, open_cube
+    from socmap.cube import cell_forcing, open_cube
 
     directory = Path(directory)
     if not (directory / "cube.zarr").exists():

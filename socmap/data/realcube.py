@@ -40,6 +40,8 @@ import time
 import warnings
 from pathlib import Path
 
+from socmap.cube import to_grid
+from socmap.data.covariates import covariate, long_name
 from socmap.fsutil import swap_into_place
 from typing import Any
 
@@ -48,15 +50,12 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 #: Numeric covariates of the real cube: name -> (units, long name). Encoder inputs.
+#: The real cube's covariates as (units, long name), from the one covariate table.
+_SOURCE_OF = {"mat_c": "ERA5 2000-2025", "map_mm": "ERA5 2000-2025", "elevation_m": "pvlib Altitude, 5 arc-min"}
 REAL_COVARIATES: dict[str, tuple[str, str]] = {
-    "mat_c": ("degC", "mean annual air temperature (ERA5 2000-2025)"),
-    "map_mm": ("mm yr-1", "mean annual precipitation (ERA5 2000-2025)"),
-    "t_seasonality_c": ("degC", "temperature seasonality (standard deviation of monthly means)"),
-    "t_warmest_c": ("degC", "mean temperature of the warmest month"),
-    "t_coldest_c": ("degC", "mean temperature of the coldest month"),
-    "elevation_m": ("m", "elevation above sea level (pvlib Altitude, 5 arc-min)"),
-    "npp_g_m2_yr": ("g C m-2 yr-1", "net primary productivity (Miami model)"),
-    "aridity_index": ("1", "aridity index P/PET (Thornthwaite PET)"),
+    n: (covariate(n).units, long_name(n, _SOURCE_OF.get(n)))
+    for n in ("mat_c", "map_mm", "t_seasonality_c", "t_warmest_c", "t_coldest_c", "elevation_m",
+              "npp_g_m2_yr", "aridity_index")
 }
 
 #: catalog entry -> (import name, pip name)
@@ -300,14 +299,9 @@ def build_real_cube(resolution_deg: float = 0.25, progress: bool = False):
     pet = pet_thornthwaite_mm(tl, lat).sum(1)
     derived["aridity_index"] = np.clip(derived["map_mm"] / np.maximum(pet, 50.0), 0.0, 5.0)
 
-    def to_grid(v: np.ndarray) -> np.ndarray:
-        arr = np.full((ny, nx), np.nan)
-        arr[iy, ix] = v
-        return arr
-
     data_vars: dict[str, Any] = {}
     for k, (units, long) in REAL_COVARIATES.items():
-        data_vars[k] = (("y", "x"), to_grid(derived[k]), {"units": units, "long_name": long})
+        data_vars[k] = (("y", "x"), to_grid(derived[k], iy, ix, (ny, nx)), {"units": units, "long_name": long})
     data_vars["land_cover"] = (("y", "x"), lc, {
         "units": "1", "long_name": "IGBP land-cover class, MODIS MCD12C1 2019 (0 = water / outside land)",
         "flag_values": list(IGBP_CLASSES), "method": lc_method,
@@ -384,23 +378,3 @@ def write_real_cube(out: str | Path, resolution_deg: float = 0.25, *, overwrite:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return meta
-
-
-def sample_cube(cube, lon, lat) -> dict[str, np.ndarray]:
-    """Covariates, land cover and monthly climate at points (nearest cell; NaN off the land cells)."""
-    from socmap.data.grid import sample_grid
-
-    where = sample_grid(cube, lon, lat)
-    out: dict[str, np.ndarray] = {"status": where.status}
-    ok = where.ok
-    for k in list(REAL_COVARIATES) + ["land_cover"]:
-        v = np.full(len(ok), np.nan)
-        if ok.any():
-            v[ok] = cube[k].values[where.iy[ok], where.ix[ok]]
-        out[k] = v
-    for k in ("air_temp_c", "precip_mm"):
-        v = np.full((len(ok), 12), np.nan)
-        if ok.any():
-            v[ok] = cube[k].values[:, where.iy[ok], where.ix[ok]].T
-        out[k] = v
-    return out

@@ -127,8 +127,9 @@ def load_synthetic(directory) -> SiteData:
     Reads ``sites.csv``, ``profiles.csv`` and ``truth.json``; samples the monthly climate at the
     sites' cells from ``cube.zarr`` and derives the forcing exactly as the generator did.
     """
-    from socmap.data.grid import sample_grid
-    from socmap.data.synthetic import COVARIATES, cell_forcing, open_cube
+    from socmap.cube import sample_grid
+    from socmap.cube import cell_forcing, open_cube
+    from socmap.data.synthetic import COVARIATES
 
     directory = Path(directory)
     needed = ["sites.csv", "profiles.csv", "truth.json", "cube.zarr"]

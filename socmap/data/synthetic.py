@@ -33,51 +33,34 @@ import numpy as np
 import pandas as pd
 
 from socmap.clm5.parameters import LOWER, NAMES, UPPER, resolve_subset
+from socmap.cube import REGRID_REGENERATE, register_regenerator, to_grid
+from socmap.data.covariates import covariate
 from socmap.data.grid import CRS, conus_grid
 from socmap.land_cover import IGBP_CLASSES
+from socmap.truth import (
+    EDGE_FORMULAS,
+    EDGE_TYPES,
+    P_FIXED,
+    P_MAX,
+    P_MIN,
+    edge_shape,
+    edge_value,
+    scale_unit,
+    true_p_from_covariates,
+)
 
 log = logging.getLogger(__name__)
 
 TRUTH_VERSION = 1
 
 #: Numeric covariates: name -> (units, long name). All are encoder inputs (physical units).
+#: The twin's covariates as (units, long name), from the one covariate table.
 COVARIATES: dict[str, tuple[str, str]] = {
-    "mat_c": ("degC", "mean annual air temperature"),
-    "map_mm": ("mm yr-1", "mean annual precipitation"),
-    "t_seasonality_c": ("degC", "temperature seasonality (standard deviation of monthly means)"),
-    "elevation_m": ("m", "elevation above sea level"),
-    "clay_pct": ("%", "clay content of the fine earth, 0-100 cm mean"),
-    "sand_pct": ("%", "sand content of the fine earth, 0-100 cm mean"),
-    "bulk_density_g_cm3": ("g cm-3", "bulk density of the fine earth, 0-100 cm mean"),
-    "ph": ("1", "soil pH in water, 0-100 cm mean"),
-    "cec_cmol_kg": ("cmol kg-1", "cation exchange capacity, 0-100 cm mean"),
-    "npp_g_m2_yr": ("g C m-2 yr-1", "net primary productivity (Miami model)"),
-    "aridity_index": ("1", "aridity index P/PET (Thornthwaite PET)"),
+    n: (covariate(n).units, covariate(n).long_name)
+    for n in ("mat_c", "map_mm", "t_seasonality_c", "elevation_m", "clay_pct", "sand_pct",
+              "bulk_density_g_cm3", "ph", "cec_cmol_kg", "npp_g_m2_yr", "aridity_index")
 }
 NUMERIC_COVARIATES: tuple[str, ...] = tuple(COVARIATES)
-
-#: ScIReN's symbolic edge types (spec §7), by code.
-EDGE_TYPES: dict[int, str] = {1: "linear", 2: "quadratic", 3: "log", 4: "exp", 5: "abs"}
-EDGE_FORMULAS: dict[str, str] = {
-    "linear": "x", "quadratic": "x**2", "log": "log2(x + 2.5)", "exp": "2**x", "abs": "abs(x)",
-}
-
-P_MIN, P_MAX, P_FIXED = 0.2, 0.8, 0.5
-
-
-def _edge_f(kind: str, u: np.ndarray) -> np.ndarray:
-    if kind == "linear":
-        return u
-    if kind == "quadratic":
-        return u * u
-    if kind == "log":
-        return np.log2(u + 2.5)
-    if kind == "exp":
-        return np.exp2(u)
-    if kind == "abs":
-        return np.abs(u)
-    raise ValueError(f"unknown edge type {kind!r}; known: {list(EDGE_FORMULAS)}")
-
 
 # ----------------------------------------------------------------------------------------
 # smooth fields
@@ -302,11 +285,11 @@ def make_truth(covariates: dict[str, np.ndarray], targets: tuple[str, ...], seed
         edges = []
         for ci in picks:
             cov = candidates[int(ci)]
-            x = _scale(covariates[cov], *ranges[cov])
+            x = scale_unit(covariates[cov], *ranges[cov])
             for _ in range(100):
                 code = int(rng.integers(1, 6))
                 a, b, c, d = (float(v) for v in rng.uniform(-1.0, 1.0, 4))
-                raw = c * _edge_f(EDGE_TYPES[code], a * x + b) + d
+                raw = c * edge_shape(EDGE_TYPES[code], a * x + b) + d
                 mu, sd = float(raw.mean()), float(raw.std())
                 if sd > 1e-9:
                     break
@@ -318,14 +301,14 @@ def make_truth(covariates: dict[str, np.ndarray], targets: tuple[str, ...], seed
                 "x_min": ranges[cov][0], "x_max": ranges[cov][1],
                 "raw_coefficients": {"a": a, "b": b, "c": c, "d": d},
             })
-        total = sum(_edge_value(e, covariates[e["covariate"]]) for e in edges)
+        total = sum(edge_value(e, covariates[e["covariate"]]) for e in edges)
         lo, hi = float(total.min()), float(total.max())
         scale = (P_MAX - P_MIN) / (hi - lo)
         shift = P_MIN - (P_MAX - P_MIN) * lo / (hi - lo)
         for e in edges:
             e["c"] *= scale
             e["d"] = e["d"] * scale + shift / len(edges)
-        mads = [float(np.mean(np.abs(v - v.mean()))) for v in (_edge_value(e, covariates[e["covariate"]]) for e in edges)]
+        mads = [float(np.mean(np.abs(v - v.mean()))) for v in (edge_value(e, covariates[e["covariate"]]) for e in edges)]
         for e, m in zip(edges, mads):
             e["importance"] = m / sum(mads)
         params[name] = {"index": NAMES.index(name), "edges": edges}
@@ -344,55 +327,6 @@ def make_truth(covariates: dict[str, np.ndarray], targets: tuple[str, ...], seed
         "importance_definition": "mean absolute deviation of the edge over the land grid / sum over the parameter's edges",
         "parameters": params,
     }
-
-
-def _scale(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    span = hi - lo
-    x = (np.asarray(values, dtype=np.float64) - lo) / (span if span > 0 else 1.0)
-    return np.clip(x, 0.0, 1.0)
-
-
-def _edge_value(edge: dict[str, Any], values: np.ndarray) -> np.ndarray:
-    x = _scale(values, edge["x_min"], edge["x_max"])
-    return edge["c"] * _edge_f(edge["type"], edge["a"] * x + edge["b"]) + edge["d"]
-
-
-def truth_edge_function(truth: dict[str, Any], param: str, covariate: str, x_physical) -> np.ndarray:
-    """The true edge ``covariate → param`` in normalised-p units, at covariate values in physical units.
-
-    Zero where the covariate does not drive the parameter (no edge). Values outside the
-    covariate's grid range are clipped to it, as the encoders' min–max scaling does.
-    """
-    x = np.asarray(x_physical, dtype=np.float64)
-    spec = truth["parameters"].get("w_scaling" if param == "w-scaling" else param)
-    if spec is None:
-        if param not in NAMES and param != "w-scaling":
-            raise ValueError(f"unknown parameter {param!r}; known: {', '.join(NAMES)}")
-        return np.zeros_like(x)
-    out = np.zeros_like(x)
-    for e in spec["edges"]:
-        if e["covariate"] == covariate:
-            out = out + _edge_value(e, x)
-    return out
-
-
-def true_p_from_covariates(truth: dict[str, Any], covariates_df: pd.DataFrame) -> np.ndarray:
-    """Normalised true parameters ``[N, 21]`` from a table of covariates in physical units.
-
-    Each target is the sum of its edges (:func:`truth_edge_function`), clipped to
-    ``truth["p_range"]`` ([0.2, 0.8]): over the land grid the sum spans exactly that range by
-    construction, so the clip only removes last-bit rounding there, and it keeps covariate
-    combinations never seen on the grid inside the parameter bounds. Non-targets are ``fixed_p``.
-    """
-    n = len(covariates_df)
-    p = np.full((n, len(NAMES)), float(truth.get("fixed_p", P_FIXED)))
-    for name, spec in truth["parameters"].items():
-        missing = [e["covariate"] for e in spec["edges"] if e["covariate"] not in covariates_df]
-        if missing:
-            raise KeyError(f"covariates {missing} (needed for the true {name}) are not columns of the table")
-        total = sum(_edge_value(e, covariates_df[e["covariate"]].to_numpy(np.float64)) for e in spec["edges"])
-        p[:, spec["index"]] = np.clip(total, *truth.get("p_range", (P_MIN, P_MAX)))
-    return p
 
 
 # ----------------------------------------------------------------------------------------
@@ -512,33 +446,34 @@ def build(config: SynthConfig, progress: bool = False) -> SynthResult:
     t = step("truth", t)
 
     # 3. cube
-    def to_grid(v: np.ndarray, fill=np.nan, dtype=np.float64) -> np.ndarray:
-        arr = np.full(v.shape[:-1] + (ny, nx), fill, dtype=dtype)
-        arr[..., iy, ix] = v
-        return arr
+    def on_grid(v: np.ndarray, fill=np.nan, dtype=np.float64) -> np.ndarray:
+        return to_grid(v, iy, ix, (ny, nx), fill, dtype)
 
     data_vars: dict[str, Any] = {}
     for k in NUMERIC_COVARIATES:
         units, long = COVARIATES[k]
-        data_vars[k] = (("y", "x"), to_grid(land[k]), {"units": units, "long_name": long})
-    data_vars["land_cover"] = (("y", "x"), to_grid(land["land_cover"], 0, np.int16), {
+        data_vars[k] = (("y", "x"), on_grid(land[k]), {"units": units, "long_name": long})
+    data_vars["land_cover"] = (("y", "x"), on_grid(land["land_cover"], 0, np.int16), {
         "units": "1", "long_name": "IGBP land-cover class (0 = water / outside land)",
         "flag_values": list(IGBP_CLASSES), "flag_meanings": " ".join(v.replace(" ", "_").replace("/", "_") for v in IGBP_CLASSES.values()),
     })
-    data_vars["air_temp_c"] = (("month", "y", "x"), to_grid(land["air_temp_c"], dtype=np.float32),
+    data_vars["air_temp_c"] = (("month", "y", "x"), on_grid(land["air_temp_c"], dtype=np.float32),
                                {"units": "degC", "long_name": "monthly mean air temperature"})
-    data_vars["precip_mm"] = (("month", "y", "x"), to_grid(land["precip_mm"], dtype=np.float32),
+    data_vars["precip_mm"] = (("month", "y", "x"), on_grid(land["precip_mm"], dtype=np.float32),
                               {"units": "mm month-1", "long_name": "monthly precipitation"})
     theta_land = LOWER + p_land * (UPPER - LOWER)
     from socmap.clm5.parameters import PARAMETERS
 
     for j, name in enumerate(NAMES):
-        data_vars[f"true_p_{name}"] = (("y", "x"), to_grid(p_land[:, j]), {"units": "1", "long_name": _ATTRS_TRUE_P.format(name=name)})
-        data_vars[f"true_{name}"] = (("y", "x"), to_grid(theta_land[:, j]), {"units": PARAMETERS[j].unit, "long_name": f"true {PARAMETERS[j].description}"})
+        data_vars[f"true_p_{name}"] = (("y", "x"), on_grid(p_land[:, j]), {"units": "1", "long_name": _ATTRS_TRUE_P.format(name=name)})
+        data_vars[f"true_{name}"] = (("y", "x"), on_grid(theta_land[:, j]), {"units": PARAMETERS[j].unit, "long_name": f"true {PARAMETERS[j].description}"})
     cube = ds.assign(data_vars).assign_coords(month=("month", np.arange(1, 13), {"long_name": "calendar month", "units": "1"}))
     cube.attrs.update({
         "title": "socmap synthetic CONUS twin",
         "seed": int(config.seed),
+        # the landscape is analytic in lon/lat: other resolutions are recomputed, not interpolated
+        "regrid": REGRID_REGENERATE,
+        "regrid_producer": __name__,
         "resolution_deg": float(config.resolution_deg),
         "numeric_covariates": list(NUMERIC_COVARIATES),
         "covariate_range_json": json.dumps(truth["covariate_range"]),
@@ -669,38 +604,21 @@ def write_synthetic(out: str | Path, config: SynthConfig | None = None, *, overw
     return meta
 
 
-def open_cube(path: str | Path):
-    """Open a ``cube.zarr`` written by :func:`write_synthetic` (lazy, with its CRS decoded).
+@register_regenerator(__name__)
+def regenerate_cube(cube, grid) -> tuple[Any, str]:
+    """The twin's covariates, land cover and monthly climate recomputed on ``grid`` from ``cube``'s seed.
 
-    ``decode_coords="all"`` turns the CF ``grid_mapping`` links into the ``spatial_ref``
-    coordinate, so ``cube.rio.crs`` is EPSG:4326.
+    The landscape is an analytic function of lon/lat, so this is exact at any resolution (used
+    by :func:`socmap.cube.regrid_cube` for cubes with ``regrid = "regenerate"``).
     """
-    import rioxarray  # noqa: F401
-    import xarray as xr
-
-    return xr.open_zarr(path, decode_coords="all")
-
-
-def cell_forcing(cube, iy: np.ndarray, ix: np.ndarray, lat: np.ndarray | None = None):
-    """CLM5 forcing derived on the fly from the cube's monthly climate at cells (iy, ix).
-
-    Nothing per-cell is stored: the forcing is a deterministic function of the stored climate,
-    land cover, NPP and latitude (``lat`` defaults to the cell centres).
-    """
-    import xarray as xr
-
-    from socmap.climate_forcing import derive_forcing
-
-    iy = np.asarray(iy)
-    ix = np.asarray(ix)
-    yi = xr.DataArray(iy, dims="site")
-    xi = xr.DataArray(ix, dims="site")
-    sel = cube[["air_temp_c", "precip_mm", "land_cover", "npp_g_m2_yr"]].isel(y=yi, x=xi).load()
-    lat = cube["y"].values[iy] if lat is None else np.asarray(lat, dtype=np.float64)
-    return derive_forcing(
-        sel["air_temp_c"].transpose("site", "month").values.astype(np.float64),
-        sel["precip_mm"].transpose("site", "month").values.astype(np.float64),
-        sel["land_cover"].values.astype(np.int64),
-        lat,
-        npp_g_m2_yr=sel["npp_g_m2_yr"].values.astype(np.float64),
-    )
+    seed = int(cube.attrs["seed"])
+    mask = grid["land_mask"].values
+    iy, ix = np.nonzero(mask)
+    land = make_landscape(grid["x"].values[ix], grid["y"].values[iy], seed)
+    shape = mask.shape
+    data = {k: (("y", "x"), to_grid(land[k], iy, ix, shape), {"units": u, "long_name": ln}) for k, (u, ln) in COVARIATES.items()}
+    data["land_cover"] = (("y", "x"), to_grid(land["land_cover"], iy, ix, shape, 0, np.int16), dict(cube["land_cover"].attrs))
+    for k in ("air_temp_c", "precip_mm"):
+        data[k] = (("month", "y", "x"), to_grid(land[k], iy, ix, shape, dtype=np.float32), dict(cube[k].attrs))
+    new = grid.assign(data).assign_coords(month=("month", np.arange(1, 13)))
+    return new, "regenerated (synthetic twin, seed %d)" % seed
