@@ -11,7 +11,9 @@ import torch
 
 from socmap.data.synthetic import SynthConfig, write_synthetic
 from socmap.splits import make_folds
-from socmap.train import HybridTrainer, load_config, load_sites, train
+from socmap.train import load_sites, train
+from socmap.train_config import load_config
+from socmap.trainer import HybridTrainer
 
 
 @pytest.fixture(scope="module")
