@@ -61,8 +61,9 @@ def resolve_data_dir(config: TrainConfig) -> Path:
 
 
 def data_kind(config: TrainConfig, directory: Path) -> str:
-    """Catalog kind of the run's data: ``synthetic`` for a folder with a twin's truth.json, else the entry's kind."""
-    if config.data == "synthetic" or (directory / "truth.json").exists():
+    """Catalog kind of the run's data: the entry ``data``'s kind, or ``synthetic`` for any folder
+    holding a twin's truth.json (``--data-dir`` may point a real entry at a twin)."""
+    if (directory / "truth.json").exists():
         return "synthetic"
     return load_catalog().entry(config.data).kind
 
