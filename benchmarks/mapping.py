@@ -27,7 +27,8 @@ from pathlib import Path
 
 def build_run(base: Path) -> Path:
     from socmap.data.synthetic import SynthConfig, write_synthetic
-    from socmap.train import load_config, train
+    from socmap.train import train
+    from socmap.train_config import load_config
 
     data = base / "data"
     write_synthetic(data, SynthConfig(resolution_deg=0.5, n_sites=300, seed=0))

@@ -41,7 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from socmap import metrics  # noqa: E402
 from socmap.splits import make_folds  # noqa: E402
-from socmap.train import HybridTrainer, TrainConfig, load_sites, train  # noqa: E402
+from socmap.train import load_sites, train  # noqa: E402
+from socmap.train_config import TrainConfig  # noqa: E402
+from socmap.trainer import HybridTrainer  # noqa: E402
 
 MODELS = ("kan", "mlp", "nn", "rf", "global")
 

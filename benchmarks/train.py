@@ -21,7 +21,9 @@ import torch
 
 from socmap.data.synthetic import SynthConfig, write_synthetic
 from socmap.splits import make_folds
-from socmap.train import HybridTrainer, load_config, load_sites
+from socmap.train import load_sites
+from socmap.train_config import load_config
+from socmap.trainer import HybridTrainer
 
 
 def _epoch_seconds(trainer: HybridTrainer, epochs: int) -> float:
@@ -31,7 +33,7 @@ def _epoch_seconds(trainer: HybridTrainer, epochs: int) -> float:
         order = trainer.fold.train[np.random.default_rng(e).permutation(len(trainer.fold.train))]
         for s in range(0, len(order), cfg.batch_size):
             idx = order[s : s + cfg.batch_size]
-            loss = trainer._batch_loss(idx)
+            loss = trainer.batch_loss(idx)
             trainer.opt.zero_grad(set_to_none=True)
             loss.backward()
             trainer.opt.step()

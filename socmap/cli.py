@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 import platform
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from socmap.train_config import load_config, option_help
 
 app = typer.Typer(
     help="socmap: soil organic carbon maps from a differentiable CLM5 model with learned parameters.",
@@ -75,7 +78,6 @@ def demo(
     else:
         console.print(f"1/4 synthetic twin: using {data_dir}")
     if not (run / "run.json").exists():
-        from socmap.train import load_config
         from socmap.train import train as run_training
 
         console.rule("2/4 training the KAN hybrid (5-fold 2° block CV)")
@@ -128,25 +130,30 @@ def synth(
         f"{meta['timings_s']['total']:.1f} s"
     )
 
+def _config_option(field: str) -> Any:
+    """A ``socmap train`` flag for the TrainConfig field ``field``: None unless given (the config
+    file's value or TrainConfig's default applies), help text and default shown from the field."""
+    return typer.Option(None, "--" + field.replace("_", "-"), help=option_help(field), show_default=False)
+
+
 @app.command()
 def train(
     out: Path = typer.Option(Path("runs/synthetic-kan"), "--out", help="Run folder (config, checkpoints, run.json)."),
     config: Path | None = typer.Option(None, "--config", help="YAML file of training options (CLI flags override it)."),
-    data: str | None = typer.Option(None, "--data", help="Catalog entry of the site data: synthetic (default) or real-conus."),
-    data_dir: Path | None = typer.Option(None, "--data-dir", help="Use this data folder instead of the catalog entry."),
-    encoder: str | None = typer.Option(None, "--encoder", help="kan (default) | mlp | nn | rf."),
-    params: str | None = typer.Option(None, "--params", help="four (default) | all | fifteen | name,name,..."),
-    folds: int | None = typer.Option(None, "--folds", help="Number of cross-validation folds (default 5)."),
-    split: str | None = typer.Option(None, "--split", help="block2deg (default) | random."),
-    epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs of the main fit per fold."),
-    lr: float | None = typer.Option(None, "--lr", help="AdamW learning rate (default 1e-2; 1e-3 suits the MLP)."),
-    loss: str | None = typer.Option(None, "--loss", help="log_mse (default) | smooth_l1."),
-    seed: int | None = typer.Option(None, "--seed"),
-    device: str | None = typer.Option(None, "--device", help="auto (default) | cpu | cuda."),
+    data: str | None = _config_option("data"),
+    data_dir: Path | None = _config_option("data_dir"),
+    encoder: str | None = _config_option("encoder"),
+    params: str | None = _config_option("params"),
+    folds: int | None = _config_option("folds"),
+    split: str | None = _config_option("split"),
+    epochs: int | None = _config_option("epochs"),
+    lr: float | None = _config_option("lr"),
+    loss: str | None = _config_option("loss"),
+    seed: int | None = _config_option("seed"),
+    device: str | None = _config_option("device"),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
 ) -> None:
     """Train the hybrid model (or a baseline) with spatial cross-validation."""
-    from socmap.train import load_config
     from socmap.train import train as run_training
 
     try:

@@ -1,4 +1,4 @@
-"""Skill scores on pooled observations (spec §5.2), NumPy in, floats out."""
+"""Skill scores on pooled observations (docs/model.md §7.6), NumPy in, floats out."""
 
 from __future__ import annotations
 

@@ -69,7 +69,8 @@ def map_chunks() -> int:
 def tiny_run(tmp_path_factory):
     """A 1.0°, 150-site synthetic twin and a 3-fold, 2-epoch KAN run on it (built once per process)."""
     from socmap.data.synthetic import SynthConfig, write_synthetic
-    from socmap.train import load_config, train
+    from socmap.train import train
+    from socmap.train_config import load_config
 
     base = tmp_path_factory.mktemp("mapping-shared")
     data = base / "data"

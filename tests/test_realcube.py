@@ -106,7 +106,7 @@ def test_write_and_load_real_sites(tmp_path, cube, monkeypatch):
     if not (REAL / "nwca2011").is_dir():
         pytest.skip(f"real profile data not found at {REAL}")
     monkeypatch.setenv("SOCMAP_REAL_DATA", str(REAL))
-    from socmap.data.real import load_real
+    from socmap.data.sites import load_real
 
     r = load_real(out)
     d = r.data

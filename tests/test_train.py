@@ -11,7 +11,9 @@ import torch
 
 from socmap.data.synthetic import SynthConfig, write_synthetic
 from socmap.splits import make_folds
-from socmap.train import HybridTrainer, load_config, load_sites, train
+from socmap.train import load_sites, train
+from socmap.train_config import load_config
+from socmap.trainer import HybridTrainer
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,7 @@ def test_kan_sparsify_prune_refit_phases(tiny_twin, tmp_path, final_validates_be
     trainer = _trainer(cfg, tmp_path)
     # validation loss at the end of the fit, then of the final (pruned, refitted) model
     scripted = iter([1.0, 0.5] if final_validates_better else [0.5, 1.0])
-    trainer._val_loss = lambda: next(scripted)
+    trainer.val_loss = lambda: next(scripted)
     trainer.fit(progress=False)
     hist = trainer.history
     assert [h["phase"] for h in hist] == ["fit"] * 4 + ["polish"] + ["sparsify"] * 4 + ["refit"] * 3
@@ -61,11 +63,11 @@ def test_kan_sparsify_prune_refit_phases(tiny_twin, tmp_path, final_validates_be
         assert trainer.selection["kept"] == "final"
         assert int(mask.sum()) == trainer.edges_kept[0]
         # pruned edges contribute nothing
-        phi = trainer.model.encoder.layers[0].edge_values(trainer._train_x())
+        phi = trainer.model.encoder.layers[0].edge_values(trainer.train_x())
         assert torch.all(phi[:, mask == 0] == 0)
     else:  # the pruned model validates worse: the fit's model is kept, unpruned
         assert trainer.selection["kept"] == "fit"
-        for key, value in trainer.fit_state.items():
+        for key, value in trainer.state.fit_state.items():
             torch.testing.assert_close(saved[key], value, rtol=0, atol=0)
         assert int(mask.sum()) == mask.numel()
 
@@ -76,7 +78,7 @@ class _Interrupt(Exception):
 
 def _interrupt_after(trainer: HybridTrainer, n_epochs: int) -> None:
     """Make ``trainer`` die (like a killed job) when it starts epoch ``n_epochs + 1``."""
-    real, calls = trainer._train_epoch, []
+    real, calls = trainer.train_epoch, []
 
     def epoch():
         calls.append(1)
@@ -84,7 +86,7 @@ def _interrupt_after(trainer: HybridTrainer, n_epochs: int) -> None:
             raise _Interrupt
         return real()
 
-    trainer._train_epoch = epoch
+    trainer.train_epoch = epoch
 
 
 @pytest.mark.parametrize(("encoder", "stop_after"), [("kan", 2), ("kan", 5), ("kan", 7), ("mlp", 2)])
@@ -107,10 +109,25 @@ def test_resume_continues_identically(tiny_twin, tmp_path, encoder, stop_after):
     assert [h["train_loss"] for h in straight.history] == [h["train_loss"] for h in resumed.history]
 
 
-def test_train_writes_a_reproducible_run_record(tiny_twin, tmp_path):
-    cfg = load_config(data_dir=str(tiny_twin), folds=3, epochs=2, batch_size=32, kan_polish_iters=5, kan_sparsify_epochs=2, kan_refit_epochs=2)
+def test_train_writes_a_reproducible_run_record(tiny_twin, tmp_path, monkeypatch):
+    monkeypatch.chdir(tiny_twin.parent)  # a relative data folder, as `socmap train --data-dir data` gives
+    cfg = load_config(data_dir=tiny_twin.name, folds=3, epochs=2, batch_size=32, kan_polish_iters=5, kan_sparsify_epochs=2, kan_refit_epochs=2)
     record = train(cfg, tmp_path / "run", progress=False)
     saved = json.loads((tmp_path / "run" / "run.json").read_text())
+    # the run folder is self-contained: absolute data folder, parameters, encoder, fold models
+    assert saved["schema_version"] == 2 and saved["encoder"] == "kan"
+    assert saved["data"]["dir"] == str(tiny_twin.resolve()) and Path(saved["data"]["dir"]).is_absolute()
+    assert saved["data"]["kind"] == "synthetic" and saved["data"]["covariate_units"][0] == "degC"
+    assert saved["parameters"] == ["efolding", "tau4s3", "fs1s3", "w_scaling"]
+    assert saved["fold_models"] == [f"folds/fold{k}/model.pt" for k in range(3)]
+    assert all((tmp_path / "run" / rel).is_file() for rel in saved["fold_models"])
+    twin_sites = pd.read_csv(tiny_twin / "sites.csv", dtype={"site_id": str}).set_index("site_id")
+    sites = pd.read_csv(tmp_path / "run" / "sites.csv", dtype={"site_id": str}).set_index("site_id")
+    assert list(sites.columns[:3]) == ["lon", "lat", "fold"] and sites["fold"].between(0, 2).all()
+    shared = [c for c in twin_sites.columns if c in saved["data"]["covariates"] or c.startswith("true_p_")]
+    assert len(shared) == 11 + 21 and set(shared) <= set(sites.columns)
+    pd.testing.assert_frame_equal(sites.loc[twin_sites.index, shared], twin_sites[shared])
+    assert json.loads((tmp_path / "run" / "truth.json").read_text()) == json.loads((tiny_twin / "truth.json").read_text())
     assert saved["config"]["encoder"] == "kan" and saved["versions"]["torch"].startswith("2.13")
     assert len(saved["metrics"]["cv"]["folds"]) == 3
     assert set(saved["metrics"]["param_recovery"]) == {"efolding", "tau4s3", "fs1s3", "w_scaling"}
@@ -169,3 +186,75 @@ def test_predict_points_reports_status_per_row(tiny_twin, tmp_path):
     ok = out[out.status == "ok"]
     assert (ok["soc_g_m3"] > 0).all() and (ok["soc_stock_0_100cm"] > ok["soc_stock_0_30cm"]).all()
     assert ok["tau4s3"].between(20, 400).all() and out.loc[out.status != "ok", "soc_g_m3"].isna().all()
+
+
+def test_open_run_reads_everything_from_the_run_folder(tiny_twin, tmp_path, monkeypatch):
+    from socmap.runs import open_run
+
+    run = tmp_path / "run"
+    train(load_config(data_dir=str(tiny_twin), folds=3, epochs=1, batch_size=32, encoder="mlp", mlp_hidden=[8]), run, progress=False)
+    monkeypatch.chdir(tmp_path.parent)  # any folder
+    opened = open_run(run)
+    assert opened.schema_version == 2 and opened.encoder == "mlp" and len(opened.models) == 3
+    assert opened.parameters == ["efolding", "tau4s3", "fs1s3", "w_scaling"] == opened.models[0].param_names
+    assert opened.data_dir == tiny_twin.resolve() and opened.data["kind"] == "synthetic"
+    assert opened.sites().index.is_unique and opened.truth()["covariates"]
+    assert set(opened.predictions()["site_id"]) <= set(opened.sites().index)
+    # an older run with a relative data folder works from its own folder and fails clearly elsewhere
+    rec = json.loads((run / "run.json").read_text())
+    for key in ("schema_version", "parameters", "fold_models", "encoder"):
+        rec.pop(key)
+    rec["data"]["dir"] = tiny_twin.name
+    (run / "run.json").write_text(json.dumps(rec))
+    old = open_run(run)
+    assert old.schema_version == 1 and old.parameters == opened.parameters and len(old.fold_models) == 3
+    with pytest.raises(FileNotFoundError, match=r"run.json.*does not exist"):
+        old.data_dir
+    monkeypatch.chdir(tiny_twin.parent)
+    assert open_run(run).data_dir.resolve() == tiny_twin.resolve()
+
+
+def test_encoder_registry_covers_every_encoder_and_names_the_known_ones():
+    from socmap.encoders import ENCODERS, Baseline, HybridEncoder, get_encoder
+    from socmap.nets import ENCODER_NETWORKS
+    from socmap.train_config import TrainConfig
+
+    assert set(ENCODERS) == {"kan", "mlp", "nn", "rf"}
+    for name, entry in ENCODERS.items():
+        assert set(entry.options.values()) <= set(TrainConfig.model_fields), name
+        assert isinstance(entry, HybridEncoder) == (name in ENCODER_NETWORKS) != isinstance(entry, Baseline)
+    assert ENCODERS["kan"].network_kwargs(TrainConfig(kan_grid_size=7)) == {"grid_size": 7, "hidden": [], "base": "identity"}
+    with pytest.raises(ValueError, match="unknown encoder 'xgboost'; choose one of kan, mlp, nn, rf"):
+        get_encoder("xgboost")
+    with pytest.raises(ValueError, match="choose one of kan, mlp, nn, rf"):
+        load_config(encoder="xgboost")
+
+
+def test_site_loaders_are_chosen_by_catalog_kind(tiny_twin):
+    from socmap.data.catalog import load_catalog
+    from socmap.data.sites import SITE_LOADERS, load_real_sites, load_site_data, load_synthetic
+
+    assert SITE_LOADERS == {"synthetic": load_synthetic, "covariates": load_real_sites}
+    catalog = load_catalog()
+    assert catalog.entry("synthetic").kind in SITE_LOADERS and catalog.entry("real-conus").kind in SITE_LOADERS
+    assert len(load_site_data("synthetic", tiny_twin)) == 120
+    with pytest.raises(ValueError, match="kind 'profiles'; known kinds: synthetic, covariates"):
+        load_site_data("profiles", tiny_twin)
+
+
+def test_train_cli_options_are_trainconfig_fields_without_defaults_of_their_own():
+    import typer.main
+
+    from socmap.cli import app
+    from socmap.train_config import TrainConfig
+
+    command = typer.main.get_command(app).commands["train"]
+    run_options = {"out", "config", "resume"}  # where and how to run, not what to train
+    config_options = [p for p in command.params if p.name not in run_options]
+    assert {p.name for p in config_options} >= {"data", "data_dir", "encoder", "params", "folds", "split", "epochs", "lr", "loss", "seed", "device"}
+    for p in config_options:
+        assert p.name in TrainConfig.model_fields, f"--{p.name} is not a TrainConfig field"
+        assert p.default is None, f"--{p.name} repeats a default; TrainConfig holds it"
+        default = TrainConfig.model_fields[p.name].get_default(call_default_factory=True)
+        if default is not None:
+            assert f"(default: {default})" in p.help

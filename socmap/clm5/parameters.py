@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import torch
 
 
@@ -136,11 +135,6 @@ def default_theta(batch: int = 1, dtype: torch.dtype = torch.float64) -> torch.T
 def midrange_theta(batch: int = 1, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Parameters at p = 0.5 for every entry, shape ``[batch, 21]``."""
     return to_physical(torch.full((batch, N_PARAMS), 0.5, dtype=dtype))
-
-
-def table() -> pd.DataFrame:
-    """The parameter table as a DataFrame (index = name)."""
-    return pd.DataFrame([p.__dict__ for p in PARAMETERS]).set_index("name")
 
 
 def check_bounds(theta: torch.Tensor, rtol: float = 1e-9) -> None:

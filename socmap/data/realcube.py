@@ -368,7 +368,7 @@ def write_real_cube(out: str | Path, resolution_deg: float = 0.25, *, overwrite:
             "regridding": json.loads(cube.attrs["regridding"]),
             "filled_from_nearest": json.loads(cube.attrs["filled_from_nearest_json"]),
             "profiles": {"sources": ["nwca2011", "sodah"], "bulk_density": "fill", "forest_floor": "drop",
-                         "note": "read by socmap.data.real.load_real_sites; edit to change the profile sets or use measured density only"},
+                         "note": "read by socmap.data.sites.load_real_sites; edit to change the profile sets or use measured density only"},
             "seconds": round(time.perf_counter() - t0, 2),
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }

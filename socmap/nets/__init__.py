@@ -1,10 +1,13 @@
 """Encoder networks: KAN and MLP encoders, the pure-NN baseline, and bounding layers.
 
-``make_encoder("kan" | "mlp", in_features, out_features, **kwargs)`` builds an encoder whose
-output ``z [B, out_features]`` feeds a bounding layer from :func:`make_bound`.
+``make_encoder(name, in_features, out_features, **kwargs)`` builds an encoder network whose
+output ``z [B, out_features]`` feeds a bounding layer from :func:`make_bound`; the names are the
+keys of :data:`ENCODER_NETWORKS` (``socmap.encoders`` adds the baselines and the training options).
 """
 
 from __future__ import annotations
+
+from typing import Any, Callable
 
 from torch import nn
 
@@ -19,8 +22,6 @@ from .bounding import (
 )
 from .kan import KAN, KANLayer, bspline_basis, fit_spline_coefficients
 from .mlp import LonLatEncoding, MCDropout, MLPEncoder, PureNN
-
-ENCODER_NAMES = ("kan", "mlp")
 
 __all__ = [
     "KAN",
@@ -38,23 +39,40 @@ __all__ = [
     "param_violation",
     "expand_parameters",
     "make_encoder",
-    "ENCODER_NAMES",
+    "ENCODER_NETWORKS",
     "BOUND_NAMES",
 ]
 
 
-def make_encoder(name: str, in_features: int, out_features: int, **kwargs) -> nn.Module:
-    """Build an encoder by name.
+def _build_kan(in_features: int, out_features: int, hidden: list[int] | None = None, **kwargs: Any) -> KAN:
+    """:class:`KAN` with widths ``[in_features, *hidden, out_features]``; ``hidden=[]`` (default) is
+    the 1-layer GAM, ``hidden=[16]`` the 2-layer variant; other kwargs (``grid_size``,
+    ``spline_order``, ``base``, ...) go to :class:`KAN`."""
+    return KAN([int(in_features), *list(hidden or []), int(out_features)], **kwargs)
 
-    * ``"kan"``: :class:`KAN` with widths ``[in_features, *hidden, out_features]``; pass
-      ``hidden=[16]`` for the 2-layer variant (default ``[]``: 1-layer GAM), other kwargs go to
-      :class:`KAN` (``grid_size``, ``spline_order``, ``base``, ...).
-    * ``"mlp"``: :class:`MLPEncoder` (kwargs ``hidden``, ``dropout``, ``mc_dropout``, ``lonlat``...).
+
+def _build_mlp(in_features: int, out_features: int, **kwargs: Any) -> MLPEncoder:
+    """:class:`MLPEncoder` (kwargs ``hidden``, ``dropout``, ``mc_dropout``, ``lonlat``, ...)."""
+    return MLPEncoder(int(in_features), int(out_features), **kwargs)
+
+
+#: Encoder network name -> builder ``(in_features, out_features, **kwargs) -> nn.Module``.
+ENCODER_NETWORKS: dict[str, Callable[..., nn.Module]] = {"kan": _build_kan, "mlp": _build_mlp}
+
+
+def make_encoder(name: str, in_features: int, out_features: int, **kwargs: Any) -> nn.Module:
+    """Build the encoder network ``name`` (a key of :data:`ENCODER_NETWORKS`, any case).
+
+    Parameters
+    ----------
+    name : str
+        ``"kan"`` or ``"mlp"``.
+    in_features, out_features : int
+        Number of (scaled) covariates in and of unbounded parameter outputs ``z``.
+    **kwargs
+        Builder options, see :func:`_build_kan` and :func:`_build_mlp`.
     """
-    key = name.lower() if isinstance(name, str) else name
-    if key == "kan":
-        hidden = list(kwargs.pop("hidden", []) or [])
-        return KAN([int(in_features), *hidden, int(out_features)], **kwargs)
-    if key == "mlp":
-        return MLPEncoder(int(in_features), int(out_features), **kwargs)
-    raise ValueError(f"unknown encoder {name!r}; choose one of {ENCODER_NAMES}")
+    builder = ENCODER_NETWORKS.get(name.lower() if isinstance(name, str) else name)
+    if builder is None:
+        raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODER_NETWORKS)}")
+    return builder(in_features, out_features, **kwargs)

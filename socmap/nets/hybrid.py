@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -111,10 +110,3 @@ class HybridModel(nn.Module):
         model.load_state_dict(ckpt["state_dict"])
         return model
 
-
-def covariate_grid(model: HybridModel, covariate: str, n: int = 101, lo: float | None = None, hi: float | None = None) -> np.ndarray:
-    """Evenly spaced values (physical units) across a covariate's scaling range (or [lo, hi])."""
-    i = model.spec.covariate_names.index(covariate)
-    lo = model.spec.covariate_lo[i] if lo is None else lo
-    hi = model.spec.covariate_hi[i] if hi is None else hi
-    return np.linspace(lo, hi, n)

@@ -1,4 +1,4 @@
-"""Kolmogorov–Arnold networks (KAN) for the ScIReN-style encoder (spec §6.3), in pure torch.
+"""Kolmogorov–Arnold networks (KAN) for the ScIReN-style encoder (docs/model.md §6.3), in pure torch.
 
 Implemented from the math, not from pykan. One layer maps ``x [B, in]`` to ``u [B, out]``::
 
@@ -20,14 +20,14 @@ univariate functions of the inputs, readable with :meth:`KANLayer.edge_curve`.
 
 Differences from pykan / the ScIReN fork (deliberate):
 
-* ``update_grid`` uses a small default margin (0.05 of the batch range, pitfall P15) rather
+* ``update_grid`` uses a small default margin (0.05 of the batch range, docs/model.md pitfall P15) rather
   than 2.0, and re-fits the coefficients by *penalised* least squares in float64 (ridge
   ``1e-6`` scaled by the mean diagonal of the normal matrix, optional second-difference
   penalty), on the batch plus a uniform fill of the new grid range so the edge functions are
   preserved on the data and between data clusters.
 * The per-output node affine (``s^sub``, ``b^sub``, ``s^node``, ``b^node``) and the symbolic
   branch are not implemented; a per-output ``bias`` stands in for the additive constants.
-* Edge scores for each layer are normalised by that layer's output statistic (§6.3); pykan's
+* Edge scores for each layer are normalised by that layer's output statistic (docs/model.md §6.6); pykan's
   backward-propagated attribution over deep networks is not reproduced.
 """
 
@@ -138,7 +138,7 @@ class KANLayer(nn.Module):
     base : ``"identity"`` (ScIReN), ``"silu"`` (pykan default) or ``"zero"``.
     grid_range : initial grid span for every input.
     noise_scale : initial spline coefficients are a least-squares fit to noise
-        ``U(-1/2, 1/2) * noise_scale / G`` at the grid points (spec §6.3 uses 0.3; default 0.1).
+        ``U(-1/2, 1/2) * noise_scale / G`` at the grid points (ScIReN uses 0.3; default 0.1, docs/model.md §6.3).
     clamp : hold every edge constant beyond its grid's span (the data range plus the grid
         margin) instead of extrapolating: inputs are clamped to ``[grid[k], grid[k + G]]``.
     """
@@ -302,7 +302,7 @@ class KANLayer(nn.Module):
         return e / n.mean().clamp_min(eps)
 
     def edge_scores(self, x: Tensor) -> Tensor:
-        """Edge scores ``S [out, in]`` (spec §6.3, ``--kan_absolute_deviation``).
+        """Edge scores ``S [out, in]`` (docs/model.md §6.6; ScIReN's ``--kan_absolute_deviation``).
 
         ``S_ji = MAD_b(phi_ji(x_i)) / mean_j MAD_b(u_j)`` with ``MAD`` the mean absolute
         deviation over the batch; the denominator is detached, the numerator keeps its
@@ -510,7 +510,7 @@ class KAN(nn.Module):
         smooth: float = 0.0,
         coef_l1: float = 0.0,
     ) -> Tensor:
-        """Weighted sum over layers of the ScIReN KAN regularisers (spec §6.3).
+        """Weighted sum over layers of the ScIReN KAN regularisers (docs/model.md §6.6).
 
         ``l1 * kan_l1 + entropy * kan_entropy + curvature * kan_coefdiff2
         + smooth * kan_coefdiff + coef_l1 * kan_coef``; the score-based terms are only

@@ -1,4 +1,4 @@
-"""MLP encoders: the BINN parameter encoder (spec §6.1, §4.3) and a pure-NN SOC baseline (§6.2).
+"""MLP encoders: the BINN parameter encoder and a pure-NN SOC baseline (docs/model.md §6.2, §6.7).
 
 ``MLPEncoder`` is BINN's ``mlp_wrapper``: ``[Linear -> BatchNorm1d -> LeakyReLU(0.3)
 (-> Dropout)] x len(hidden)`` then ``Linear(-> out_features)``, Xavier-uniform weights (gain of
@@ -47,13 +47,13 @@ def _param_dtype(module: nn.Module) -> torch.dtype:
 
 
 class LonLatEncoding(nn.Module):
-    """Sinusoidal lon/lat encoding (BINN ``pos_enc early``, spec §4.3), with sane wavelengths.
+    """Sinusoidal lon/lat encoding (BINN ``pos_enc early``, docs/model.md §6.2), with sane wavelengths.
 
     For each coordinate ``c`` (degrees) and wavelength ``lambda_s`` (geometric from
     ``lambda_min`` to ``lambda_max`` degrees) the features are ``sin(2 pi c / lambda_s)`` and
     ``cos(2 pi c / lambda_s)`` (``4 n_freq`` features), followed by ``Linear -> ReLU
     (-> Dropout)``. BINN used ``omega = 1 / lambda`` with ``lambda_min = 1e-6`` degrees, whose
-    top frequencies are noise (pitfall P12); here ``lambda`` is a true period in degrees and the
+    top frequencies are noise (docs/model.md pitfall P12); here ``lambda`` is a true period in degrees and the
     default ``lambda_min = 1`` degree (~100 km). BINN's dropout after the ReLU was 0.5; the
     default here is 0.
     """

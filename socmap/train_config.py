@@ -1,0 +1,116 @@
+"""The training config: every option of a run, its default and its check, in one place.
+
+``TrainConfig`` field names are the YAML keys of ``--config run.yaml`` and, with dashes, the
+``socmap train`` flags; the CLI takes its defaults and help from here (:func:`option_help`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from socmap.clm5.parameters import resolve_subset
+from socmap.encoders import ENCODERS, get_encoder
+
+
+class TrainConfig(BaseModel):
+    """Everything that defines a training run (YAML keys = these field names)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = Field("synthetic", description="Catalog entry of the site data (synthetic | real-conus)")
+    data_dir: str | None = Field(None, description="Directory of the data, overriding the catalog entry's")
+    encoder: str = Field("kan", description=" | ".join(ENCODERS))
+    params: str = Field("four", description="Parameters to predict: four | all | fifteen | name,name,...")
+    folds: int = Field(5, description="Number of cross-validation folds")
+    split: Literal["block2deg", "random"] = Field("block2deg", description="Fold split: block2deg | random")
+    fold_indices: list[int] | None = Field(None, description="run only these folds (default: all)")
+    epochs: int = Field(100, description="Maximum epochs of the main fit per fold (KAN: before the sparsify/refit phases)")
+    patience: int = 30
+    batch_size: int = 128
+    lr: float = Field(1e-2, description="AdamW learning rate (1e-3 suits the MLP)")
+    lr_schedule: Literal["plateau", "none"] = Field("none", description="plateau: halve the learning rate when validation stalls")
+    lr_patience: int = 6
+    weight_decay: float = 0.0
+    loss: Literal["log_mse", "smooth_l1"] = Field("log_mse", description="Data loss: log_mse | smooth_l1")
+    bound: Literal["hardsigmoid", "sigmoid"] = "hardsigmoid"
+    lambda_violation: float = 1.0
+    lambda_param_reg: float = 0.0
+    kan_grid_size: int = 4
+    kan_hidden: list[int] = Field(default_factory=list)
+    kan_base: Literal["identity", "silu", "zero"] = "identity"
+    kan_l1: float = 1e-4
+    kan_entropy: float = 1e-4
+    kan_curvature: float = 1e-3
+    grid_update_epochs: int = 3
+    kan_polish_iters: int = Field(100, ge=0, description="KAN: full-batch L-BFGS iterations after the fit (0: skip)")
+    kan_sparsify_epochs: int = Field(30, ge=0, description="KAN: epochs of reweighted-L1 sparsification after the fit (0: skip sparsify, prune and refit)")
+    kan_sparsify_l1: float = Field(3e-4, ge=0, description="KAN: weight of the reweighted L1 score penalty while sparsifying")
+    kan_prune_threshold: float = Field(0.03, ge=0, description="KAN: edges with a score below this are pruned after sparsifying")
+    kan_refit_epochs: int = Field(80, ge=0, description="KAN: most epochs refitting the pruned network without the sparsity penalty")
+    mlp_hidden: list[int] = Field(default_factory=lambda: [128, 128])
+    dropout: float = 0.0
+    rf_trees: int = 200
+    seed: int = Field(0, description="Random seed of the folds, initial weights and batches")
+    device: str = Field("auto", description="auto | cpu | cuda")
+    threads: int | None = None
+
+    @field_validator("encoder")
+    @classmethod
+    def _known_encoder(cls, v: str) -> str:
+        get_encoder(v)
+        return v
+
+    @field_validator("params")
+    @classmethod
+    def _known_params(cls, v: str) -> str:
+        resolve_subset(v)
+        return v
+
+    @field_validator("folds")
+    @classmethod
+    def _enough_folds(cls, v: int) -> int:
+        if v < 3:
+            raise ValueError("folds must be >= 3")
+        return v
+
+
+def option_help(name: str) -> str:
+    """Help text of the config field ``name`` for a CLI option: its description and its default."""
+    field = TrainConfig.model_fields[name]
+    default = field.get_default(call_default_factory=True)
+    text = field.description or name.replace("_", " ")
+    return f"{text} (default: {default})" if default is not None else text
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:
+    """A config from a YAML file (optional) with keyword overrides on top; clear errors.
+
+    Overrides that are None are ignored, so a CLI flag that was not given keeps the file's
+    value or the default.
+    """
+    base: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} not found")
+        try:
+            base = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(base, dict):
+            raise ValueError(f"config file {path} must hold a mapping of options")
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return TrainConfig(**base)
+    except ValidationError as exc:  # one readable line per problem, naming the option
+        where = f" in {path}" if path else ""
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'config'}: "
+            + ("unknown option (see `socmap train --help`)" if e["type"] == "extra_forbidden" else e["msg"])
+            for e in exc.errors()
+        )
+        raise ValueError(f"invalid training config{where}: {problems}") from None

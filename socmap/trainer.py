@@ -1,0 +1,244 @@
+"""The epoch loop that fits one fold of the hybrid model.
+
+:class:`HybridTrainer` builds the model from the config's encoder entry, runs the phases of
+:func:`socmap.phases.make_schedule` one epoch at a time, validates after every epoch and writes a
+checkpoint (:mod:`socmap.checkpoint`), so a killed fit resumes where it stopped with the same
+result bit for bit.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from socmap import metrics
+from socmap.checkpoint import CHECKPOINT_NAME, LoopState, read_checkpoint, save_checkpoint
+from socmap.clm5.operators import prepare_forcing
+from socmap.clm5.parameters import resolve_subset
+from socmap.data.sites import SiteData
+from socmap.encoders import HybridEncoder, get_encoder
+from socmap.nets.hybrid import HybridModel, HybridSpec
+from socmap.phases import Phase, ScheduleState, make_schedule, select_final
+from socmap.splits import Fold
+from socmap.train_config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def data_loss(sim: torch.Tensor, obs: torch.Tensor, kind: str) -> torch.Tensor:
+    """Misfit over finite (site, depth) pairs: MSE of log SOC, or smooth-L1 on raw g C m-3."""
+    ok = torch.isfinite(obs) & torch.isfinite(sim)
+    if kind == "log_mse":
+        return ((torch.log(sim[ok].clamp_min(1.0)) - torch.log(obs[ok].clamp_min(1.0))) ** 2).mean()
+    return torch.nn.functional.smooth_l1_loss(sim[ok], obs[ok])
+
+
+def build_model(config: TrainConfig, data: SiteData) -> HybridModel:
+    """An untrained hybrid model for ``data``'s covariates with the config's encoder, parameters and bound."""
+    entry = get_encoder(config.encoder)
+    if not isinstance(entry, HybridEncoder):
+        raise ValueError(f"encoder {config.encoder!r} is a baseline, not a hybrid encoder")
+    lo, hi = data.scaling_range()
+    spec = HybridSpec(
+        encoder=config.encoder,
+        covariate_names=list(data.covariate_names),
+        covariate_lo=lo,
+        covariate_hi=hi,
+        params=list(resolve_subset(config.params)),
+        bound=config.bound,
+        encoder_kwargs=entry.network_kwargs(config),
+    )
+    return HybridModel(spec)
+
+
+class HybridTrainer:
+    """Fits one fold of the hybrid model; checkpoints every epoch so a run can resume."""
+
+    def __init__(self, config: TrainConfig, data: SiteData, fold: Fold, fold_dir: Path, device: torch.device) -> None:
+        self.config, self.data, self.fold, self.dir, self.device = config, data, fold, fold_dir, device
+        self.dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(config.seed * 1000 + fold.index)
+        self.model = build_model(config, data).to(device)
+        self.phases: list[Phase] = make_schedule(config, self.model.is_kan)
+        self.opt = self.phases[0].optimizer(self.model, config)
+        # equifinal parameter directions are shallow valleys: a decaying step settles into them
+        self.sched = (
+            torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, factor=0.5, patience=config.lr_patience, min_lr=config.lr / 64)
+            if config.lr_schedule == "plateau" else None
+        )
+        self.x = torch.as_tensor(data.covariates, dtype=torch.float32, device=device)
+        self.depth = torch.as_tensor(data.depth_m, dtype=torch.float64, device=device)
+        self.obs = torch.as_tensor(data.soc_g_m3, dtype=torch.float64, device=device)
+        self.prepared = prepare_forcing(data.forcing.to(torch.float64, device))
+        self.loop = LoopState(phase=self.phases[0].name)
+        self.state = ScheduleState()
+
+    # -- what the run record and the tests read ----------------------------------------
+    @property
+    def epoch(self) -> int:
+        return self.loop.epoch
+
+    @property
+    def history(self) -> list[dict]:
+        return self.loop.history
+
+    @property
+    def phase(self) -> str:
+        return self.loop.phase
+
+    @property
+    def edges_kept(self) -> list[int] | None:
+        return self.state.edges_kept
+
+    @property
+    def selection(self) -> dict | None:
+        return self.state.selection
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.dir / CHECKPOINT_NAME
+
+    # -- checkpoints -------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        save_checkpoint(self.checkpoint_path, self.loop, self.state, self.model, self.opt, self.sched)
+
+    def load_checkpoint(self) -> bool:
+        """Resume from the fold's checkpoint if there is one; True if it was loaded."""
+        found = read_checkpoint(self.checkpoint_path, self.device)
+        if found is None:
+            return False
+        raw, self.loop, self.state = found
+        self.model.load_state_dict(raw["model"])
+        current = self._current()
+        if current is not None and current is not self.phases[0]:  # later phases run their own optimiser
+            self.opt = current.optimizer(self.model, self.config)
+        self.opt.load_state_dict(raw["opt"])
+        if self.sched is not None and raw.get("sched") is not None:
+            self.sched.load_state_dict(raw["sched"])
+        torch.set_rng_state(raw["torch_rng"])
+        return True
+
+    # -- steps ---------------------------------------------------------------------------
+    def _current(self) -> Phase | None:
+        return next((p for p in self.phases if p.name == self.loop.phase), None)
+
+    def batch_loss(self, idx: np.ndarray) -> torch.Tensor:
+        """Training loss of the sites ``idx``: data misfit, bound violation and regularisers."""
+        cfg = self.config
+        t = torch.as_tensor(idx, device=self.device)
+        sim, p_sub, u = self.model.simulate(self.x[t], self.prepared.subset(t), self.depth[t])
+        loss = data_loss(sim, self.obs[t], cfg.loss)
+        loss = loss + cfg.lambda_violation * self.model.bound.violation(u) / len(idx)
+        if cfg.lambda_param_reg:
+            loss = loss + cfg.lambda_param_reg * self.model.bound.param_reg(p_sub)
+        if self.model.is_kan and (cfg.kan_l1 or cfg.kan_entropy or cfg.kan_curvature):
+            loss = loss + self.model.encoder.regularization(
+                self.model.scaler(self.x[t]), l1=cfg.kan_l1, entropy=cfg.kan_entropy, curvature=cfg.kan_curvature
+            )
+        current = self._current()
+        penalty = current.penalty(self, self.state, self.x[t]) if current is not None else None
+        if penalty is not None:
+            loss = loss + penalty
+        return loss
+
+    @torch.no_grad()
+    def predict(self, idx: np.ndarray, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+        """SOC at the observation depths [n, L] and p (all 21) [n, 21] for sites ``idx``."""
+        self.model.eval()
+        sims, ps = [], []
+        for start in range(0, len(idx), batch):
+            t = torch.as_tensor(idx[start : start + batch], device=self.device)
+            sim, _, _ = self.model.simulate(self.x[t], self.prepared.subset(t), self.depth[t])
+            sims.append(sim.cpu().numpy())
+            ps.append(self.model(self.x[t]).cpu().numpy())
+        return np.concatenate(sims), np.concatenate(ps)
+
+    def train_x(self) -> torch.Tensor:
+        """Scaled covariates of the fold's training sites [n_train, C]."""
+        return self.model.scaler(self.x[torch.as_tensor(self.fold.train, device=self.device)])
+
+    def validate(self) -> tuple[float, dict[str, float]]:
+        """Loss and skill (``metrics.skill``) on the fold's validation sites."""
+        sim, _ = self.predict(self.fold.val)
+        obs = self.data.soc_g_m3[self.fold.val]
+        return float(data_loss(torch.as_tensor(sim), torch.as_tensor(obs), self.config.loss)), metrics.skill(obs, sim)
+
+    def val_loss(self) -> float:
+        return self.validate()[0]
+
+    def train_epoch(self) -> list[float]:
+        """One pass over the training sites in a seeded random order; the batch losses."""
+        cfg, fold, loop = self.config, self.fold, self.loop
+        self.model.train()
+        self._current().begin_epoch(self, self.state, loop.phase_epoch)
+        rng = np.random.default_rng([cfg.seed, fold.index, loop.epoch])
+        order = fold.train[rng.permutation(len(fold.train))]
+        losses = []
+        for start in range(0, len(order), cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            if len(idx) < 2:
+                continue
+            loss = self.batch_loss(idx)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            losses.append(float(loss.detach()))
+        return losses
+
+    # -- phases ------------------------------------------------------------------------
+    def _phase_over(self, phase: Phase) -> bool:
+        loop = self.loop
+        if loop.phase_epoch >= phase.epochs:
+            return True
+        return phase.early_stopping and loop.bad_epochs >= self.config.patience
+
+    def _next_phase(self, phase: Phase) -> None:
+        loop = self.loop
+        if phase.early_stopping and loop.best_state is not None:
+            self.model.load_state_dict(loop.best_state)
+        k = self.phases.index(phase)
+        phase.finish(self, self.state, last=k + 1 == len(self.phases))
+        nxt = self.phases[k + 1] if k + 1 < len(self.phases) else None
+        if nxt is None and self.state.fit_state is not None:
+            select_final(self, self.state, self.phases)
+        loop.phase, loop.phase_epoch = (nxt.name if nxt is not None else "done"), 0
+        if nxt is not None:
+            self.opt = nxt.optimizer(self.model, self.config)
+            loop.best_val, loop.bad_epochs, loop.best_state = float("inf"), 0, None
+
+    def fit(self, progress: bool = True) -> None:
+        """Run every phase to its end (resuming from a checkpoint), then write ``model.pt``."""
+        fold, loop = self.fold, self.loop
+        if self.load_checkpoint():
+            loop = self.loop
+            log.info("fold %d: resuming at epoch %d (%s phase)", fold.index, loop.epoch, loop.phase)
+        bar = tqdm(total=sum(p.epochs for p in self.phases), initial=loop.epoch, desc=f"fold {fold.index}",
+                   disable=None if progress else True, leave=False)
+        while (phase := self._current()) is not None:
+            if self._phase_over(phase):
+                self._next_phase(phase)
+                continue
+            losses = phase.run_epoch(self, self.state)
+            val_loss, val = self.validate()
+            loop.history.append({"epoch": loop.epoch, "phase": phase.name, "lr": self.opt.param_groups[0]["lr"],
+                                 "train_loss": float(np.mean(losses)), "val_loss": val_loss,
+                                 **{f"val_{k}": v for k, v in val.items()}})
+            if self.sched is not None and phase.scheduled_lr:
+                self.sched.step(val_loss)
+            if phase.early_stopping and val_loss < loop.best_val - 1e-6:
+                loop.best_val, loop.bad_epochs = val_loss, 0
+                loop.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            else:
+                loop.bad_epochs += 1
+            loop.epoch += 1
+            loop.phase_epoch += 1
+            self.save_checkpoint()
+            bar.update(1)
+            bar.set_postfix(phase=phase.name, loss=f"{np.mean(losses):.4f}", val_nse_log=f"{val['nse_log']:.3f}", val_nse=f"{val['nse']:.3f}")
+        bar.close()
+        self.save_checkpoint()
+        torch.save(self.model.to_checkpoint(), self.dir / "model.pt")
