@@ -2,14 +2,15 @@
 dashboard CSS) and ``data_catalog.yaml``.
 
 In a wheel (and an editable install) they are the data-only package ``socmap._shipped``, mapped
-onto the repository root by ``pyproject.toml`` (``[tool.setuptools.package-dir]``), and found
-through :mod:`importlib.resources`. Running from a source checkout that was never installed
-(``PYTHONPATH=.``), that package does not exist; the files are then read from the checkout.
+onto the repository root by ``pyproject.toml`` (``[tool.setuptools.package-dir]``) and found
+through the import system (:func:`importlib.util.find_spec`). Running from a source checkout
+that was never installed (``PYTHONPATH=.``), that package does not exist; the files are then
+read from the checkout.
 """
 
 from __future__ import annotations
 
-import importlib.resources
+import importlib.util
 from pathlib import Path
 
 import socmap
@@ -19,11 +20,9 @@ SHIPPED_PACKAGE = "socmap._shipped"
 
 def _roots() -> list[Path]:
     """Folders that may hold the shipped files: the installed package, then the source checkout."""
-    roots = []
-    try:
-        roots.append(Path(str(importlib.resources.files(SHIPPED_PACKAGE))))
-    except ModuleNotFoundError:  # not installed: a bare source checkout
-        pass
+    # a data-only (namespace) package: its folders are the spec's search locations
+    spec = importlib.util.find_spec(SHIPPED_PACKAGE)
+    roots = [Path(p) for p in (spec.submodule_search_locations or [])] if spec is not None else []
     # the checkout's root is the folder that holds the `socmap` package
     roots.append(Path(socmap.__file__).resolve().parent.parent)
     return roots
