@@ -1,5 +1,5 @@
 """Dashboard views: each a ``pn.viewable.Viewer`` whose widgets are its parameters and whose plots
-are functions of those parameters. They read one :class:`dashboards.data.RunData` (shared, cached).
+are functions of those parameters. They read one :class:`dashboards.run.RunData` (shared, cached).
 """
 
 from __future__ import annotations

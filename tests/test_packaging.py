@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -31,8 +32,13 @@ print(json.dumps({"socmap": socmap.__file__, "app": dashboards.app.__file__,
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    # build from a copy: an in-tree build/ folder could carry modules deleted since into the wheel
+    src = tmp_path_factory.mktemp("src") / "socmap"
+    skip = {".git", ".venv", "build", "socmap.egg-info", "test-artifacts", "data", "runs", ".pytest_cache"}
+    shutil.copytree(ROOT, src, ignore=lambda folder, names: [n for n in names if n == "__pycache__"
+                                                             or (Path(folder) == ROOT and n in skip)])
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(ROOT), "-w", str(out)],
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(src), "-w", str(out)],
                    check=True, cwd=out, timeout=180)
     (whl,) = out.glob("socmap-*.whl")
     return whl
