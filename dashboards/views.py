@@ -1,5 +1,5 @@
 """Dashboard views: each a ``pn.viewable.Viewer`` whose widgets are its parameters and whose plots
-are functions of those parameters. They read one :class:`dashboards.data.RunData` (shared, cached).
+are functions of those parameters. They read one :class:`dashboards.run.RunData` (shared, cached).
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import param
 import holoviews as hv
 from holoviews.operation.datashader import rasterize
 
-from dashboards.data import KIND_LABEL, RunData, load_run, parameter_unit, state_outlines
+from dashboards.layers import KIND_LABEL
+from dashboards.outlines import state_outlines
+from dashboards.run import RunData, load_run, parameter_unit
 from socmap.clm5.parameters import INDEX, LOWER, NAMES, PARAMETERS, UPPER
 
 hv.extension("bokeh", logo=False)
@@ -28,17 +30,17 @@ PROFILE_W = 380
 def _layer_options(run: RunData) -> dict[str, str]:
     """Select options {label: variable}, grouped by kind in the label."""
     out = {}
-    for name, kind in run.variables.items():
-        unit = run.units(name)
+    for name, kind in run.layers.variables.items():
+        unit = run.layers.units(name)
         out[f"{KIND_LABEL.get(kind, kind)} · {name}" + (f" [{unit}]" if unit and unit != "1" else "")] = name
     return out
 
 
 def _default_layer(run: RunData) -> str:
     for cand in ("soc_stock_0_30cm", "soc_stock_0_100cm", "soc"):
-        if cand in run.variables:
+        if cand in run.layers.variables:
             return cand
-    return next(iter(run.variables))
+    return next(iter(run.layers.variables))
 
 
 def outlines() -> hv.Path:
@@ -68,7 +70,7 @@ class MapExplorer(pn.viewable.Viewer):
         self.param.compare.objects = [None, *self.compare_runs]
         params.setdefault("layer", _default_layer(run))
         super().__init__(**params)
-        self.param.soc_layer.bounds = (0, max(run.n_layers - 1, 0))
+        self.param.soc_layer.bounds = (0, max(run.layers.n_layers - 1, 0))
         self._tap = hv.streams.Tap(x=None, y=None)
         self._tap.add_subscriber(self._on_tap)
         self._plot = None
@@ -76,47 +78,47 @@ class MapExplorer(pn.viewable.Viewer):
     # ---------------------------------------------------------- data
     @property
     def is_difference(self) -> bool:
-        return self.compare is not None or self.run.kind(self.layer) == "difference"
+        return self.compare is not None or self.run.layers.kind(self.layer) == "difference"
 
     def current_array(self) -> np.ndarray:
-        arr = self.run.array(self.layer, self.soc_layer)
+        arr = self.run.layers.array(self.layer, self.soc_layer)
         if self.compare is not None:
             other = self.compare_runs[self.compare]
-            if self.layer in other.ds and other.array(self.layer, self.soc_layer).shape == arr.shape:
-                arr = arr - other.array(self.layer, self.soc_layer)
+            if self.layer in other.layers and other.layers.array(self.layer, self.soc_layer).shape == arr.shape:
+                arr = arr - other.layers.array(self.layer, self.soc_layer)
         return arr
 
     def current_clim(self) -> tuple[float, float]:
         if self.compare is None:
-            return self.run.clim(self.layer, self.soc_layer)
+            return self.run.layers.clim(self.layer, self.soc_layer)
         a = self.current_array()
         finite = np.abs(a[np.isfinite(a)])
         m = float(np.percentile(finite, 98)) if finite.size else 1.0
         return (-(m or 1.0), m or 1.0)
 
     def title(self) -> str:
-        label = self.run.label(self.layer, self.soc_layer if self.run.has_layers(self.layer) else None)
-        unit = self.run.units(self.layer)
+        label = self.run.layers.label(self.layer, self.soc_layer if self.run.layers.has_layers(self.layer) else None)
+        unit = self.run.layers.units(self.layer)
         prefix = f"{self.run.name} − {self.compare}: " if self.compare else ""
         return f"{prefix}{label}" + (f" [{unit}]" if unit else "")
 
     def colorbar_title(self) -> str:
-        unit = self.run.units(self.layer)
+        unit = self.run.layers.units(self.layer)
         return f"{self.layer}" + (f" ({unit})" if unit else "")
 
     # ---------------------------------------------------------- plot elements
     @param.depends("layer", "soc_layer", "compare")
     def image(self) -> hv.Image:
         arr = self.current_array()
-        vdim = hv.Dimension(self.layer, label=self.layer, unit=self.run.units(self.layer) or None)
-        return hv.Image((self.run.x, self.run.y, arr), kdims=["x", "y"], vdims=[vdim], bounds=None)
+        vdim = hv.Dimension(self.layer, label=self.layer, unit=self.run.layers.units(self.layer) or None)
+        return hv.Image((self.run.layers.x, self.run.layers.y, arr), kdims=["x", "y"], vdims=[vdim], bounds=None)
 
     def _resolved_cmap(self) -> str:
         if self.cmap != "auto":
             return self.cmap
         if self.is_difference:
             return CMAPS["difference"]
-        return CMAPS.get(self.run.kind(self.layer), "viridis")
+        return CMAPS.get(self.run.layers.kind(self.layer), "viridis")
 
     @param.depends("layer", "soc_layer", "cmap", "log_colour", "compare")
     def _style(self) -> dict:
@@ -126,7 +128,7 @@ class MapExplorer(pn.viewable.Viewer):
 
     @param.depends("show_sites", "site_colour")
     def sites(self) -> hv.Points:
-        df = self.run.sites
+        df = self.run.sites.summary
         if not self.show_sites or df.empty:
             return hv.Points([], kdims=["lon", "lat"], vdims=["site_id", "value"])
         if self.site_colour.startswith("observed"):
@@ -147,7 +149,7 @@ class MapExplorer(pn.viewable.Viewer):
 
     def plot(self) -> hv.DynamicMap:
         if self._plot is None:
-            l, b, r, t = self.run.bounds
+            l, b, r, t = self.run.layers.bounds
             img = rasterize(hv.DynamicMap(self.image), precompute=True, dynamic=True).apply(self._restyle).opts(
                 hooks=[self._colorbar_hook],
                 colorbar=True, tools=["hover", "tap"], frame_width=MAP_W, frame_height=MAP_H, xlim=(l, r), ylim=(b, t),
@@ -174,11 +176,11 @@ class MapExplorer(pn.viewable.Viewer):
         if x is None or y is None:
             return
         site = None
-        df = self.run.sites
+        df = self.run.sites.summary
         if self.show_sites and not df.empty:
             d = np.hypot(df["lon"].to_numpy() - x, df["lat"].to_numpy() - y)
             k = int(np.argmin(d))
-            if d[k] <= max(0.6, 1.5 * self.run.resolution):
+            if d[k] <= max(0.6, 1.5 * self.run.layers.resolution_deg):
                 site = str(df["site_id"].iloc[k])
         self.param.update(tap_x=float(x), tap_y=float(y), tapped_site=site)
 
@@ -199,25 +201,25 @@ class MapExplorer(pn.viewable.Viewer):
         if self.tap_x is None:
             return pn.pane.Markdown("*Click the map: a location's values, parameters and SOC profile appear here; "
                                     "click a site for its observed profile.*", width=PROFILE_W)
-        cell = self.run.cell(self.tap_x, self.tap_y)
+        cell = self.run.layers.cell(self.tap_x, self.tap_y)
         if cell is None:
             return pn.pane.Markdown(f"({self.tap_x:.2f}, {self.tap_y:.2f}) is outside the grid.", width=PROFILE_W)
         iy, ix = cell
         rows = []
-        for name in [self.layer, "soc_stock_0_30cm", "soc_stock_0_100cm", *self.run.predicted_params]:
-            if name in self.run.ds and name not in [r[0] for r in rows]:
-                v = self.run.value(name, iy, ix, self.soc_layer)
-                rows.append((name, f"{v:.4g}", self.run.units(name)))
+        for name in [self.layer, "soc_stock_0_30cm", "soc_stock_0_100cm", *self.run.parameters]:
+            if name in self.run.layers and name not in [r[0] for r in rows]:
+                v = self.run.layers.value(name, iy, ix, self.soc_layer)
+                rows.append((name, f"{v:.4g}", self.run.layers.units(name)))
         table = pd.DataFrame(rows, columns=["variable", "value", "units"])
-        head = f"**Location** {self.run.y[iy]:.2f}°N, {self.run.x[ix]:.2f}°E"
-        if not np.isfinite(self.run.value("land_mask", iy, ix) if "land_mask" in self.run.ds else 1.0) or (
-                "land_mask" in self.run.ds and self.run.value("land_mask", iy, ix) == 0):
+        head = f"**Location** {self.run.layers.y[iy]:.2f}°N, {self.run.layers.x[ix]:.2f}°E"
+        if not np.isfinite(self.run.layers.value("land_mask", iy, ix) if "land_mask" in self.run.layers else 1.0) or (
+                "land_mask" in self.run.layers and self.run.layers.value("land_mask", iy, ix) == 0):
             head += " (not land)"
         items = [pn.pane.Markdown(head), pn.pane.DataFrame(table, index=False, width=PROFILE_W, sizing_mode="fixed")]
-        if "soc" in self.run.ds and self.run.depth_m is not None:
-            prof = self.run.profile("soc", iy, ix)
+        if "soc" in self.run.layers and self.run.layers.depth_m is not None:
+            prof = self.run.layers.profile("soc", iy, ix)
             if np.isfinite(prof).any():
-                items.append(hv.Curve((prof, self.run.depth_m), hv.Dimension("soc_cell", label="SOC (g C m-3)"),
+                items.append(hv.Curve((prof, self.run.layers.depth_m), hv.Dimension("soc_cell", label="SOC (g C m-3)"),
                                       hv.Dimension("depth_cell", label="depth (m)")).opts(
                     invert_yaxis=True, width=PROFILE_W, height=260, title="simulated SOC profile", color="#1f77b4",
                     logx=False, tools=["hover"]))
@@ -228,22 +230,15 @@ class MapExplorer(pn.viewable.Viewer):
         return pn.Column(
             pn.widgets.Select.from_param(self.param.layer, name="Layer", size=1),
             pn.widgets.IntSlider.from_param(self.param.soc_layer, name="Soil layer (SOC)",
-                                            visible=self.param.layer.rx.pipe(lambda v: self.run.has_layers(v))),
-            pn.pane.Markdown(self.param.soc_layer.rx.pipe(self._depth_text), margin=(0, 10),
-                             visible=self.param.layer.rx.pipe(lambda v: self.run.has_layers(v))),
+                                            visible=self.param.layer.rx.pipe(lambda v: self.run.layers.has_layers(v))),
+            pn.pane.Markdown(self.param.soc_layer.rx.pipe(self.run.layers.depth_text), margin=(0, 10),
+                             visible=self.param.layer.rx.pipe(lambda v: self.run.layers.has_layers(v))),
             pn.widgets.Select.from_param(self.param.cmap, name="Colours"),
             pn.widgets.Checkbox.from_param(self.param.log_colour, name="log colour scale"),
             pn.widgets.Checkbox.from_param(self.param.show_sites, name="observation sites"),
             pn.widgets.RadioButtonGroup.from_param(self.param.site_colour, button_type="default", button_style="outline"),
             *( [pn.widgets.Select.from_param(self.param.compare, name="Compare with run")] if self.compare_runs else []),
         )
-
-    def _depth_text(self, k: int) -> str:
-        if self.run.depth_m is None:
-            return ""
-        top = self.run.ds["layer_top_m"].values[k] if "layer_top_m" in self.run.ds.coords else np.nan
-        bot = self.run.ds["layer_bottom_m"].values[k] if "layer_bottom_m" in self.run.ds.coords else np.nan
-        return f"layer {k}: {top:.2f}–{bot:.2f} m (node {self.run.depth_m[k]:.2f} m)"
 
     def __panel__(self):
         return pn.Row(
@@ -263,20 +258,20 @@ class ParameterFields(pn.viewable.Viewer):
         super().__init__(**params)
 
     def names(self) -> list[str]:
-        pred = [p for p in self.run.predicted_params if p in self.run.ds]
+        pred = [p for p in self.run.parameters if p in self.run.layers]
         if self.which == "predicted" and pred:
             return pred
-        return pred + [p for p in NAMES if p in self.run.ds and p not in pred]
+        return pred + [p for p in NAMES if p in self.run.layers and p not in pred]
 
     @param.depends("which", "ncols")
     def layout(self):
         plots = []
         w = max(180, int(1000 / self.ncols) - 90)
         for name in self.names():
-            arr, (l, b, r, t) = self.run.coarse(name)
+            arr, (l, b, r, t) = self.run.layers.coarse(name)
             prm = PARAMETERS[INDEX[name]]
-            lo, hi = self.run.clim(name)
-            fixed = name not in self.run.predicted_params
+            lo, hi = self.run.layers.clim(name)
+            fixed = name not in self.run.parameters
             img = hv.Image(arr, bounds=(l, b, r, t), kdims=["x", "y"], vdims=[hv.Dimension(name, unit=prm.unit)]).opts(
                 cmap="cividis", clim=(lo, hi) if hi > lo else (prm.lower, prm.upper), colorbar=True, frame_width=w,
                 frame_height=int(w * 0.5), xaxis=None, yaxis=None, tools=["hover"], clabel=prm.unit,
@@ -306,7 +301,7 @@ class KanInspector(pn.viewable.Viewer):
     def __init__(self, run: RunData, map_view: MapExplorer | None = None, **params):
         self.run = run
         self.map_view = map_view
-        pred = run.predicted_params or list(NAMES)
+        pred = run.parameters or list(NAMES)
         self.param.parameter.objects = pred
         params.setdefault("parameter", pred[0])
         super().__init__(**params)
@@ -315,24 +310,24 @@ class KanInspector(pn.viewable.Viewer):
         mv = self.map_view
         if mv is None or mv.tap_x is None:
             return None
-        cell = self.run.cell(mv.tap_x, mv.tap_y)
+        cell = self.run.layers.cell(mv.tap_x, mv.tap_y)
         if cell is None:
             return None
         iy, ix = cell
-        return {c: self.run.value(c, iy, ix) for c in self.run.covariate_names if c in self.run.ds}
+        return {c: self.run.layers.value(c, iy, ix) for c in self.run.analysis.covariate_names if c in self.run.layers}
 
     def curve_plots(self, values: dict[str, float] | None = None) -> list:
         """One overlay per covariate (learned curve, fold band, truth, distribution, location)."""
-        if not self.run.models:
+        if not self.run.analysis.models:
             return []
-        cv = self.run.curves(self.parameter)
-        X = self.run.covariate_sample()
-        names = self.run.covariate_names
+        cv = self.run.analysis.curves(self.parameter)
+        X = self.run.analysis.sample
+        names = self.run.analysis.covariate_names
         plots = []
         unit = parameter_unit(self.parameter)
         for c, imp in list(zip(cv.covariates, cv.importance))[: self.max_curves]:
             xs, m = cv.xs[c], cv.mean[c]
-            cunit = self.run.units(c) if c in self.run.ds else ""
+            cunit = self.run.layers.units(c) if c in self.run.layers else ""
             xlabel = f"{c} ({cunit})" if cunit and cunit != "1" else c
             ylab = f"Δp {self.parameter}"
             xdim, ydim = hv.Dimension(c, label=xlabel), hv.Dimension("p", label=ylab)
@@ -355,7 +350,7 @@ class KanInspector(pn.viewable.Viewer):
             if values is not None and c in values and np.isfinite(values[c]):
                 layers.append(hv.VLine(values[c]).opts(color="black", line_width=1.5, line_dash="dotted"))
             fit = cv.symbolic.get(c)
-            pruned = self.run.is_kan and not np.any(cv.lo[c]) and not np.any(cv.hi[c])  # zero in every fold
+            pruned = self.run.analysis.is_kan and not np.any(cv.lo[c]) and not np.any(cv.hi[c])  # zero in every fold
             sym = f"{fit.kind} R²={fit.r2:.2f}" if fit is not None else ("pruned" if pruned else "flat")
             title = f"{c} · imp {imp:.2f} · {sym}"
             plots.append(hv.Overlay(layers).opts(
@@ -364,7 +359,7 @@ class KanInspector(pn.viewable.Viewer):
         return plots
 
     def contribution_bars(self, values: dict[str, float]) -> hv.Bars:
-        contrib = self.run.contributions(self.parameter, values)
+        contrib = self.run.analysis.contributions(self.parameter, values)
         order = sorted(contrib, key=lambda k: -abs(contrib[k]))
         data = pd.DataFrame({"covariate": order, "contribution": [contrib[k] for k in order]})
         data["sign"] = np.where(data["contribution"] >= 0, "+", "−")
@@ -374,11 +369,11 @@ class KanInspector(pn.viewable.Viewer):
 
     @param.depends("parameter", "max_curves", "show_truth", "map_view.tap_x", "map_view.tap_y")
     def view(self):
-        if not self.run.models:
+        if not self.run.analysis.models:
             return pn.pane.Markdown(f"Run {self.run.name} has no fold models (encoder {self.run.encoder}): no curves to show.")
         values = self.location_values()
         plots = self.curve_plots(values)
-        cv = self.run.curves(self.parameter)
+        cv = self.run.analysis.curves(self.parameter)
         prm = PARAMETERS[INDEX[self.parameter]]
         head = (f"### {self.parameter} — {prm.description} ({prm.unit}; bounds {prm.lower:g}–{prm.upper:g})\n"
                 f"{cv.method} curves, fold mean (line) and range (band), ordered by importance; x in physical units, "
@@ -417,7 +412,7 @@ class SiteView(pn.viewable.Viewer):
     def __init__(self, run: RunData, map_view: MapExplorer | None = None, **params):
         self.run = run
         self.map_view = map_view
-        ids = list(run.sites["site_id"].astype(str))
+        ids = list(run.sites.summary["site_id"].astype(str))
         self.param.site.objects = ids
         params.setdefault("site", ids[0] if ids else None)
         super().__init__(**params)
@@ -429,45 +424,12 @@ class SiteView(pn.viewable.Viewer):
             self.site = event.new
 
     def observations(self) -> pd.DataFrame:
-        obs = self.run.observations
+        obs = self.run.sites.observations
         return obs[obs["site_id"].astype(str) == str(self.site)].sort_values("depth_m")
 
     def fold_profiles(self) -> np.ndarray | None:
-        """SOC [n_folds, 20] at the site's cell from every fold model (needs the data cube)."""
-        cache = self.run.__dict__.setdefault("_fold_profiles", {})
-        if self.site in cache:
-            return cache[self.site]
-        out = None
-        try:
-            import torch
-            import xarray as xr
-
-            from socmap.clm5 import soc_nodes, steady_state
-            from socmap.clm5.parameters import to_physical
-            from socmap.data.grid import sample_grid
-            from socmap.data.synthetic import cell_forcing
-
-            if self.run.models and self.run.data_dir and (self.run.data_dir / "cube.zarr").exists():
-                cube = self.run.__dict__.get("_cube")
-                if cube is None:
-                    cube = self.run.__dict__["_cube"] = xr.open_zarr(self.run.data_dir / "cube.zarr")
-                row = self.run.sites.set_index("site_id").loc[self.site]
-                s = sample_grid(cube, np.array([row["lon"]]), np.array([row["lat"]]))
-                if s.status[0] == "ok":
-                    names = self.run.covariate_names
-                    if self.run.site_table is not None and self.site in self.run.site_table.index:
-                        cov = self.run.site_table.loc[[self.site], names].to_numpy(np.float64)
-                    else:
-                        cov = np.array([[float(cube[n].values[s.iy[0], s.ix[0]]) for n in names]])
-                    forcing = cell_forcing(cube, s.iy[:1], s.ix[:1], np.array([row["lat"]]))
-                    x = torch.as_tensor(cov, dtype=torch.float32)
-                    with torch.no_grad():
-                        profs = [soc_nodes(steady_state(to_physical(m(x).to(torch.float64)), forcing))[0].numpy() for m in self.run.models]
-                    out = np.stack(profs)
-        except Exception:  # noqa: BLE001 - the fold profiles are an extra
-            out = None
-        cache[self.site] = out
-        return out
+        """SOC [n_models, layer] (g C m-3) of every fold model at the site (from the run store)."""
+        return self.run.sites.fold_profiles(self.site)
 
     def profile_plot(self) -> hv.Overlay:
         """SOC (x) against depth (y, downwards): observations, held-out simulation, each fold model."""
@@ -476,7 +438,7 @@ class SiteView(pn.viewable.Viewer):
         ydim = hv.Dimension("depth", label="depth (m)")
         layers = []
         folds = self.fold_profiles()
-        depth = self.run.depth_m
+        depth = self.run.layers.depth_m
         max_depth = max(0.3, float(obs["depth_m"].max()) if len(obs) else 1.0) * 1.3
         if folds is not None and depth is not None:
             keep = depth <= max_depth
@@ -493,9 +455,9 @@ class SiteView(pn.viewable.Viewer):
 
     def parameter_table(self) -> pd.DataFrame:
         rows = []
-        sp = self.run.site_parameters
-        st = self.run.site_table
-        for name in self.run.predicted_params or NAMES:
+        sp = self.run.sites.parameters
+        st = self.run.sites.inputs
+        for name in self.run.parameters or NAMES:
             j = INDEX[name]
             row = {"parameter": name, "unit": PARAMETERS[j].unit}
             if sp is not None and self.site in sp.index and f"p_{name}" in sp:
@@ -512,7 +474,7 @@ class SiteView(pn.viewable.Viewer):
     def view(self):
         if self.site is None:
             return pn.pane.Markdown("No sites in this run.")
-        row = self.run.sites.set_index("site_id").loc[self.site]
+        row = self.run.sites.summary.set_index("site_id").loc[self.site]
         info = (f"### Site {self.site}\n{row['lat']:.3f}°N, {row['lon']:.3f}°E · CV fold {int(row['fold'])} · "
                 f"{int(row['n_obs'])} samples · mean log(sim/obs) {row['log_ratio']:+.2f}")
         return pn.Column(pn.pane.Markdown(info), pn.Row(
@@ -569,7 +531,7 @@ class RunSummary(pn.viewable.Viewer):
 
     @param.depends("colour_by")
     def scatter(self) -> hv.Overlay:
-        obs = self.run.observations
+        obs = self.run.sites.observations
         ok = (obs["soc_obs_g_m3"] > 0) & (obs["soc_sim_g_m3"] > 0)
         d = obs[ok]
         lo = float(min(d["soc_obs_g_m3"].min(), d["soc_sim_g_m3"].min())) * 0.8
@@ -602,7 +564,7 @@ class RunSummary(pn.viewable.Viewer):
         t = r.get("timing", {}).get("total_s")
         return (f"### Run {self.run.name}\nencoder **{cfg.get('encoder')}**, parameters **{cfg.get('params')}**, "
                 f"{cfg.get('folds')} folds ({cfg.get('split')}), {cfg.get('epochs')} epochs max · data **{data.get('entry')}** "
-                f"({data.get('n_sites')} sites, {data.get('n_obs', '?')} observations) · map resolution {self.run.resolution:g}° · "
+                f"({data.get('n_sites')} sites, {data.get('n_obs', '?')} observations) · map resolution {self.run.layers.resolution_deg:g}° · "
                 f"git {str(r.get('git_revision') or '?')[:10]}" + (f" · trained in {t:.0f} s" if t else ""))
 
 

@@ -298,37 +298,18 @@ def serve(
     show: bool = typer.Option(True, "--show/--no-show", help="Open a browser tab."),
 ) -> None:
     """Serve the Panel dashboard (maps, differences, parameter fields, KAN curves, sites, run summary)."""
-    import sys
-
-    import panel as pn
-
-    repo = Path(__file__).resolve().parent.parent
-    if str(repo) not in sys.path:
-        sys.path.insert(0, str(repo))
     try:
-        from dashboards.app import build_app
-        from dashboards.data import find_runs
+        from dashboards.app import serve as serve_dashboard
     except ImportError as exc:
-        console.print(f"[red]error:[/red] the dashboard needs the dashboards/ folder of the socmap source tree ({exc})")
+        console.print(f"[red]error:[/red] the dashboard needs the `dashboard` extra: pip install 'socmap[dashboard]' ({exc})")
         raise typer.Exit(2) from exc
-    runs = [str(r) for r in run] or [str(p) for p in find_runs("runs")]
-    missing = [r for r in runs if not (Path(r) / "run.json").is_file() or not (Path(r) / "maps.zarr").exists()]
-    if not runs or missing:
-        console.print(f"[red]error:[/red] no run store at {', '.join(missing) or 'runs/*'}: train and map a run first "
-                      "(`socmap train`, `socmap map`)")
-        raise typer.Exit(2)
-    for r in runs:  # open the stores once, before the first visitor
-        from dashboards.data import load_run
-
-        load_run(str(Path(r).resolve()))
-    pn.extension("tabulator", sizing_mode="fixed", notifications=False)
     url = f"http://{address}:{port}/"
-    console.print(f"socmap dashboard: {url}  (runs: {', '.join(Path(r).name for r in runs)}; Ctrl-C stops)")
-    pn.serve(
-        lambda: build_app(runs),
-        port=port, address=address, show=show, threaded=False, title="socmap",
-        websocket_origin=[f"localhost:{port}", f"127.0.0.1:{port}", f"{address}:{port}"],
-    )
+    console.print(f"socmap dashboard: {url}  (runs: {', '.join(r.name for r in run) or 'runs/*'}; Ctrl-C stops)")
+    try:
+        serve_dashboard(run, port=port, address=address, show=show)
+    except FileNotFoundError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
 
 
 if __name__ == "__main__":  # pragma: no cover

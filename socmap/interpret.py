@@ -39,17 +39,25 @@ def edge_curve(model: HybridModel, param: str, covariate: str, xs_physical: np.n
 
 @torch.no_grad()
 def partial_dependence(model: HybridModel, covariates: np.ndarray, param: str, covariate: str, xs_physical: np.ndarray, max_rows: int = 512) -> np.ndarray:
-    """PD curve: mean over (up to ``max_rows``) sites of p_param with ``covariate`` set to each x."""
+    """PD curve: mean over (up to ``max_rows``) sites of p_param with ``covariate`` set to each x.
+
+    Parameters
+    ----------
+    covariates : [N, C] covariates in physical units (the first ``max_rows`` rows are used).
+    xs_physical : [G] values of ``covariate`` in its physical units.
+
+    Returns
+    -------
+    [G] mean normalised parameter p (0–1); all G·N rows go through the model in one batch.
+    """
     model.eval()
     x = _x(covariates[:max_rows])
     i = model.spec.covariate_names.index(covariate)
-    col = INDEX[param]
-    out = []
-    for v in np.asarray(xs_physical, dtype=np.float64):
-        xv = x.clone()
-        xv[:, i] = float(v)
-        out.append(float(model(xv)[:, col].mean()))
-    return np.asarray(out)
+    grid = torch.as_tensor(np.asarray(xs_physical, dtype=np.float64), dtype=x.dtype)
+    rows = x.unsqueeze(0).repeat(len(grid), 1, 1)  # [G, N, C]
+    rows[:, :, i] = grid[:, None]
+    p = model(rows.reshape(-1, x.shape[1]))[:, INDEX[param]]
+    return p.reshape(len(grid), len(x)).mean(1).double().numpy()
 
 
 def importance(model: HybridModel, covariates: np.ndarray, method: str | None = None) -> np.ndarray:
@@ -108,34 +116,51 @@ class SymbolicFit:
     coefficients: tuple[float, float, float, float]
 
 
-def suggest_symbolic(xs: np.ndarray, ys: np.ndarray) -> SymbolicFit:
-    """Best of a small library ``c·f(a·x + b) + d`` fitted to a curve (x scaled to [0, 1]).
+def _symbolic_grid(kind: str) -> np.ndarray:
+    """Candidate (a, b) pairs of one library entry [K, 2], in search order (a outer, b inner)."""
+    if kind == "linear":
+        return np.array([[1.0, 0.0]])
+    a, b = np.meshgrid(np.linspace(-3, 3, 25), np.linspace(-2, 2, 17), indexing="ij")
+    ab = np.column_stack([a.ravel(), b.ravel()])
+    return ab[ab[:, 0] != 0]
 
-    For each f, (a, b) are searched on a coarse grid and (c, d) solved by least squares;
-    the result with the highest R² wins (ties favour the simpler, earlier entry).
+
+def suggest_symbolic(xs: np.ndarray, ys: np.ndarray) -> SymbolicFit:
+    """Best of a small library ``c·f(a·x' + b) + d`` fitted to a curve (x' = x scaled to [0, 1]).
+
+    For each f, (a, b) are searched on a coarse grid and (c, d) solved by least squares (in
+    closed form, all grid points at once); the candidate with the highest R² wins, scanning in
+    library and grid order and replacing the best only when R² is larger by more than 1e-9
+    (so ties favour the simpler, earlier entry).
+
+    Parameters
+    ----------
+    xs, ys : [G] the curve (x in any units; y the contribution, e.g. p units).
     """
     xs, ys = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
     lo, hi = xs.min(), xs.max()
     u = (xs - lo) / (hi - lo if hi > lo else 1.0)
+    yc = ys - ys.mean()
+    sst = float((yc**2).sum())
     best: SymbolicFit | None = None
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for kind, f in _LIBRARY.items():
-            grid_a = [1.0] if kind == "linear" else np.linspace(-3, 3, 25)
-            grid_b = [0.0] if kind == "linear" else np.linspace(-2, 2, 17)
-            for a in grid_a:
-                if a == 0:
-                    continue
-                for b in grid_b:
-                    g = f(a * u + b)
-                    if not np.all(np.isfinite(g)) or np.std(g) < 1e-12:
-                        continue
-                    design = np.column_stack([g, np.ones_like(g)])
-                    (c, d), *_ = np.linalg.lstsq(design, ys, rcond=None)
-                    r2 = metrics.r2(ys, design @ np.array([c, d]))
-                    if best is None or r2 > best.r2 + 1e-9:
-                        inner = "x'" if kind == "linear" else f"{a:.2g}·x'{b:+.2g}"
-                        best = SymbolicFit(f"{c:.3g}·{kind}({inner}) {d:+.3g}", kind, float(r2), (float(a), float(b), float(c), float(d)))
+            ab = _symbolic_grid(kind)
+            g = f(ab[:, :1] * u[None, :] + ab[:, 1:])  # [K, G]
+            ok = np.isfinite(g).all(1) & (g.std(1) >= 1e-12)
+            g, ab = g[ok], ab[ok]
+            gc = g - g.mean(1, keepdims=True)
+            c = (gc @ yc) / (gc**2).sum(1)
+            d = ys.mean() - c * g.mean(1)
+            sse = ((ys[None, :] - (c[:, None] * g + d[:, None])) ** 2).sum(1)
+            r2 = 1.0 - sse / sst
+            for k in range(len(ab)):
+                if best is None or r2[k] > best.r2 + 1e-9:
+                    a, b = ab[k]
+                    inner = "x'" if kind == "linear" else f"{a:.2g}·x'{b:+.2g}"
+                    best = SymbolicFit(f"{c[k]:.3g}·{kind}({inner}) {d[k]:+.3g}", kind, float(r2[k]),
+                                       (float(a), float(b), float(c[k]), float(d[k])))
     assert best is not None
     return best
 

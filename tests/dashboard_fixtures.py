@@ -1,9 +1,13 @@
-"""Small run stores for the dashboard tests (and for trying the dashboard by hand).
+"""Small run folders for the dashboard tests (and for trying the dashboard by hand).
 
 ``build_run`` makes a tiny real run: the synthetic twin at 1°, a 2-epoch KAN (or MLP) with 3 folds,
-then ``runs/NAME/maps.zarr`` + ``site_residuals.csv`` following the run-store schema (store_version
-"1"): dims (y, x[, layer]), y descending, float32, NaN off land, ``kind`` attributes. When
-``socmap.mapping`` exists it is not used here on purpose: these fixtures must not depend on it.
+then the run folder in the layout of the run-folder contract (schema version 2): ``run.json``
+with ``schema_version``, the absolute ``data.dir``, ``parameters``, ``encoder`` and ``fold_models``;
+the run's ``sites.csv`` and ``truth.json``; ``maps.zarr`` with the version-2 attrs, the gridded
+variables (dims (y, x[, layer]), y descending, float32, NaN off land, ``kind`` attributes) and the
+per-site fold profiles ``site_soc_fold`` [site, model, layer]; ``site_residuals.csv``. The store
+is written here directly, on purpose without ``socmap.mapping``: the dashboard tests must not
+depend on it. Training may already write the run.json fields; they are only filled when absent.
 
 ``upsample_store`` writes a larger store (e.g. 0.05°) from a small one by nearest-neighbour
 resampling onto the CONUS land mask at that resolution: realistic sizes for timing the browser.
@@ -16,12 +20,14 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 LAYERS = 20
+SCHEMA_VERSION = 2
 
 
 def _attrs(units: str, long_name: str, kind: str) -> dict:
@@ -38,23 +44,53 @@ def write_site_residuals(run_dir: Path) -> Path:
     return out
 
 
+def complete_run_folder(run_dir: Path) -> dict:
+    """Fill what the contract asks of training into ``run_dir`` when training did not write it:
+    the run.json fields, the run's sites.csv (site_id, lon, lat, fold, covariates, true_p_*)
+    and truth.json. Returns the run record."""
+    from socmap.clm5.parameters import resolve_subset
+
+    record = json.loads((run_dir / "run.json").read_text())
+    data_dir = Path(record["data"]["dir"]).resolve()
+    record["schema_version"] = SCHEMA_VERSION
+    record["data"]["dir"] = str(data_dir)
+    record["data"].setdefault("kind", "synthetic" if (data_dir / "truth.json").exists() else "real")
+    record.setdefault("parameters", list(resolve_subset(record["config"]["params"])))
+    record.setdefault("encoder", record["config"]["encoder"])
+    record.setdefault("fold_models", [str(p.relative_to(run_dir)) for p in sorted(run_dir.glob("folds/fold*/model.pt"))])
+    (run_dir / "run.json").write_text(json.dumps(record, indent=1))
+    if not (run_dir / "sites.csv").exists():
+        folds = pd.read_csv(run_dir / "predictions.csv").groupby("site_id")["fold"].first()
+        sites = pd.read_csv(data_dir / "sites.csv").set_index("site_id").loc[folds.index]
+        sites["fold"] = folds
+        true_p = [c for c in sites if c.startswith("true_p_")]
+        sites[["lon", "lat", "fold", *record["data"]["covariates"], *true_p]].reset_index().to_csv(run_dir / "sites.csv", index=False)
+    if (data_dir / "truth.json").exists() and not (run_dir / "truth.json").exists():
+        shutil.copy2(data_dir / "truth.json", run_dir / "truth.json")
+    return record
+
+
 def write_store_from_model(run_dir: str | Path) -> Path:
-    """Fill ``run_dir/maps.zarr`` from the run's fold ensemble over its cube's land cells."""
+    """Fill ``run_dir/maps.zarr`` from the run's fold ensemble over its cube's land cells, and
+    the per-site SOC of every fold model at the sites' own covariates and cells."""
     import rioxarray  # noqa: F401
     import torch
     import xarray as xr
 
+    import socmap
     from socmap.clm5 import bulk_diagnostics, prepare_forcing, soc_nodes, standard_stocks, steady_state
     from socmap.clm5.diagnostics import DIAGNOSTICS
     from socmap.clm5.grid import INTERFACE_BOTTOM_M, INTERFACE_TOP_M, NODE_M
     from socmap.clm5.parameters import DEFAULT, NAMES, PARAMETERS, to_physical
-    from socmap.cube import cell_forcing, open_cube
+    from socmap.cube import cell_forcing, open_cube, sample_grid
     from socmap.data.synthetic import COVARIATES
     from socmap.runs import open_run
+    from socmap.store import STORE_VERSION
 
     run_dir = Path(run_dir)
+    record = complete_run_folder(run_dir)
     run = open_run(run_dir)
-    cube = open_cube(run.data_dir / "cube.zarr")
+    cube = open_cube(Path(record["data"]["dir"]) / "cube.zarr")
     mask = cube["land_mask"].values.astype(bool)
     iy, ix = np.nonzero(mask)
     names = run.models[0].spec.covariate_names
@@ -74,6 +110,17 @@ def write_store_from_model(run_dir: str | Path) -> Path:
         fold_stocks = [standard_stocks(soc_nodes(steady_state(to_physical(p), prepared))) for p in p_folds]
         theta_default = torch.as_tensor(DEFAULT, dtype=torch.float64).expand(len(iy), -1).clone()
         default_stocks = standard_stocks(soc_nodes(steady_state(theta_default, prepared, check_bounds_=False)))
+
+    # every fold model at every site: the site's own covariates, the forcing of its cell
+    sites = pd.read_csv(run_dir / "sites.csv")
+    where = sample_grid(cube, sites["lon"].to_numpy(), sites["lat"].to_numpy())
+    on = where.status == "ok"
+    site_soc = np.full((len(sites), len(run.models), LAYERS), np.nan, np.float32)
+    site_forcing = prepare_forcing(cell_forcing(cube, where.iy[on], where.ix[on], sites["lat"].to_numpy()[on]))
+    x_sites = torch.as_tensor(sites.loc[on, names].to_numpy(np.float64), dtype=torch.float32)
+    with torch.no_grad():
+        for k, m in enumerate(run.models):
+            site_soc[on, k] = soc_nodes(steady_state(to_physical(m(x_sites).to(torch.float64)), site_forcing)).numpy()
 
     ny, nx = mask.shape
 
@@ -104,6 +151,10 @@ def write_store_from_model(run_dir: str | Path) -> Path:
             data_vars[key] = (("y", "x"), np.where(mask, cube[key].values, np.nan).astype(np.float32), _attrs(units, long_name, "covariate"))
     data_vars["land_cover"] = (("y", "x"), np.where(mask, cube["land_cover"].values, np.nan).astype(np.float32), _attrs("1", "IGBP land cover class", "covariate"))
     data_vars["land_mask"] = (("y", "x"), mask.astype(np.float32), _attrs("1", "land mask", "mask"))
+    data_vars["site_lon"] = (("site",), sites["lon"].to_numpy(np.float64), {"units": "degrees_east", "long_name": "site longitude", "kind": "site"})
+    data_vars["site_lat"] = (("site",), sites["lat"].to_numpy(np.float64), {"units": "degrees_north", "long_name": "site latitude", "kind": "site"})
+    data_vars["site_soc_fold"] = (("site", "model", "layer"), site_soc,
+                                  _attrs("g C m-3", "soil organic carbon density of every fold model at the site", "site"))
     ds = xr.Dataset(
         data_vars,
         coords={
@@ -111,15 +162,21 @@ def write_store_from_model(run_dir: str | Path) -> Path:
             "depth_m": ("layer", NODE_M.astype(np.float32), {"units": "m", "long_name": "node depth"}),
             "layer_top_m": ("layer", INTERFACE_TOP_M.astype(np.float32), {"units": "m"}),
             "layer_bottom_m": ("layer", INTERFACE_BOTTOM_M.astype(np.float32), {"units": "m"}),
+            # fixed-width text: open_store's chunks="auto" cannot size object arrays
+            "site_id": ("site", sites["site_id"].to_numpy().astype("U")),
         },
-        attrs={"store_version": "1", "run_name": run.name, "resolution_deg": float(cube.attrs.get("resolution_deg", 1.0)),
-               "encoder": run.encoder, "crs": "EPSG:4326"},
+        attrs={"store_version": STORE_VERSION, "run_name": run.name, "created": datetime.now(timezone.utc).isoformat(),
+               "socmap_version": socmap.__version__, "resolution_deg": float(cube.attrs.get("resolution_deg", 1.0)),
+               "crs": "EPSG:4326", "encoder": record["encoder"], "parameters": record["parameters"],
+               "fold_models": record["fold_models"], "n_models": len(run.models), "data": record["data"],
+               "covariates": list(names)},
     )
     ds = ds.rio.write_crs("EPSG:4326")
     ds.attrs["crs"] = "EPSG:4326"
     for v in ds.data_vars:
         ds[v].attrs.pop("grid_mapping", None)
-        ds[v].encoding["grid_mapping"] = "spatial_ref"
+        if {"y", "x"} <= set(ds[v].dims):
+            ds[v].encoding["grid_mapping"] = "spatial_ref"
     out = run_dir / "maps.zarr"
     if out.exists():
         shutil.rmtree(out)
@@ -131,7 +188,7 @@ def write_store_from_model(run_dir: str | Path) -> Path:
 
 def build_run(root: str | Path, name: str = "kan", encoder: str = "kan", sites: int = 150, epochs: int = 2,
               data_dir: str | Path | None = None) -> Path:
-    """Synthetic twin (1°) + a tiny trained run + its store, under ``root``; returns the run dir."""
+    """Synthetic twin (1°) + a tiny trained run + its run folder, under ``root``; returns the run dir."""
     from socmap.data.synthetic import SynthConfig, write_synthetic
     from socmap.train import load_config, train
 
@@ -144,7 +201,7 @@ def build_run(root: str | Path, name: str = "kan", encoder: str = "kan", sites: 
         if run_dir.exists():
             shutil.rmtree(run_dir)
         train(load_config(data_dir=str(data_dir), epochs=epochs, folds=3, encoder=encoder, mlp_hidden=[16], kan_polish_iters=5, kan_sparsify_epochs=2, kan_refit_epochs=2), run_dir, progress=False)
-    if not (run_dir / "maps.zarr").exists():
+    if not (run_dir / "maps.zarr").exists() or not (run_dir / "sites.csv").exists():
         write_store_from_model(run_dir)
     return run_dir
 
@@ -189,6 +246,9 @@ def upsample_store(src_run: str | Path, dst_run: str | Path, resolution: float =
     data_vars = {}
     for name, da in src.data_vars.items():
         vals = da.values
+        if not {"y", "x"} <= set(da.dims):  # per-site variables stay as they are
+            data_vars[name] = (da.dims, vals, dict(da.attrs))
+            continue
         if name == "land_mask":
             out = mask.astype(np.float32)
         else:
@@ -201,14 +261,15 @@ def upsample_store(src_run: str | Path, dst_run: str | Path, resolution: float =
     ds = xr.Dataset(
         data_vars,
         coords={"y": lat, "x": lon, "layer": src["layer"].values, "depth_m": src["depth_m"],
-                "layer_top_m": src["layer_top_m"], "layer_bottom_m": src["layer_bottom_m"]},
+                "layer_top_m": src["layer_top_m"], "layer_bottom_m": src["layer_bottom_m"], "site_id": src["site_id"]},
         attrs={**src.attrs, "run_name": dst_run.name, "resolution_deg": resolution},
     )
     ds = ds.rio.write_crs("EPSG:4326")
     ds.attrs["crs"] = "EPSG:4326"
     for v in ds.data_vars:
-        ds[v].encoding["grid_mapping"] = "spatial_ref"
-    chunks = {"y": 256, "x": 256, "layer": LAYERS}
+        if {"y", "x"} <= set(ds[v].dims):
+            ds[v].encoding["grid_mapping"] = "spatial_ref"
+    chunks = {"y": 256, "x": 256, "layer": LAYERS, "site": -1, "model": -1}
     ds = ds.chunk({k: v for k, v in chunks.items() if k in ds.dims})
     ds.to_zarr(dst_run / "maps.zarr", mode="w", consolidated=True)
     return dst_run

@@ -25,7 +25,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = "/usr/bin/chromium"  # Debian's: apt-get install -y chromium
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (apt-get install -y chromium)")
@@ -39,7 +39,6 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def run_dir() -> Path:
-    sys.path.insert(0, str(Path(__file__).parent))
     from dashboard_fixtures import build_run, upsample_store
 
     root = ARTIFACTS / "dash-fixtures"

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import sys
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 pn = pytest.importorskip("panel")
 hv = pytest.importorskip("holoviews")
@@ -19,7 +16,7 @@ hv = pytest.importorskip("holoviews")
 def run(tmp_path_factory):
     from dashboard_fixtures import build_run
 
-    from dashboards.data import load_run
+    from dashboards.run import load_run
 
     cached = Path(__file__).resolve().parent.parent / "test-artifacts" / "dash-fixtures"
     root = cached if (cached / "runs" / "kan" / "maps.zarr").exists() else tmp_path_factory.mktemp("dash")
@@ -64,20 +61,20 @@ def test_difference_layers_are_diverging_and_symmetric(run):
 def test_kan_inspector_labels_edges_pruned_in_every_fold(run):
     from dashboards.views import KanInspector, MapExplorer
 
-    j = run.covariate_names.index("clay_pct")
-    masks = [mdl.encoder.layers[0].mask for mdl in run.models]
+    j = run.analysis.covariate_names.index("clay_pct")
+    masks = [mdl.encoder.layers[0].mask for mdl in run.analysis.models]
     saved = [mk.clone() for mk in masks]
     try:
-        for mdl, mk in zip(run.models, masks):
+        for mdl, mk in zip(run.analysis.models, masks):
             mk[mdl.param_names.index("fs1s3"), j] = 0.0
-        run._curves.pop("fs1s3", None)
+        run.analysis.forget("fs1s3")
         plots = KanInspector(run, map_view=MapExplorer(run), parameter="fs1s3").curve_plots()
         titles = [p.opts.get("plot").kwargs["title"] for p in plots]
         assert [t.split(" · ")[0] for t in titles if "pruned" in t] == ["clay_pct"]
     finally:
         for mk, old in zip(masks, saved):
             mk.copy_(old)
-        run._curves.pop("fs1s3", None)
+        run.analysis.forget("fs1s3")
 
 
 def test_kan_inspector_curves_ordered_by_importance(run):
@@ -86,9 +83,9 @@ def test_kan_inspector_curves_ordered_by_importance(run):
     m = MapExplorer(run)
     k = KanInspector(run, map_view=m, parameter="tau4s3")
     plots = k.curve_plots()
-    names = run.covariate_names
+    names = run.analysis.covariate_names
     assert len(plots) == len(names)
-    cv = run.curves("tau4s3")
+    cv = run.analysis.curves("tau4s3")
     assert sorted(cv.covariates) == sorted(names)
     assert np.all(np.diff(cv.importance) <= 1e-12)
     assert [p.get(0).kdims[0].name for p in plots] == cv.covariates
@@ -112,7 +109,7 @@ def test_site_view_obs_and_sim(run):
 
     m = MapExplorer(run)
     s = SiteView(run, map_view=m)
-    site = run.sites.iloc[3]
+    site = run.sites.summary.iloc[3]
     m.tap(float(site["lon"]), float(site["lat"]))
     assert s.site == site["site_id"]
     plot = s.profile_plot()
@@ -121,9 +118,9 @@ def test_site_view_obs_and_sim(run):
     obs = s.observations()
     scat = [el for el in plot if el.label == "observed"][0]
     np.testing.assert_allclose(np.sort(scat.dimension_values(0)), np.sort(obs["soc_obs_g_m3"].to_numpy()))
-    assert labels.count("fold models") == len(run.models)
+    assert labels.count("fold models") == len(run.analysis.models)
     table = s.parameter_table()
-    assert list(table["parameter"]) == run.predicted_params and "learned" in table
+    assert list(table["parameter"]) == run.parameters and "learned" in table
 
 
 def test_summary_fields_and_export(run, tmp_path):
@@ -143,16 +140,16 @@ def test_summary_fields_and_export(run, tmp_path):
     assert summary.recovery_table() is not None
     assert isinstance(summary.scatter(), hv.Overlay)
     fields = ParameterFields(run)
-    assert fields.names() == run.predicted_params
+    assert fields.names() == run.parameters
     fields.which = "all 21"
-    assert fields.names()[:4] == run.predicted_params and len(fields.names()) == 21
+    assert fields.names()[:4] == run.parameters and len(fields.names()) == 21
     out = tmp_path / "x.tif"
-    out.write_bytes(run.geotiff_bytes("soc", 3).getvalue())
+    out.write_bytes(run.layers.geotiff_bytes("soc", 3).getvalue())
     with rasterio.open(out) as src:
         assert src.crs.to_epsg() == 4326
         a = src.read(1)
-        assert src.width == len(run.x) and src.height == len(run.y)
-        np.testing.assert_allclose(a, run.array("soc", 3), equal_nan=True)
+        assert src.width == len(run.layers.x) and src.height == len(run.layers.y)
+        np.testing.assert_allclose(a, run.layers.array("soc", 3), equal_nan=True)
         assert src.transform.e < 0  # north up
 
 
@@ -165,3 +162,47 @@ def test_app_builds(run):
     assert dash._filename() == "kan_soc_stock_0_30cm.tif"
     dash.map.layer = "soc"
     assert dash.download.filename == "kan_soc_layer00.tif"
+
+
+def test_views_read_only_the_run_folder(run, tmp_path, monkeypatch):
+    """A copy of the run folder whose data folder is gone: every view builds, and every file the
+    dashboard opens lies inside the run folder (the run-folder contract)."""
+    import json
+
+    import pandas as pd
+    import xarray as xr
+
+    from dashboards.run import RunData
+    from dashboards.views import KanInspector, MapExplorer, SiteView
+
+    copy = tmp_path / "elsewhere" / "kan"
+    shutil.copytree(run.path, copy)
+    record = json.loads((copy / "run.json").read_text())
+    record["data"]["dir"] = str(tmp_path / "no-such-data-folder")
+    (copy / "run.json").write_text(json.dumps(record))
+
+    opened: list[Path] = []
+    for owner, name in [(pd, "read_csv"), (xr, "open_zarr"), (Path, "read_text")]:
+        original = getattr(owner, name)
+
+        def spy(first, *args, _original=original, **kwargs):
+            opened.append(Path(first).resolve())
+            return _original(first, *args, **kwargs)
+
+        monkeypatch.setattr(owner, name, spy)
+
+    r = RunData(copy)
+    m = MapExplorer(r)
+    site = str(r.sites.summary["site_id"].iloc[5])
+    s = SiteView(r, map_view=m, site=site)
+    folds = s.fold_profiles()
+    k = list(r.layers.ds["site_id"].values).index(site)
+    np.testing.assert_allclose(folds, r.layers.ds["site_soc_fold"].values[k])
+    assert folds.shape == (len(r.analysis.models), r.layers.n_layers) and np.isfinite(folds).all()
+    curves = [el for el in s.profile_plot() if el.label == "fold models"]
+    np.testing.assert_allclose(curves[0].dimension_values(0), folds[0][r.layers.depth_m <= curves[0].dimension_values(1).max()])
+    table = s.parameter_table()
+    assert {"learned", "true"} <= set(table) and table["true"].notna().all()
+    assert len(KanInspector(r, map_view=m, parameter="tau4s3").curve_plots()) == len(r.analysis.covariate_names)
+    outside = [p for p in opened if copy.resolve() not in p.parents and "site-packages" not in str(p) and p.suffix != ".geojson"]
+    assert opened and not outside, outside

@@ -34,6 +34,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from socmap.data.covariates import COVARIATES
+from socmap.resources import shipped_file
 
 CATALOG_FILENAME = "data_catalog.yaml"
 REAL_DATA_ENV = "SOCMAP_REAL_DATA"
@@ -312,15 +313,15 @@ class Catalog(BaseModel):
 
 
 def default_catalog_path() -> Path:
-    """``./data_catalog.yaml`` if present, else the catalog shipped beside the socmap package."""
+    """``./data_catalog.yaml`` if present, else the catalog shipped with socmap."""
     local = Path.cwd() / CATALOG_FILENAME
     if local.is_file():
         return local
-    shipped = Path(__file__).resolve().parents[2] / CATALOG_FILENAME
-    if shipped.is_file():
-        return shipped
-    raise CatalogError(f"no {CATALOG_FILENAME} in {Path.cwd()} nor beside the socmap package ({shipped}); "
-                       "pass the catalog path explicitly")
+    try:
+        return shipped_file(CATALOG_FILENAME)
+    except FileNotFoundError as exc:
+        raise CatalogError(f"no {CATALOG_FILENAME} in {Path.cwd()} and none shipped with socmap ({exc}); "
+                           "pass the catalog path explicitly") from exc
 
 
 def _format_validation_error(path: Path | str | None, raw: Any, exc: ValidationError) -> str:

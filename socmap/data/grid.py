@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from socmap.resources import shipped_file
+
 #: Bounding box of the grid (degrees): west, south, east, north.
 CONUS_BOUNDS: tuple[float, float, float, float] = (-125.0, 24.5, -66.5, 49.5)
 CRS = "EPSG:4326"
@@ -28,19 +30,16 @@ CRS = "EPSG:4326"
 def conus_states_path() -> Path:
     """Path of the shipped CONUS state outlines (``assets/conus_states.geojson``).
 
-    ``SOCMAP_ASSETS`` (a folder) overrides the location; otherwise the ``assets`` folder next to
-    the ``socmap`` package (a source checkout or editable install) is used.
+    ``SOCMAP_ASSETS`` (a folder) overrides the location; otherwise the file shipped with socmap
+    (:func:`socmap.resources.shipped_file`) is used.
     """
     env = os.environ.get("SOCMAP_ASSETS")
-    candidates = [Path(env) / "conus_states.geojson"] if env else []
-    candidates.append(Path(__file__).resolve().parents[2] / "assets" / "conus_states.geojson")
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise FileNotFoundError(
-        "cannot find conus_states.geojson (looked in: " + ", ".join(map(str, candidates)) + "). "
-        "Run from a socmap source checkout or set SOCMAP_ASSETS to the folder holding it."
-    )
+    if env:
+        path = Path(env) / "conus_states.geojson"
+        if not path.is_file():
+            raise FileNotFoundError(f"SOCMAP_ASSETS={env} holds no conus_states.geojson; unset it or fix the folder")
+        return path
+    return shipped_file("assets/conus_states.geojson")
 
 
 @lru_cache(maxsize=2)

@@ -1,0 +1,69 @@
+"""One run as the dashboard reads it: only the run folder (``run.json``, the site tables,
+``truth.json``, the fold models and ``maps.zarr``), never the data folder it was trained on.
+
+A run is opened once per process (:func:`load_run`, keyed on its resolved path) and shared by
+all sessions. Nothing here writes to the run.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from socmap.clm5.parameters import INDEX, PARAMETERS
+
+from dashboards.curves import CurveAnalysis
+from dashboards.layers import MapLayers
+from dashboards.site_tables import SiteTables
+
+RUN_RECORD = "run.json"
+TRUTH = "truth.json"
+
+
+class RunData:
+    """A run folder: its record, predicted parameters, map layers, site tables and curves."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir).resolve()
+        record_path = self.path / RUN_RECORD
+        if not record_path.is_file():
+            raise FileNotFoundError(f"{record_path} not found: {self.path} is not a finished socmap run "
+                                    "(`socmap train --out RUN`, then `socmap map --run RUN`)")
+        self.record: dict = json.loads(record_path.read_text())
+        self.layers = MapLayers(self.path)
+        attrs = self.layers.ds.attrs
+        self.name = str(attrs.get("run_name") or self.record.get("name") or self.path.name)
+        self.encoder = str(attrs.get("encoder") or self.record.get("encoder") or self.record.get("config", {}).get("encoder", "?"))
+        #: the parameters the encoder predicts (the others stay at their fixed value)
+        self.parameters: list[str] = [p for p in (attrs.get("parameters") or self.record.get("parameters") or []) if p in INDEX]
+        truth_path = self.path / TRUTH
+        self.truth: dict | None = json.loads(truth_path.read_text()) if truth_path.is_file() else None
+        self.sites = SiteTables(self.path, self.layers.ds)
+        covariates = list(attrs.get("covariates") or self.record.get("data", {}).get("covariates") or [])
+        inputs = self.sites.inputs
+        site_cov = inputs[covariates].to_numpy() if inputs is not None and set(covariates) <= set(inputs) else None
+        self.analysis = CurveAnalysis(self.path, self.layers, covariates, self.truth, site_cov)
+
+    def warm(self) -> None:
+        """Compute the predicted parameters' curves (slow: symbolic fits) before the first visit."""
+        self.analysis.warm(self.parameters)
+
+
+@lru_cache(maxsize=8)
+def _load(resolved: str) -> RunData:
+    return RunData(resolved)
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    """The :class:`RunData` of a run folder, opened once per process and shared by all sessions."""
+    return _load(str(Path(run_dir).resolve()))
+
+
+def find_runs(root: str | Path = "runs") -> list[Path]:
+    """Run folders under ``root`` that have been trained and mapped."""
+    return sorted(p.parent for p in Path(root).glob("*/maps.zarr") if (p.parent / RUN_RECORD).exists())
+
+
+def parameter_unit(name: str) -> str:
+    return PARAMETERS[INDEX[name]].unit if name in INDEX else ""
