@@ -69,7 +69,7 @@ def predict_cells(models: Sequence, covariates: np.ndarray, forcing, *, ensemble
     covariates : ndarray [N, C]
         Encoder covariates in physical units, in the models' ``spec.covariate_names`` order.
     forcing : Forcing or PreparedForcing
-        CLM5 forcing of the same N cells (e.g. :func:`socmap.cube.cell_forcing`).
+        CLM5 forcing of the same N cells (e.g. :func:`socmap.data.cube.cell_forcing`).
     ensemble : bool
         Solve each model and average the outputs (and give their ``*_std`` spread). Without it
         θ is the physical value of the mean of the models' normalised outputs: one solve.

@@ -301,7 +301,7 @@ def serve(
     try:
         from dashboards.app import serve as serve_dashboard
     except ImportError as exc:
-        console.print(f"[red]error:[/red] the dashboard needs the `dashboard` extra: pip install 'socmap[dashboard]' ({exc})")
+        console.print(f"[red]error:[/red] the dashboard needs the `dashboard` extra: pip install 'socmap\\[dashboard]' ({exc})")
         raise typer.Exit(2) from exc
     url = f"http://{address}:{port}/"
     console.print(f"socmap dashboard: {url}  (runs: {', '.join(r.name for r in run) or 'runs/*'}; Ctrl-C stops)")

@@ -1,13 +1,13 @@
 """``socmap map``: a trained run's covariate cube -> the Zarr run store, window by window on Dask.
 
 The driver (:func:`map_run`) runs named steps: open the run and its cube (regridded once to
-``--resolution`` into ``runs/NAME/cache/cube_<R>deg.zarr`` by :func:`socmap.cube.regrid_cube`),
+``--resolution`` into ``runs/NAME/cache/cube_<R>deg.zarr`` by :func:`socmap.data.cube.regrid_cube`),
 start or resume the partial store (:func:`socmap.store.create_template`, with every fold
 model's profile at the training sites), run one task per ``chunks × chunks`` window, and
 finish (``site_residuals.csv``, rename, ``map.json``). The schema is in :mod:`socmap.store`.
 
 Each window task (:func:`map_chunk`) reads the window's covariates and climate, derives the CLM5
-forcing of its land cells (:func:`socmap.cube.cell_forcing`), predicts them with the one cell
+forcing of its land cells (:func:`socmap.data.cube.cell_forcing`), predicts them with the one cell
 function (:func:`socmap.cells.predict_cells`), and writes every variable into the window's
 region of the store. Windows are aligned with the store's Zarr chunks, so parallel writers
 never touch the same chunk.
@@ -41,7 +41,7 @@ import numpy as np
 
 from socmap import store as S
 from socmap.cluster import SchedulerError, check_scheduler_address, connect
-from socmap.cube import (
+from socmap.data.cube import (
     CLIMATE_VARS,
     CubeError,
     cell_forcing,

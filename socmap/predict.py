@@ -17,7 +17,7 @@ import torch
 from socmap.cells import predict_cells
 from socmap.clm5 import interpolate_to_depths
 from socmap.clm5.parameters import NAMES
-from socmap.cube import cell_forcing, cell_values, open_cube, sample_grid
+from socmap.data.cube import cell_forcing, cell_values, open_cube, sample_grid
 from socmap.runs import open_run
 from socmap.store import STOCKS
 

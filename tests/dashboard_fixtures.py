@@ -82,7 +82,7 @@ def write_store_from_model(run_dir: str | Path) -> Path:
     from socmap.clm5.diagnostics import DIAGNOSTICS
     from socmap.clm5.grid import INTERFACE_BOTTOM_M, INTERFACE_TOP_M, NODE_M
     from socmap.clm5.parameters import DEFAULT, NAMES, PARAMETERS, to_physical
-    from socmap.cube import cell_forcing, open_cube, sample_grid
+    from socmap.data.cube import cell_forcing, open_cube, sample_grid
     from socmap.data.synthetic import COVARIATES
     from socmap.runs import open_run
     from socmap.store import STORE_VERSION

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 
 def _cube(run_dir: Path):
-    from socmap.cube import open_cube
+    from socmap.data.cube import open_cube
     from socmap.runs import open_run
 
     return open_cube(open_run(run_dir).data_dir / "cube.zarr")
@@ -38,7 +38,7 @@ def _land_cells(ds, n=5, seed=0):
 def _predict(run_dir: Path, iy, ix, **kw):
     """The one cell function at cells (iy, ix) of the run's cube (covariates and forcing from the cube)."""
     from socmap.cells import predict_cells
-    from socmap.cube import cell_forcing, cell_values
+    from socmap.data.cube import cell_forcing, cell_values
     from socmap.runs import open_run
 
     run = open_run(run_dir)
@@ -100,7 +100,7 @@ def test_cell_function_matches_the_solver(mapped_run):
     """predict_cells: θ from the mean normalised output, SOC from the steady state, defaults, per-model SOC."""
     from socmap.clm5 import soc_nodes, standard_stocks, steady_state
     from socmap.clm5.parameters import default_theta, to_physical
-    from socmap.cube import cell_forcing, cell_values
+    from socmap.data.cube import cell_forcing, cell_values
     from socmap.runs import open_run
 
     run = open_run(mapped_run)
@@ -133,7 +133,7 @@ def test_cell_function_matches_the_solver(mapped_run):
 def test_site_fold_profiles(mapped_run, main_store):
     """site_soc_fold: every fold model at each training site's cell (site covariates, site latitude)."""
     from socmap.cells import predict_cells
-    from socmap.cube import cell_forcing, sample_grid
+    from socmap.data.cube import cell_forcing, sample_grid
     from socmap.runs import open_run
 
     ds = main_store
@@ -158,7 +158,7 @@ def test_site_fold_profiles(mapped_run, main_store):
 
 
 def test_regrid_method_is_an_attribute():
-    from socmap.cube import CubeError, regrid_method
+    from socmap.data.cube import CubeError, regrid_method
 
     assert regrid_method({"regrid": "regenerate", "regrid_producer": "socmap.data.synthetic"}) == ("regenerate", "socmap.data.synthetic")
     assert regrid_method({"regrid": "interpolate", "title": "socmap synthetic CONUS twin", "seed": 0}) == ("interpolate", None)
@@ -214,7 +214,7 @@ def test_site_residuals(mapped_run):
 
 def test_ensemble_and_compare(run_copy, mapped_run, main_store):
     from socmap.cells import predict_cells
-    from socmap.cube import cell_forcing
+    from socmap.data.cube import cell_forcing
     from socmap.mapping import load_models, map_run
     from socmap.store import open_store
 
@@ -268,7 +268,7 @@ def test_resolution_regenerates_synthetic_landscape(run_copy):
     assert ds.sizes["y"] == 13 and ds.sizes["x"] == 30 and ds.attrs["resolution_deg"] == 2.0
     assert rec["cells_mapped"] == int(ds["land_mask"].values.sum()) > 0
     assert (run / "cache" / "cube_2deg.zarr").exists()
-    from socmap.cube import open_cube
+    from socmap.data.cube import open_cube
 
     regridded = open_cube(run / "cache" / "cube_2deg.zarr")
     assert regridded.attrs["regridded_from"].startswith("1.0 deg, regenerated (synthetic twin, seed 0)")
@@ -276,7 +276,7 @@ def test_resolution_regenerates_synthetic_landscape(run_copy):
 
 def test_legacy_twin_cube_regenerates_the_same(tiny_run, run_copy):
     """A twin cube written before the ``regrid`` attribute (title + seed only) regrids exactly as a new one."""
-    from socmap.cube import open_cube, regrid_cube
+    from socmap.data.cube import open_cube, regrid_cube
 
     cube = _cube(tiny_run).load()
     assert cube.attrs["regrid"] == "regenerate"

@@ -31,7 +31,7 @@ def cube():
 
 
 def _at(cube, name, lonlat):
-    from socmap.cube import sample_cube
+    from socmap.data.cube import sample_cube
 
     return sample_cube(cube, [lonlat[0]], [lonlat[1]])[name][0]
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from socmap.clm5.parameters import LOWER, NAMES, SUBSETS, UPPER
-from socmap.cube import cell_forcing, open_cube, sample_grid
+from socmap.data.cube import cell_forcing, open_cube, sample_grid
 from socmap.data.grid import conus_grid, grid_shape
 from socmap.data.sites import SiteData, load_synthetic, profiles_to_arrays
 from socmap.data.synthetic import (

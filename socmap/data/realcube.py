@@ -40,7 +40,7 @@ import time
 import warnings
 from pathlib import Path
 
-from socmap.cube import to_grid
+from socmap.data.cube import to_grid
 from socmap.data.covariates import covariate, long_name
 from socmap.fsutil import swap_into_place
 from typing import Any

@@ -161,7 +161,7 @@ def load_synthetic(directory: str | Path) -> SiteData:
     Reads ``sites.csv``, ``profiles.csv`` and ``truth.json``; samples the monthly climate at the
     sites' cells from ``cube.zarr`` and derives the forcing exactly as the generator did.
     """
-    from socmap.cube import cell_forcing, open_cube, sample_grid
+    from socmap.data.cube import cell_forcing, open_cube, sample_grid
     from socmap.data.covariates import COVARIATES
 
     directory = Path(directory)
@@ -242,10 +242,10 @@ def aggregate_layers(table: pd.DataFrame) -> pd.DataFrame:
 def snap_to_land(cube, where, lon, lat, max_cells: int = 1):
     """Move sites on water cells to the nearest land cell within ``max_cells`` cells (coastal wetlands).
 
-    Returns the updated :class:`~socmap.cube.GridSample` and the number of sites moved;
+    Returns the updated :class:`~socmap.data.cube.GridSample` and the number of sites moved;
     sites with no land cell that close keep the status ``water`` (dropped by the caller).
     """
-    from socmap.cube import STATUS_OK, STATUS_WATER, GridSample
+    from socmap.data.cube import STATUS_OK, STATUS_WATER, GridSample
 
     if max_cells <= 0:
         return where, 0
@@ -276,7 +276,7 @@ def load_real(directory: str | Path, *, sources: list[str] | None = None, bulk_d
 
     See the module docstring for the options; :func:`load_real_sites` returns only the sites.
     """
-    from socmap.cube import cell_forcing, open_cube, sample_grid
+    from socmap.data.cube import cell_forcing, open_cube, sample_grid
     from socmap.data.profiles import load_profiles
 
     directory = Path(directory)

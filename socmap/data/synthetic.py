@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from socmap.clm5.parameters import LOWER, NAMES, UPPER, resolve_subset
-from socmap.cube import REGRID_REGENERATE, register_regenerator, to_grid
+from socmap.data.cube import REGRID_REGENERATE, register_regenerator, to_grid
 from socmap.data.covariates import covariate
 from socmap.data.grid import CRS, conus_grid
 from socmap.land_cover import IGBP_CLASSES
@@ -609,7 +609,7 @@ def regenerate_cube(cube, grid) -> tuple[Any, str]:
     """The twin's covariates, land cover and monthly climate recomputed on ``grid`` from ``cube``'s seed.
 
     The landscape is an analytic function of lon/lat, so this is exact at any resolution (used
-    by :func:`socmap.cube.regrid_cube` for cubes with ``regrid = "regenerate"``).
+    by :func:`socmap.data.cube.regrid_cube` for cubes with ``regrid = "regenerate"``).
     """
     seed = int(cube.attrs["seed"])
     mask = grid["land_mask"].values

@@ -276,7 +276,7 @@ def _regenerate(cube, grid, producer: str):
             raise CubeError(f"the cube's regrid_producer {producer!r} cannot be imported ({exc})") from exc
     fn = _REGENERATORS.get(producer)
     if fn is None:
-        raise CubeError(f"module {producer!r} registers no cube regenerator (socmap.cube.register_regenerator)")
+        raise CubeError(f"module {producer!r} registers no cube regenerator (socmap.data.cube.register_regenerator)")
     return fn(cube, grid)
 
 
