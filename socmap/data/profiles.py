@@ -1,6 +1,8 @@
-"""Real SOC profile loaders: NWCA 2011, SoDaH and generic WoSIS/NCSS-style CSV files.
+"""SOC profile loaders: NWCA 2011, SoDaH (shipped in ``socmap/data/shipped/``) and a user's own table.
 
-Every loader returns a :class:`ProfileSet` ``(table, report)``:
+:func:`load_profile_table` reads a horizon table in any layout (columns and units through
+:mod:`socmap.data.intake`; ``socmap profiles check FILE`` prints its report). Every loader
+returns a :class:`ProfileSet` ``(table, report)``:
 
 - ``table`` — the tidy profile table of DESIGN.md, one row per layer: ``site_id, lon, lat,
   top_m, bottom_m, depth_m`` (mid depth), ``soc_g_m3`` (SOC density, g C m-3), ``oc_pct``
@@ -8,9 +10,11 @@ Every loader returns a :class:`ProfileSet` ``(table, report)``:
   density comes from the pedotransfer function), ``source`` and provenance columns
   (``source_file``, ``source_line`` — the 1-based line in the file, header = line 1 —,
   ``profile_id``, ``observation_date`` and source-specific flags);
-- ``report`` — a :class:`LoadReport`: rows read, kept and dropped *by reason*, per source, with
-  notes (unit fixes, values treated as missing, …). ``read == kept + Σ dropped`` always holds
-  (:meth:`LoadReport.check`); nothing is dropped without a counted reason.
+- ``report`` — a :class:`LoadReport`: rows read, kept and dropped *by reason* with their file
+  lines, per source, the units used and how they were chosen, and notes (unit fixes, values
+  treated as missing, …). ``read == kept + Σ dropped`` always holds, each row once
+  (:meth:`LoadReport.check`; :meth:`LoadReport.rows` lists every row); nothing is dropped
+  without a reason.
 
 SOC density = organic C fraction × bulk density (g cm-3) × 1e6 (g C m-3).
 
@@ -38,7 +42,12 @@ Decisions (documented, each an option)
   (``forest_floor="drop"``) those rows are dropped with the reason ``organic horizon above
   mineral surface``; ``forest_floor="shift"`` keeps them and shifts each profile down so that
   the top of its uppermost organic layer is depth 0 (the coded thicknesses are then taken at
-  face value). Exact repeated rows are dropped as duplicates.
+  face value). Exact repeated rows are dropped as duplicates. A user's table gets the same
+  choice (``organic_horizons="drop"|"shift"``) for horizons with a negative top depth.
+- **Coarse fragments** (user tables with a coarse-fragment volume column): bulk density is of
+  the fine earth, so SOC density of the whole soil = OC × BD × (1 − coarse volume fraction).
+- **Implausible carbon**: organic C above 70 % (pure organic matter is ~58 % C) is a unit error,
+  dropped with its reason.
 - **Coordinates** must lie in the CONUS box lon −125…−66, lat 24…50; a point that would be
   inside with lat and lon exchanged is reported as ``outside CONUS (lat/lon look swapped)``.
 - **Cross-source duplicates**: sites of different sources within ~100 m (coordinates equal to
@@ -656,9 +665,13 @@ def load_profile_table(path: str | Path, *, columns: ColumnMap | dict[str, Any] 
         u, why = infer_depth_unit(num["top"], num["bottom"], path, f"{found['top']}/{found['bottom']}")
         depth = UnitChoice(f"{found['top']}/{found['bottom']}", u, f"inferred: {why}")
     for f in ("top", "bottom"):
-        units[f] = (UnitChoice(found[f], cmap.units[f], "given") if f in cmap.units
-                    else UnitChoice(found[f], depth.unit, depth.how if depth.column in (found[f], f"{found['top']}/{found['bottom']}")
-                                    else f"as {depth.column} ({depth.how})"))
+        if f in cmap.units:
+            units[f] = UnitChoice(found[f], cmap.units[f], "given")
+        elif name_units.get(f) in UNITS["depth"]:
+            units[f] = UnitChoice(found[f], name_units[f], "column name")
+        else:
+            units[f] = UnitChoice(found[f], depth.unit, depth.how if depth.column.startswith(f"{found['top']}/")
+                                  else f"as {depth.column} ({depth.how})")
     if "bd" in found:
         units["bd"] = unit("bd", lambda: infer_bd_unit(num["bd"], path, found["bd"]))
     bd = num["bd"] * UNITS["bd"][units["bd"].unit] if "bd" in found else nan
