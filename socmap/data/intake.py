@@ -253,7 +253,7 @@ def require_fields(found: dict[str, str], df: pd.DataFrame, path: Path | str) ->
     cols = [str(c) for c in df.columns if c != "_line"]
     parts = []
     for f in missing:
-        close = difflib.get_close_matches(f, cols, n=2, cutoff=0.5)
+        close = difflib.get_close_matches(f, cols, n=2, cutoff=0.6)
         tried = ", ".join(ALIASES[f][:6])
         parts.append(f"{f!r} ({FIELD_DESCRIPTIONS[f]}; tried {tried}, …"
                      + (f"; closest: {', '.join(map(repr, close))}" if close else "") + ")")
@@ -382,8 +382,9 @@ def numeric_column(df: pd.DataFrame, col: str, path: Path | str, notes: list[str
 
 def _ask(path, field_name: str, column: str, why: str) -> ProfileDataError:
     units = ", ".join(repr(u) for u in UNITS[FIELD_KIND[field_name]])
-    return ProfileDataError(f"{path}: column {column!r} ({field_name}): {why}; state its unit in a column map "
-                            f"(--columns map.yaml with `units: {{{field_name}: <unit>}}`, one of {units})")
+    fields = ("top", "bottom") if FIELD_KIND[field_name] == "depth" else (field_name,)
+    return ProfileDataError(f"{path}: column {column!r} ({'/'.join(fields)}): {why}; state the unit in a column map "
+                            f"(--columns map.yaml with `units: {{{', '.join(f + ': <unit>' for f in fields)}}}`, one of {units})")
 
 
 def infer_depth_unit(top: pd.Series, bottom: pd.Series, path, column: str) -> tuple[str, str]:
@@ -399,7 +400,7 @@ def infer_depth_unit(top: pd.Series, bottom: pd.Series, path, column: str) -> tu
         return "m", f"deepest value {deepest:g} <= 3 (in cm it would be a profile at most 3 cm deep)"
     why = (f"the deepest value is {deepest:g}, which could be cm or m" if deepest <= 10 else
            f"the deepest value is {deepest:g}, more than 10 m in cm (mm?)")
-    raise _ask(path, "bottom", column, why)
+    raise _ask(path, "top", column, why)
 
 
 def infer_bd_unit(bd: pd.Series, path, column: str) -> tuple[str, str]:
