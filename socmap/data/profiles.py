@@ -1,6 +1,8 @@
-"""Real SOC profile loaders: NWCA 2011, SoDaH and generic WoSIS/NCSS-style CSV files.
+"""SOC profile loaders: NWCA 2011, SoDaH (shipped in ``socmap/data/shipped/``) and a user's own table.
 
-Every loader returns a :class:`ProfileSet` ``(table, report)``:
+:func:`load_profile_table` reads a horizon table in any layout (columns and units through
+:mod:`socmap.data.intake`; ``socmap profiles check FILE`` prints its report). Every loader
+returns a :class:`ProfileSet` ``(table, report)``:
 
 - ``table`` — the tidy profile table of DESIGN.md, one row per layer: ``site_id, lon, lat,
   top_m, bottom_m, depth_m`` (mid depth), ``soc_g_m3`` (SOC density, g C m-3), ``oc_pct``
@@ -8,9 +10,11 @@ Every loader returns a :class:`ProfileSet` ``(table, report)``:
   density comes from the pedotransfer function), ``source`` and provenance columns
   (``source_file``, ``source_line`` — the 1-based line in the file, header = line 1 —,
   ``profile_id``, ``observation_date`` and source-specific flags);
-- ``report`` — a :class:`LoadReport`: rows read, kept and dropped *by reason*, per source, with
-  notes (unit fixes, values treated as missing, …). ``read == kept + Σ dropped`` always holds
-  (:meth:`LoadReport.check`); nothing is dropped without a counted reason.
+- ``report`` — a :class:`LoadReport`: rows read, kept and dropped *by reason* with their file
+  lines, per source, the units used and how they were chosen, and notes (unit fixes, values
+  treated as missing, …). ``read == kept + Σ dropped`` always holds, each row once
+  (:meth:`LoadReport.check`; :meth:`LoadReport.rows` lists every row); nothing is dropped
+  without a reason.
 
 SOC density = organic C fraction × bulk density (g cm-3) × 1e6 (g C m-3).
 
@@ -38,7 +42,12 @@ Decisions (documented, each an option)
   (``forest_floor="drop"``) those rows are dropped with the reason ``organic horizon above
   mineral surface``; ``forest_floor="shift"`` keeps them and shifts each profile down so that
   the top of its uppermost organic layer is depth 0 (the coded thicknesses are then taken at
-  face value). Exact repeated rows are dropped as duplicates.
+  face value). Exact repeated rows are dropped as duplicates. A user's table gets the same
+  choice (``organic_horizons="drop"|"shift"``) for horizons with a negative top depth.
+- **Coarse fragments** (user tables with a coarse-fragment volume column): bulk density is of
+  the fine earth, so SOC density of the whole soil = OC × BD × (1 − coarse volume fraction).
+- **Implausible carbon**: organic C above 70 % (pure organic matter is ~58 % C) is a unit error,
+  dropped with its reason.
 - **Coordinates** must lie in the CONUS box lon −125…−66, lat 24…50; a point that would be
   inside with lat and lon exchanged is reported as ``outside CONUS (lat/lon look swapped)``.
 - **Cross-source duplicates**: sites of different sources within ~100 m (coordinates equal to
@@ -55,6 +64,12 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from socmap.data.intake import (
+    FIELD_KIND, MAX_OC_PCT, MAX_SOC_G_M3, UNITS, ColumnMap, ProfileDataError, UnitChoice, canonical_unit, infer_bd_unit,
+    infer_carbon_unit, infer_cf_unit, infer_depth_unit, line_list, match_columns, numeric_column, read_table,
+    require_fields,
+)
+
 #: CONUS box for the coordinate check: west, south, east, north (degrees).
 CONUS_BOX: tuple[float, float, float, float] = (-125.0, 24.0, -66.0, 50.0)
 
@@ -63,9 +78,6 @@ ORGANIC_BD = 0.244
 MINERAL_BD = 1.64
 OM_PER_OC = 1.724
 
-#: Largest plausible SOC density (g C m-3): pure peat holds ~0.05-0.1 g C cm-3; a measured bulk
-#: density that gives more than this with the layer's carbon is treated as missing.
-MAX_SOC_G_M3 = 150_000.0
 #: NWCA lab's valid range of bulk density (g cm-3).
 NWCA_BD_RANGE = (0.06, 2.53)
 #: SoDaH source files that store carbon as g/g instead of %.
@@ -84,15 +96,17 @@ R_NON_NUMERIC = "non-numeric value in {col}"
 R_NO_COORDS = "no coordinates"
 R_SWAPPED = "outside CONUS (lat/lon look swapped)"
 R_OUTSIDE = "outside CONUS"
-R_BAD_DEPTH = "bad depths (missing, negative or top >= bottom)"
+R_NO_DEPTH = "missing depth"
+R_NEG_DEPTH = "negative depth"
+R_TOP_GE_BOTTOM = "top >= bottom"
 R_NO_CARBON = "no carbon"
 R_NONPOS_C = "organic C <= 0"
+R_IMPLAUSIBLE_C = f"implausible organic C (> {MAX_OC_PCT:g} %: check the unit)"
+R_BAD_CF = "coarse fragments outside 0-100 %"
+R_EMPTY = "empty row"
+R_ORGANIC = "organic horizon above mineral surface (negative {col})"
 R_DUPLICATE = "duplicate row"
 R_NO_BD = "no measured bulk density"
-
-
-class ProfileDataError(ValueError):
-    """A profile file cannot be read as asked: names the file, the column(s) and the fix."""
 
 
 # ----------------------------------------------------------------------------------------
@@ -101,7 +115,10 @@ class ProfileDataError(ValueError):
 
 @dataclass
 class SourceReport:
-    """Counts for one source: rows read, kept, dropped by reason; notes on what was changed."""
+    """One source: rows read, kept, dropped by reason (with their lines), units used, notes.
+
+    Lines are the rows' lines in the source's main file (header = line 1).
+    """
 
     source: str
     files: list[str] = field(default_factory=list)
@@ -113,20 +130,36 @@ class SourceReport:
     bd_measured: int = 0
     bd_estimated: int = 0
     ptf: dict[str, Any] = field(default_factory=dict)
+    units: dict[str, dict[str, str]] = field(default_factory=dict)
+    dropped_lines: dict[str, list[int]] = field(default_factory=dict)
+    kept_lines: list[int] = field(default_factory=list)
 
-    def drop(self, reason: str, n: int) -> None:
-        if n:
-            self.dropped[reason] = self.dropped.get(reason, 0) + int(n)
+    def drop(self, reason: str, lines) -> None:
+        """Record the rows on ``lines`` (file line numbers) as dropped for ``reason``."""
+        lines = [int(x) for x in lines]
+        if lines:
+            self.dropped[reason] = self.dropped.get(reason, 0) + len(lines)
+            self.dropped_lines.setdefault(reason, []).extend(lines)
 
     @property
     def rows_dropped(self) -> int:
         return int(sum(self.dropped.values()))
+
+    def rows(self) -> pd.DataFrame:
+        """Every row read, one line each: ``source, line, status`` (kept | dropped), ``reason``."""
+        parts = [pd.DataFrame({"line": self.kept_lines, "status": "kept", "reason": ""})]
+        parts += [pd.DataFrame({"line": lines, "status": "dropped", "reason": reason}) for reason, lines in self.dropped_lines.items()]
+        out = pd.concat(parts, ignore_index=True).sort_values("line", kind="stable").reset_index(drop=True)
+        out.insert(0, "source", self.source)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source, "files": list(self.files), "rows_read": self.rows_read, "rows_kept": self.rows_kept,
             "rows_dropped": self.rows_dropped, "dropped": dict(self.dropped), "sites": self.sites,
             "bd_measured": self.bd_measured, "bd_estimated": self.bd_estimated, "ptf": dict(self.ptf), "notes": list(self.notes),
+            "units": {k: dict(v) for k, v in self.units.items()},
+            "first_dropped_lines": {k: v[:10] for k, v in self.dropped_lines.items()},
         }
 
 
@@ -149,11 +182,21 @@ class LoadReport:
     def rows_kept(self) -> int:
         return sum(r.rows_kept for r in self.sources.values())
 
+    @property
+    def rows_dropped(self) -> int:
+        return sum(r.rows_dropped for r in self.sources.values())
+
     def check(self) -> None:
-        """Raise if any source's counts do not add up (read = kept + dropped)."""
+        """Raise if any source's counts do not add up (read = kept + dropped, each row once)."""
         for r in self.sources.values():
             if r.rows_read != r.rows_kept + r.rows_dropped:
                 raise AssertionError(f"{r.source}: read {r.rows_read} != kept {r.rows_kept} + dropped {r.rows_dropped}")
+            if len(r.kept_lines) + sum(len(v) for v in r.dropped_lines.values()) != r.rows_read:
+                raise AssertionError(f"{r.source}: the lines kept and dropped do not cover the {r.rows_read} rows read")
+
+    def rows(self) -> pd.DataFrame:
+        """The per-row report of every source (:meth:`SourceReport.rows`)."""
+        return pd.concat([r.rows() for r in self.sources.values()], ignore_index=True)
 
     def to_dict(self) -> dict[str, Any]:
         return {"sources": {k: v.to_dict() for k, v in self.sources.items()},
@@ -167,8 +210,10 @@ class LoadReport:
         for r in self.sources.values():
             lines.append(f"{r.source + ' read':<{width}}  {r.rows_read:>7}")
             for reason, n in r.dropped.items():
-                lines.append(f"{'  dropped: ' + reason:<{width}}  {n:>7}")
+                lines.append(f"{'  dropped: ' + reason:<{width}}  {n:>7}  (lines {line_list(r.dropped_lines.get(reason, []))})")
             lines.append(f"{r.source + ' kept':<{width}}  {r.rows_kept:>7}  {r.sites:>6}  {r.bd_measured:>8}  {r.bd_estimated:>7}")
+            for fld, u in r.units.items():
+                lines.append(f"  unit: {fld} ({u['column']}) in {u['unit']}, {u['how']}")
             for note in r.notes:
                 lines.append(f"  note: {note}")
         if len(self.sources) > 1:
@@ -237,12 +282,6 @@ def fit_organic_bd_ptf(oc_pct, bd_g_cm3, om_per_oc: float = OM_PER_OC, min_rows:
 # helpers
 # ----------------------------------------------------------------------------------------
 
-def _lines(idx) -> str:
-    idx = list(idx)
-    shown = ", ".join(str(int(i)) for i in idx[:8])
-    return shown + (f" … ({len(idx)} in all)" if len(idx) > 8 else "")
-
-
 def _require_columns(df: pd.DataFrame, needed: list[str], path: Path | str, what: str = "") -> None:
     missing = [c for c in needed if c not in df.columns]
     if not missing:
@@ -260,19 +299,7 @@ def _require_columns(df: pd.DataFrame, needed: list[str], path: Path | str, what
 
 
 def _numeric(df: pd.DataFrame, col: str, path, report: SourceReport) -> tuple[pd.Series, pd.Series]:
-    """Column as float and a mask of entries that held text that is not a number."""
-    raw = df[col]
-    if pd.api.types.is_numeric_dtype(raw) or pd.api.types.is_bool_dtype(raw):
-        return raw.astype(np.float64), pd.Series(False, index=df.index)
-    stripped = raw.astype("string").str.strip()
-    blank = stripped.isna() | stripped.isin(["", "NA", "NaN", "nan", "N/A", "null", "None"])
-    num = pd.to_numeric(stripped.where(~blank), errors="coerce").astype(np.float64)
-    bad = num.isna() & ~blank
-    if bad.any():
-        ex = ", ".join(repr(str(v)) for v in raw[bad].unique()[:3])
-        report.notes.append(f"{Path(path).name}: column {col!r} holds text that is not a number on line(s) "
-                            f"{_lines(df.loc[bad, '_line'])} (e.g. {ex})")
-    return num, bad
+    return numeric_column(df, col, path, report.notes)
 
 
 def _outside_conus(lon: pd.Series, lat: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -286,42 +313,40 @@ def _finish(raw: pd.DataFrame, rep: SourceReport, path, *, bulk_density: str, bd
             dup_key: list[str], required_numeric: dict[str, pd.Series], ptf: str = "fit") -> pd.DataFrame:
     """Shared cleaning: coordinates, CONUS, depths, carbon, duplicates, bulk density, SOC density.
 
-    ``raw`` holds numeric columns ``lon, lat, top_cm, bottom_cm, oc_pct, bd_meas`` plus
-    provenance; ``required_numeric`` maps a source column name to its "held text" mask.
+    ``raw`` holds numeric columns ``lon, lat, top_cm, bottom_cm, oc_pct, bd_meas`` (and, when
+    coarse fragments are known, ``cf_vol``, volume fraction) plus provenance and ``_line``;
+    ``required_numeric`` maps a source column name to its "held text" mask. Each check drops
+    the rows it fails with its reason and their lines (:meth:`SourceReport.drop`).
     """
     if ptf not in ("fit", "adams"):
         raise ValueError(f"ptf must be 'fit' or 'adams', not {ptf!r}")
     if bulk_density not in ("fill", "measured"):
         raise ValueError(f"bulk_density must be 'fill' or 'measured', not {bulk_density!r}")
     df = raw
+
+    def drop(reason: str, mask: pd.Series) -> pd.DataFrame:
+        mask = mask.reindex(df.index, fill_value=False).astype(bool)
+        rep.drop(reason, df.loc[mask, "_line"])
+        return df[~mask]
+
     for col, bad in required_numeric.items():
-        bad = bad.reindex(df.index, fill_value=False)
-        rep.drop(R_NON_NUMERIC.format(col=repr(col)), int(bad.sum()))
-        df = df[~bad]
-    m = df["lon"].isna() | df["lat"].isna()
-    rep.drop(R_NO_COORDS, int(m.sum()))
-    df = df[~m]
+        df = drop(R_NON_NUMERIC.format(col=repr(col)), bad)
+    df = drop(R_NO_COORDS, df["lon"].isna() | df["lat"].isna())
     outside, swapped = _outside_conus(df["lon"], df["lat"])
     if swapped.any():
         rep.notes.append(f"{Path(path).name}: {int(swapped.sum())} row(s) have lat/lon that look exchanged "
-                         f"(lines {_lines(df.loc[swapped, '_line'])}); fix the file's columns")
-    rep.drop(R_SWAPPED, int(swapped.sum()))
-    rep.drop(R_OUTSIDE, int(outside.sum()))
-    df = df[~outside & ~swapped]
-    bad_depth = df["top_cm"].isna() | df["bottom_cm"].isna() | (df["top_cm"] < 0) | (df["top_cm"] >= df["bottom_cm"])
-    if bad_depth.any():
-        rep.notes.append(f"{Path(path).name}: bad depths on line(s) {_lines(df.loc[bad_depth, '_line'])}")
-    rep.drop(R_BAD_DEPTH, int(bad_depth.sum()))
-    df = df[~bad_depth]
-    m = df["oc_pct"].isna()
-    rep.drop(R_NO_CARBON, int(m.sum()))
-    df = df[~m]
-    m = df["oc_pct"] <= 0
-    rep.drop(R_NONPOS_C, int(m.sum()))
-    df = df[~m]
-    m = df.duplicated(subset=dup_key, keep="first")
-    rep.drop(R_DUPLICATE, int(m.sum()))
-    df = df[~m].copy()
+                         f"(lines {line_list(df.loc[swapped, '_line'])}); fix the file's columns")
+    df = drop(R_SWAPPED, swapped)
+    df = drop(R_OUTSIDE, outside.reindex(df.index))
+    df = drop(R_NO_DEPTH, df["top_cm"].isna() | df["bottom_cm"].isna())
+    df = drop(R_NEG_DEPTH, (df["top_cm"] < 0) | (df["bottom_cm"] < 0))
+    df = drop(R_TOP_GE_BOTTOM, df["top_cm"] >= df["bottom_cm"])
+    df = drop(R_NO_CARBON, df["oc_pct"].isna())
+    df = drop(R_NONPOS_C, df["oc_pct"] <= 0)
+    df = drop(R_IMPLAUSIBLE_C, df["oc_pct"] > MAX_OC_PCT)
+    if "cf_vol" in df:
+        df = drop(R_BAD_CF, (df["cf_vol"] < 0) | (df["cf_vol"] >= 1))
+    df = drop(R_DUPLICATE, df.duplicated(subset=dup_key, keep="first")).copy()
 
     bd = df["bd_meas"]
     if bd_range is not None:
@@ -337,7 +362,7 @@ def _finish(raw: pd.DataFrame, rep: SourceReport, path, *, bulk_density: str, bd
     implausible = bd.notna() & (df["oc_pct"] / 100.0 * bd * 1e6 > MAX_SOC_G_M3)
     if implausible.any():
         rep.notes.append(f"{int(implausible.sum())} measured bulk densities give SOC > {MAX_SOC_G_M3:,.0f} g C m-3 with their carbon "
-                         f"(lines {_lines(df.loc[implausible, '_line'])}): density treated as missing")
+                         f"(lines {line_list(df.loc[implausible, '_line'])}): density treated as missing")
         bd = bd.where(~implausible)
     measured = bd.notna().to_numpy()
     fitted = fit_organic_bd_ptf(df["oc_pct"].to_numpy()[measured], bd.to_numpy()[measured]) if ptf == "fit" else None
@@ -354,7 +379,7 @@ def _finish(raw: pd.DataFrame, rep: SourceReport, path, *, bulk_density: str, bd
         rep.notes.append(f"pedotransfer check on {int(measured.sum())} measured densities: median estimate/measured "
                          f"{np.median(ratio):.2f}, RMSE {np.sqrt(np.mean((est[measured] - bd.to_numpy()[measured]) ** 2)):.2f} g cm-3")
     if bulk_density == "measured":
-        rep.drop(R_NO_BD, int((~measured).sum()))
+        rep.drop(R_NO_BD, df.loc[~measured, "_line"])
         df = df[measured].copy()
         df["bd_g_cm3"] = bd[measured].to_numpy()
         df["bd_estimated"] = False
@@ -362,12 +387,19 @@ def _finish(raw: pd.DataFrame, rep: SourceReport, path, *, bulk_density: str, bd
         df["bd_g_cm3"] = np.where(measured, bd.to_numpy(), est)
         df["bd_estimated"] = ~measured
     df["soc_g_m3"] = df["oc_pct"] / 100.0 * df["bd_g_cm3"] * 1e6
+    if "cf_vol" in df:  # bulk density is of the fine earth: the whole soil holds (1 - coarse volume) of it
+        missing = df["cf_vol"].isna()
+        if missing.any():
+            rep.notes.append(f"{int(missing.sum())} row(s) without coarse fragments: no correction (lines {line_list(df.loc[missing, '_line'])})")
+        df["cf_vol"] = df["cf_vol"].fillna(0.0)
+        df["soc_g_m3"] = df["soc_g_m3"] * (1.0 - df["cf_vol"])
     df["top_m"] = df["top_cm"] / 100.0
     df["bottom_m"] = df["bottom_cm"] / 100.0
     df["depth_m"] = 0.5 * (df["top_m"] + df["bottom_m"])
     df["source"] = rep.source
     df["source_line"] = df["_line"].astype(np.int64)
     rep.rows_kept = len(df)
+    rep.kept_lines = [int(x) for x in df["_line"]]
     rep.sites = int(df["site_id"].nunique())
     rep.bd_estimated = int(df["bd_estimated"].sum())
     rep.bd_measured = rep.rows_kept - rep.bd_estimated
@@ -378,16 +410,36 @@ def _finish(raw: pd.DataFrame, rep: SourceReport, path, *, bulk_density: str, bd
     return df[TIDY_COLUMNS + extra].reset_index(drop=True)
 
 
+def _csv_or_gz(path: Path) -> Path:
+    """``path`` (a ``.csv``), or its gzipped copy ``.csv.gz`` when only that exists (the shipped sets)."""
+    gz = path.with_name(path.name + ".gz")
+    return gz if not path.exists() and gz.exists() else path
+
+
 def _read_csv(path: Path, what: str) -> pd.DataFrame:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{what}: {path} not found. Set SOCMAP_REAL_DATA to the folder holding nwca2011/ and sodah/, "
-                                "or see data_catalog.yaml for where to download the originals")
-    try:
-        df = pd.read_csv(path, low_memory=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise ProfileDataError(f"{path}: cannot parse as CSV ({exc})") from None
-    df["_line"] = np.arange(len(df)) + 2
-    return df
+    """A source file of a known set, with ``_line``."""
+    return read_table(path, missing_hint=f"it should hold the {what}; set SOCMAP_REAL_DATA to the folder holding "
+                      "nwca2011/ and sodah/, or see data_catalog.yaml for where to download the originals")
+
+
+def _organic_horizons(top: pd.Series, bottom: pd.Series, profile_id: pd.Series, lines: pd.Series, mode: str,
+                      rep: SourceReport, column: str) -> tuple[pd.Series, pd.Series, pd.Series, pd.Series]:
+    """Organic horizons above the mineral surface (negative top depth, cm): drop or shift.
+
+    ``mode="drop"`` records them as dropped; ``mode="shift"`` moves each profile down so the top
+    of its uppermost organic horizon is depth 0 (see the module docstring). Returns the depths,
+    the organic mask and the mask of rows to keep.
+    """
+    if mode not in ("drop", "shift"):
+        raise ValueError(f"organic horizons: use 'drop' or 'shift', not {mode!r}")
+    organic = (top < 0).fillna(False).astype(bool)
+    if mode == "drop":
+        rep.drop(R_ORGANIC.format(col=column), lines[organic])
+        return top, bottom, organic, ~organic
+    shift = (-top.where(organic)).groupby(profile_id).transform("max").fillna(0.0)
+    rep.notes.append(f"organic horizons kept: {int(organic.sum())} layer(s) with negative {column}; their profiles "
+                     "shifted down so the organic top is 0")
+    return top + shift, bottom + shift, organic, pd.Series(True, index=top.index)
 
 
 def _catalog_path(entry: str) -> Path:
@@ -406,8 +458,8 @@ def load_nwca2011(folder: str | Path | None = None, *, bulk_density: str = "fill
     ``folder`` defaults to the catalog entry ``nwca2011``. Site id: ``nwca2011:<SITE_ID>``.
     """
     folder = Path(folder) if folder is not None else _catalog_path("nwca2011")
-    chem_path = folder / "nwca2011_soilchem.csv"
-    site_path = folder / "nwca2011_siteinfo-meta.csv"
+    chem_path = _csv_or_gz(folder / "nwca2011_soilchem.csv")
+    site_path = _csv_or_gz(folder / "nwca2011_siteinfo-meta.csv")
     rep = SourceReport("nwca2011", files=[str(chem_path), str(site_path)])
     chem = _read_csv(chem_path, "NWCA 2011 soil chemistry")
     sites = _read_csv(site_path, "NWCA 2011 site information")
@@ -417,14 +469,14 @@ def load_nwca2011(folder: str | Path | None = None, *, bulk_density: str = "fill
 
     visit, _ = _numeric(chem, "VISIT_NO", chem_path, rep)
     m = visit > 1
-    rep.drop("revisit (VISIT_NO > 1)", int(m.sum()))
+    rep.drop("revisit (VISIT_NO > 1)", chem.loc[m, "_line"])
     chem = chem[~m]
     if not sites["UID"].is_unique:
         dup = sites["UID"].duplicated(keep="first")
-        rep.notes.append(f"{site_path.name}: {int(dup.sum())} repeated UID(s) (lines {_lines(sites.loc[dup, '_line'])}); first kept")
+        rep.notes.append(f"{site_path.name}: {int(dup.sum())} repeated UID(s) (lines {line_list(sites.loc[dup, '_line'])}); first kept")
         sites = sites[~dup]
     m = ~chem["UID"].isin(sites["UID"])
-    rep.drop("no site record (UID not in siteinfo)", int(m.sum()))
+    rep.drop("no site record (UID not in siteinfo)", chem.loc[m, "_line"])
     chem = chem[~m]
     lat_s, _ = _numeric(sites, "AA_CENTER_LAT", site_path, rep)
     lon_s, _ = _numeric(sites, "AA_CENTER_LON", site_path, rep)
@@ -492,7 +544,7 @@ def load_sodah(path: str | Path | None = None, *, bulk_density: str = "fill", fo
         ctrl = df["control_sample"]
         if not pd.api.types.is_bool_dtype(ctrl):
             ctrl = ctrl.astype("string").str.strip().str.lower().isin(["true", "1", "yes", "t"])
-        rep.drop("not a control row (treatment)", int((~ctrl).sum()))
+        rep.drop("not a control row (treatment)", df.loc[~ctrl.to_numpy(), "_line"])
         df = df[ctrl.to_numpy()]
     else:
         rep.notes.append(f"{path.name}: no control_sample column: all rows taken as controls")
@@ -518,15 +570,7 @@ def load_sodah(path: str | Path | None = None, *, bulk_density: str = "fill", fo
             else pd.Series("", index=df.index))
     site_id = "sodah:" + lat.round(5).map("{:.5f}".format) + "," + lon.round(5).map("{:.5f}".format)
     profile_id = site_id + ":" + df["data_file"].astype(str) + ":" + date
-    organic = top < 0
-    if forest_floor == "drop":
-        rep.drop("organic horizon above mineral surface (negative layer_top)", int(organic.sum()))
-    else:
-        shift = (-top.where(organic)).groupby(profile_id).transform("max").fillna(0.0)
-        top = top + shift
-        bot = bot + shift
-        rep.notes.append(f"forest floor kept: {int(organic.sum())} organic layer(s); their profiles shifted down so the organic top is 0")
-    keep = ~organic if forest_floor == "drop" else pd.Series(True, index=df.index)
+    top, bot, organic, keep = _organic_horizons(top, bot, profile_id, df["_line"], forest_floor, rep, "layer_top")
     raw = pd.DataFrame({
         "site_id": site_id, "lon": lon, "lat": lat, "top_cm": top, "bottom_cm": bot, "oc_pct": carbon, "bd_meas": bd,
         "source_file": df["data_file"].astype(str), "_line": df["_line"], "profile_id": profile_id, "observation_date": date,
@@ -547,65 +591,141 @@ def load_sodah(path: str | Path | None = None, *, bulk_density: str = "fill", fo
 
 
 # ----------------------------------------------------------------------------------------
-# generic CSV (WoSIS / NCSS exports, users' own data)
+# a user's table in any layout
 # ----------------------------------------------------------------------------------------
 
-GENERIC_COLUMNS = {"lon": "lon", "lat": "lat", "top": "top_cm", "bottom": "bottom_cm", "soc": "soc_pct", "bd": "bd_g_cm3"}
-_SOC_FACTOR = {"%": 1.0, "g kg-1": 0.1, "g/kg": 0.1, "g g-1": 100.0, "g/g": 100.0}
-_DEPTH_FACTOR = {"cm": 1.0, "m": 100.0}
+#: Valid range of a measured bulk density in a user's table (g cm-3); outside it is missing.
+USER_BD_RANGE = (0.02, 2.65)
 
 
-def load_profile_csv(path: str | Path, *, columns: dict[str, str] | None = None, source: str | None = None,
-                     soc_units: str = "%", depth_units: str = "cm", bulk_density: str = "fill",
-                     site_column: str | None = "site_id", ptf: str = "fit") -> ProfileSet:
-    """A WoSIS/NCSS-style layer table: lon, lat, top, bottom, SOC, bulk density.
+def _column_map(columns: ColumnMap | dict[str, Any] | str | Path | None) -> ColumnMap:
+    if columns is None:
+        return ColumnMap()
+    if isinstance(columns, ColumnMap):
+        return columns
+    if isinstance(columns, dict):
+        return ColumnMap.from_dict(columns if {"columns", "units", "source"} & set(columns) else {"columns": columns})
+    return ColumnMap.from_yaml(columns)
 
-    ``columns`` maps the logical names ``lon, lat, top, bottom, soc, bd`` to the file's columns
-    (defaults: ``lon, lat, top_cm, bottom_cm, soc_pct, bd_g_cm3``; ``bd`` may be absent from the
-    file, then every density is estimated). ``soc_units``: ``%``, ``g kg-1`` or ``g g-1``;
-    ``depth_units``: ``cm`` or ``m``. Sites are ``site_column`` when the file has it, else one per
-    coordinate pair. Source name defaults to the file stem.
+
+def load_profile_table(path: str | Path, *, columns: ColumnMap | dict[str, Any] | str | Path | None = None,
+                       source: str | None = None, organic_horizons: str = "drop", bulk_density: str = "fill",
+                       ptf: str = "fit", encoding: str = "utf-8") -> ProfileSet:
+    """A user's horizon table (CSV, TSV, Parquet, Excel) in any layout, as a tidy :class:`ProfileSet`.
+
+    Columns are found by their common names or ``columns`` (a :class:`~socmap.data.intake.ColumnMap`,
+    its YAML file, or a dict ``{field: column}`` / ``{"columns": ..., "units": ...}``); units are
+    given, read from the column names or inferred (:mod:`socmap.data.intake`; the report says
+    which and why). Organic C is the ``oc`` column, else total C − 0.12·CaCO3 (flag
+    ``caco3_corrected``), else total C (flag ``carbon_is_total``). Measured bulk density is used
+    wherever present; gaps are filled by the pedotransfer function (``bd_estimated``) or, with
+    ``bulk_density="measured"``, dropped. With coarse fragments (volume), SOC density of the
+    whole soil = OC × BD(fine earth) × (1 − coarse fraction). ``organic_horizons``: ``"drop"``
+    (default) or ``"shift"`` — horizons with a negative top depth lie above the mineral surface
+    (module docstring). Site ids are ``<source>:<site column>``, else one site per coordinate pair.
+
+    Raises :class:`ProfileDataError` (file, column, rows, fix) for a file that cannot be read, a
+    missing column, an ambiguous unit, or when no row can be kept (with the report attached).
     """
     path = Path(path)
-    cols = {**GENERIC_COLUMNS, **(columns or {})}
-    unknown = set(columns or {}) - set(GENERIC_COLUMNS)
-    if unknown:
-        raise ValueError(f"unknown logical column name(s) {sorted(unknown)}; use {sorted(GENERIC_COLUMNS)}")
-    if soc_units not in _SOC_FACTOR:
-        raise ValueError(f"soc_units must be one of {list(_SOC_FACTOR)}, not {soc_units!r}")
-    if depth_units not in _DEPTH_FACTOR:
-        raise ValueError(f"depth_units must be one of {list(_DEPTH_FACTOR)}, not {depth_units!r}")
-    source = source or path.stem.replace(".csv", "")
+    cmap = _column_map(columns)
+    df = read_table(path, encoding=encoding)
+    found, name_units = match_columns(df, cmap, path)
+    require_fields(found, df, path)
+    source = source or cmap.source or path.name.split(".")[0]
     rep = SourceReport(source, files=[str(path)])
-    df = _read_csv(path, f"profile table {source}")
-    _require_columns(df, [cols[k] for k in ("lon", "lat", "top", "bottom", "soc")], path,
-                     what="(lon, lat, top, bottom, soc: pass columns={'lon': ..., ...} to map yours)")
     rep.rows_read = len(df)
-    lon, bad_lon = _numeric(df, cols["lon"], path, rep)
-    lat, bad_lat = _numeric(df, cols["lat"], path, rep)
-    top, bad_top = _numeric(df, cols["top"], path, rep)
-    bot, bad_bot = _numeric(df, cols["bottom"], path, rep)
-    soc, bad_soc = _numeric(df, cols["soc"], path, rep)
-    if cols["bd"] in df:
-        bd, _ = _numeric(df, cols["bd"], path, rep)
+    empty = df.drop(columns="_line").isna().all(axis=1)
+    rep.drop(R_EMPTY, df.loc[empty, "_line"])
+    df = df[~empty]
+    num: dict[str, pd.Series] = {}
+    text: dict[str, pd.Series] = {}
+    for f in ("lat", "lon", "top", "bottom", "oc", "total_c", "caco3", "bd", "cf"):
+        if f in found:
+            num[f], text[f] = numeric_column(df, found[f], path, rep.notes)
+    nan = pd.Series(np.nan, index=df.index)
+
+    def unit(f: str, infer, fallback: UnitChoice | None = None) -> UnitChoice:
+        col = found[f]
+        if f in cmap.units:
+            return UnitChoice(col, cmap.units[f], "given")
+        if f in name_units and name_units[f] in UNITS[FIELD_KIND[f]]:
+            return UnitChoice(col, canonical_unit(f, name_units[f], str(path)), "column name")
+        if fallback is not None:
+            return fallback
+        u, why = infer()
+        return UnitChoice(col, u, f"inferred: {why}")
+
+    units: dict[str, UnitChoice] = {}
+    # one depth unit for both columns (each may still be given on its own)
+    depth = next((UnitChoice(found[f], cmap.units[f], "given") for f in ("top", "bottom") if f in cmap.units), None)
+    depth = depth or next((UnitChoice(found[f], name_units[f], "column name") for f in ("top", "bottom")
+                           if name_units.get(f) in UNITS["depth"]), None)
+    if depth is None:
+        u, why = infer_depth_unit(num["top"], num["bottom"], path, f"{found['top']}/{found['bottom']}")
+        depth = UnitChoice(f"{found['top']}/{found['bottom']}", u, f"inferred: {why}")
+    for f in ("top", "bottom"):
+        if f in cmap.units:
+            units[f] = UnitChoice(found[f], cmap.units[f], "given")
+        elif name_units.get(f) in UNITS["depth"]:
+            units[f] = UnitChoice(found[f], name_units[f], "column name")
+        else:
+            units[f] = UnitChoice(found[f], depth.unit, depth.how if depth.column.startswith(f"{found['top']}/")
+                                  else f"as {depth.column} ({depth.how})")
+    if "bd" in found:
+        units["bd"] = unit("bd", lambda: infer_bd_unit(num["bd"], path, found["bd"]))
+    bd = num["bd"] * UNITS["bd"][units["bd"].unit] if "bd" in found else nan
+    for f in ("oc", "total_c"):
+        if f in found:
+            units[f] = unit(f, lambda f=f: infer_carbon_unit(num[f], bd, path, f, found[f]))
+    if "caco3" in found:
+        units["caco3"] = unit("caco3", lambda: infer_carbon_unit(num["caco3"] * 0.12, bd, path, "caco3", found["caco3"]),
+                              UnitChoice(found["caco3"], units["total_c"].unit, "as total_c") if "total_c" in units else None)
+    if "cf" in found:
+        units["cf"] = unit("cf", lambda: infer_cf_unit(num["cf"], path, found["cf"]))
+    rep.units = {f: u.to_dict() for f, u in units.items()}
+
+    def value(f: str, kind: str) -> pd.Series:
+        return num[f] * UNITS[kind][units[f].unit] if f in num else nan
+
+    depth_factor = UNITS["depth"]
+    top = num["top"] * depth_factor[units["top"].unit]
+    bottom = num["bottom"] * depth_factor[units["bottom"].unit]
+    oc, tc, caco3 = value("oc", "carbon"), value("total_c", "carbon"), value("caco3", "carbon")
+    from_total = oc.isna() & tc.notna()
+    caco3_corrected = from_total & caco3.notna()
+    carbon = oc.where(~from_total, tc - 0.12 * caco3.fillna(0.0))
+    if from_total.any():
+        rep.notes.append(f"organic C from total C on {int(from_total.sum())} row(s): minus 0.12 CaCO3 on "
+                         f"{int(caco3_corrected.sum())} (caco3_corrected), as total C on the rest (carbon_is_total)")
+    carbon_text = text["oc"] if "oc" in text else text["total_c"]
+    if "oc" in text and "total_c" in text:
+        carbon_text = carbon_text & tc.isna()
+    if "site_id" in found:
+        site = f"{source}:" + df[found["site_id"]].astype(str).str.strip()
     else:
-        bd = pd.Series(np.nan, index=df.index)
-        rep.notes.append(f"{path.name}: no bulk-density column {cols['bd']!r}: all densities estimated")
-    f = _DEPTH_FACTOR[depth_units]
-    if site_column and site_column in df:
-        site = f"{source}:" + df[site_column].astype(str)
-    else:
-        site = f"{source}:" + lat.round(5).map("{:.5f}".format) + "," + lon.round(5).map("{:.5f}".format)
+        site = f"{source}:" + num["lat"].round(5).map("{:.5f}".format) + "," + num["lon"].round(5).map("{:.5f}".format)
+        rep.notes.append(f"{path.name}: no site column: one site per coordinate pair")
+    top, bottom, organic, keep = _organic_horizons(top, bottom, site, df["_line"], organic_horizons, rep, found["top"])
     raw = pd.DataFrame({
-        "site_id": site, "lon": lon, "lat": lat, "top_cm": top * f, "bottom_cm": bot * f, "oc_pct": soc * _SOC_FACTOR[soc_units],
+        "site_id": site, "lon": num["lon"], "lat": num["lat"], "top_cm": top, "bottom_cm": bottom, "oc_pct": carbon,
         "bd_meas": bd, "source_file": path.name, "_line": df["_line"], "profile_id": site, "observation_date": None,
+        "caco3_corrected": caco3_corrected, "carbon_is_total": from_total & ~caco3_corrected, "forest_floor": organic,
     })
-    table = _finish(raw, rep, path, bulk_density=bulk_density, bd_range=(0.02, 2.65),
+    if "cf" in found:
+        raw["cf_vol"] = value("cf", "cf")
+    table = _finish(raw[keep.to_numpy()], rep, path, bulk_density=bulk_density, bd_range=USER_BD_RANGE,
                     dup_key=["site_id", "top_cm", "bottom_cm", "oc_pct", "bd_meas"],
-                    required_numeric={cols["lon"]: bad_lon, cols["lat"]: bad_lat, cols["top"]: bad_top,
-                                      cols["bottom"]: bad_bot, cols["soc"]: bad_soc}, ptf=ptf)
+                    required_numeric={found["lat"]: text["lat"], found["lon"]: text["lon"], found["top"]: text["top"],
+                                      found["bottom"]: text["bottom"], found.get("oc", found.get("total_c")): carbon_text},
+                    ptf=ptf)
     report = LoadReport()
     report.add(rep)
+    report.check()
+    if rep.rows_kept == 0:
+        reasons = "; ".join(f"{r}: {n} (lines {line_list(rep.dropped_lines[r])})" for r, n in rep.dropped.items())
+        raise ProfileDataError(f"{path}: none of the {rep.rows_read} rows can be used — {reasons}. Fix those rows "
+                               "or the column map (units, columns) and check again", report)
     return ProfileSet(table, report)
 
 
@@ -641,8 +761,8 @@ def load_profiles(sources=("nwca2011", "sodah"), *, bulk_density: str = "fill", 
             ps = load_sodah(paths.get(src), bulk_density=bulk_density, forest_floor=forest_floor, ptf=ptf)
         elif src in LOADERS:
             ps = LOADERS[src](paths.get(src), bulk_density=bulk_density, ptf=ptf)
-        elif Path(src).suffix in (".csv", ".gz") or Path(src).is_file():
-            ps = load_profile_csv(src, bulk_density=bulk_density, ptf=ptf)
+        elif Path(src).suffix in (".csv", ".gz", ".tsv", ".parquet", ".xlsx") or Path(src).is_file():
+            ps = load_profile_table(src, bulk_density=bulk_density, organic_horizons=forest_floor, ptf=ptf)
         else:
             raise ValueError(f"unknown profile source {src!r}: use {', '.join(LOADERS)} or the path of a CSV file")
         for rep in ps.report.sources.values():
