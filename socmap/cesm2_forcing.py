@@ -42,7 +42,10 @@ def read_cesm2_forcing(
       gC m-3 month-1: multiplied by the layer thickness dz, summed over the 20 layers and over
       the 12 months (NaN months skipped) → ``inputs_g_m2_yr``. Without a layer dimension they
       are taken as column totals (gC m-2 month-1).
-    - ``ALTMAX``, ``ALTMAX_LASTYEAR`` (site, month) m → ``alt_m = max`` of the two.
+    - ``ALTMAX``, ``ALTMAX_LASTYEAR`` (site, month) or (site) m → ``alt_m`` = their monthly
+      maximum (drives bio/cryoturbation, as in CLM5), and ``altmax_lastyear_m`` = the smallest
+      monthly ``ALTMAX_LASTYEAR`` (CLM5's input profile keys on it alone; CLM holds it constant
+      through the year, and PRODA requires every month > 0).
     - ``nbedrock`` (site) or (site, month): first month, cast to int.
     - ``O_SCALAR``, ``FPI_vr``, ``TSOI`` (K), ``W_SCALAR`` (site, month, layer).
 
@@ -88,7 +91,8 @@ def read_cesm2_forcing(
         if a.ndim == 3:
             a = np.sum(a * DZ_M[None, None, :], axis=-1)  # NaN layers propagate (like the source)
         inputs.append(np.nansum(a, axis=1))
-    alt = np.fmax(_monthly(arrays["ALTMAX"], "ALTMAX", path), _monthly(arrays["ALTMAX_LASTYEAR"], "ALTMAX_LASTYEAR", path))
+    alt_last = _monthly(arrays["ALTMAX_LASTYEAR"], "ALTMAX_LASTYEAR", path)
+    alt = np.fmax(_monthly(arrays["ALTMAX"], "ALTMAX", path), alt_last)
     nb = arrays["nbedrock"]
     nb = nb[:, 0] if nb.ndim > 1 else nb
     if nb.ndim != 1:
@@ -111,6 +115,7 @@ def read_cesm2_forcing(
         nitrogen_scalar=layered["FPI_vr"],
         alt_m=alt,
         nbedrock=nb,
+        altmax_lastyear_m=alt_last.min(1),  # NaN months stay NaN: validate() names the site
     )
     if validate:
         forcing.validate()

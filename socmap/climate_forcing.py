@@ -22,6 +22,8 @@ forcing field             derivation (function)
 ``nitrogen_scalar``       a constant FPI (:func:`nitrogen_scalar`)
 ``alt_m``                 deepest 0 °C isotherm of the thaw season from the soil-temperature
                           profile (:func:`socmap.soil_temperature.active_layer_depth_m`)
+``altmax_lastyear_m``     the same annual maximum thaw depth: in a repeating climatology last
+                          year's maximum is this year's
 ``nbedrock``              layers whose bottom lies above the bedrock depth
                           (:func:`nbedrock_from_depth`)
 ``inputs_g_m2_yr``        steady state, litterfall = NPP: Miami NPP (:func:`miami_npp_g_m2_yr`)
@@ -411,12 +413,16 @@ def derive_forcing(
 
     soil_t = soil_temperature_k(t, NODE_M, config)
     alt = active_layer_depth_m(soil_t, NODE_M, convention="cesm")
+    # Steady state under a repeating climatology: last year's maximum thaw depth is this year's,
+    # so ALTMAX_LASTYEAR (which alone decides CLM5's input profile) is the annual maximum.
+    altmax_lastyear = alt.max(1)
     pet = pet_thornthwaite_mm(t, lat)
     w = water_scalar_from_climate(p, pet, NODE_M, config, land_cover=lc)
     o = oxygen_scalar(lc, NODE_M, config)
     nb = nbedrock_from_depth(bedrock_depth_m, n)
     fields = {"inputs_g_m2_yr": inputs, "soil_temp_k": soil_t, "water_scalar": w, "oxygen_scalar": o,
-              "nitrogen_scalar": nitrogen_scalar(n, config), "alt_m": alt, "nbedrock": nb}
+              "nitrogen_scalar": nitrogen_scalar(n, config), "alt_m": alt, "nbedrock": nb,
+              "altmax_lastyear_m": altmax_lastyear}
     for name, arr in fields.items():
         if not np.isfinite(arr).all():  # cannot happen with validated inputs; guards future edits
             raise RuntimeError(f"derive_forcing produced non-finite {name!r} at {rows_text(~np.isfinite(arr.reshape(n, -1)).all(1))}")

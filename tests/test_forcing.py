@@ -276,6 +276,8 @@ def test_derive_forcing_cold_site_has_shallow_active_layer():
     assert 0.8 < alt[0, 0] < 1.45 and (alt[0] == alt[0, 0]).all()
     assert alt[0, 0] < 2.0
     assert (alt[1] == 10.0).all()
+    # steady state: last year's maximum thaw depth is this year's
+    np.testing.assert_array_equal(f.altmax_lastyear_m.numpy(), alt.max(1))
 
 
 def test_derive_forcing_npp_override_and_bedrock():
@@ -367,6 +369,7 @@ def _write_cesm2(path, n_sites: int = 3, *, rename: dict[str, str] | None = None
         data[name] = (layered, rng.uniform(0.0, 5.0, (n_sites, 12, n_lev)))
     data["ALTMAX"] = (("site", "month"), np.tile(np.linspace(0.0, 1.2, 12), (n_sites, 1)))
     data["ALTMAX_LASTYEAR"] = (("site", "month"), np.full((n_sites, 12), 0.9))
+    data["ALTMAX_LASTYEAR"][1][2:, 0] = 0.0  # site 2: one month of the record frozen last year
     data["nbedrock"] = (("site",), np.array([20.0, 8.0, 15.0])[:n_sites])
     data["O_SCALAR"] = (layered, rng.uniform(0.5, 1.0, (n_sites, 12, n_lev)))
     data["FPI_vr"] = (layered, rng.uniform(0.3, 1.0, (n_sites, 12, n_lev)))
@@ -391,6 +394,9 @@ def test_read_cesm2_forcing_round_trip(tmp_path):
         expected = (raw * DZ_M).sum(axis=(1, 2))
         np.testing.assert_allclose(f.inputs_g_m2_yr.numpy()[:, k], expected, rtol=1e-12)
     np.testing.assert_allclose(f.alt_m.numpy()[0], np.maximum(np.linspace(0.0, 1.2, 12), 0.9))
+    # kept apart from alt_m (it alone sets the input profile); any frozen month counts as not thawed
+    np.testing.assert_allclose(f.altmax_lastyear_m.numpy(), [0.9, 0.9, 0.0])
+    assert f.alt_m.numpy()[2, 0] == 0.0 and f.alt_m.numpy()[2, 1] > 0
     assert f.nbedrock.tolist() == [20, 8, 15]
     np.testing.assert_allclose(f.soil_temp_k.numpy(), data["TSOI"][1][:, :, :20])
     np.testing.assert_allclose(f.water_scalar.numpy(), data["W_SCALAR"][1][:, :, :20])

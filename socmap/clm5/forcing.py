@@ -37,10 +37,17 @@ class Forcing:
         ``O_SCALAR`` and ``FPI_vr`` or their derived counterparts).
     alt_m : Tensor [B, 12]
         Monthly active-layer depth (m): ``max(ALTMAX, ALTMAX_LASTYEAR)``; 0 = frozen all month.
-        Use a large value (e.g. 10 m) where there is no permafrost.
+        Use a large value (e.g. 10 m) where there is no permafrost. Drives the bio/cryoturbation
+        regime and the cryoturbation taper.
     nbedrock : Tensor [B] (int64)
         Number of soil layers above bedrock, 1–20 (CLM's 1-based index of the deepest soil
         layer); 20 = bedrock below the simulated column.
+    altmax_lastyear_m : Tensor [B], optional
+        Last year's maximum active-layer depth (m), CLM's ``ALTMAX_LASTYEAR``, kept apart from
+        ``alt_m`` because CLM5 keys the input profile on it alone: 0 (permafrost up to the
+        surface last year, e.g. a first thaw) puts all carbon input in the top layer.
+        Default (``None``): the annual maximum of ``alt_m``, i.e. last year's maximum equals
+        this year's, as in a climatological steady state.
     """
 
     inputs_g_m2_yr: torch.Tensor
@@ -50,6 +57,11 @@ class Forcing:
     nitrogen_scalar: torch.Tensor
     alt_m: torch.Tensor
     nbedrock: torch.Tensor
+    altmax_lastyear_m: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.altmax_lastyear_m is None:  # steady-state climatology: last year's max = this year's
+            object.__setattr__(self, "altmax_lastyear_m", self.alt_m.detach().amax(-1))
 
     @property
     def batch_size(self) -> int:
@@ -77,14 +89,21 @@ class Forcing:
         """Concatenate forcings along the batch dimension."""
         return Forcing(**{f.name: torch.cat([getattr(i, f.name) for i in items]) for f in fields(Forcing)})
 
-    def replace(self, **changes: torch.Tensor) -> "Forcing":
+    def replace(self, **changes: torch.Tensor | None) -> "Forcing":
+        """A copy with ``changes`` applied. ``altmax_lastyear_m`` is kept unless given: pass
+        ``altmax_lastyear_m=None`` with a new ``alt_m`` to re-derive it (the steady-state default)."""
         return replace(self, **changes)
 
     @staticmethod
     def from_numpy(**arrays: np.ndarray) -> "Forcing":
-        """Build from NumPy arrays (float fields become float64, ``nbedrock`` int64)."""
+        """Build from NumPy arrays (float fields become float64, ``nbedrock`` int64).
+
+        Every field is required except ``altmax_lastyear_m`` (see the class docstring).
+        """
         out = {}
         for f in fields(Forcing):
+            if f.name == "altmax_lastyear_m" and arrays.get(f.name) is None:
+                continue
             if f.name not in arrays:
                 raise ValueError(f"forcing field {f.name!r} is missing; give all of {[g.name for g in fields(Forcing)]}")
             dtype = torch.int64 if f.name == "nbedrock" else torch.float64
@@ -105,6 +124,7 @@ class Forcing:
             "nitrogen_scalar": (b, N_MONTHS, N_LAYERS),
             "alt_m": (b, N_MONTHS),
             "nbedrock": (b,),
+            "altmax_lastyear_m": (b,),
         }
         for name, shape in expected.items():
             v = getattr(self, name)
@@ -121,6 +141,7 @@ class Forcing:
             "nitrogen_scalar": (0.0, 1.0, "a 0–1 scalar"),
             "alt_m": (0.0, None, "metres, non-negative"),
             "nbedrock": (1, N_LAYERS, "number of soil layers above bedrock, 1–20"),
+            "altmax_lastyear_m": (0.0, None, "metres, non-negative"),
         }
         for name, (lo, hi, what) in ranges.items():
             v = getattr(self, name).detach()

@@ -26,6 +26,8 @@ from socmap.clm5.parameters import INDEX
 DAYS_PER_YEAR = 365.0
 T_REF_K = 298.15  # reference temperature of the Q10 function (25 °C)
 MAX_ALT_CRYOTURBATION_M = 2.0  # cryoturbation only where the active layer is this shallow
+#: Cryoturbation never reaches below this depth; shallower bedrock ends it sooner (see
+#: :func:`cryoturbation_taper_end_m`).
 MAX_DEPTH_CRYOTURBATION_M = 3.0
 TINY = 1e-30  # CLM's floor on diffusivities and advection (keeps the harmonic mean defined)
 
@@ -64,7 +66,7 @@ class PreparedForcing:
     transport_basis : [3, 3, 20, B] month-averaged V̄_b = diffus·basis[0] + cryo·basis[1] + basis[2]
         (first index: bioturbation, cryoturbation, fixed floor part; second: lower, diag, upper;
         diffusivities in m2 yr-1, V̄ in d-1).
-    thawed : [B] bool               mean active-layer depth > 0 (else all input goes to layer 0).
+    thawed : [B] bool               last year's maximum active layer > 0 (else all input goes to layer 0).
     """
 
     inputs_g_m2_day: torch.Tensor
@@ -194,6 +196,34 @@ def _harmonic_conductance(d: torch.Tensor) -> torch.Tensor:
     return 1.0 / (((1.0 - w) / d[..., :19] + w / d[..., 1:20]) * dz_node)
 
 
+def cryoturbation_taper_end_m(nbedrock: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Depth (m) at which the cryoturbation diffusivity has tapered to zero, [B].
+
+    CLM5 (CTSM ``SoilBiogeochemLittVertTranspMod``) uses ``min(max_depth_cryoturb,
+    zisoi(nbedrock+1))`` with Fortran's ``zisoi(j)`` the bottom of layer ``j`` (1-based): the
+    bottom of the first level below the deepest soil layer, i.e. the deepest interface CLM
+    still gives a diffusivity. That is ``INTERFACE_BOTTOM_ALL_M[nbedrock]`` here; 3 m wherever
+    ``nbedrock >= 13``.
+    """
+    z_all = torch.as_tensor(grid.INTERFACE_BOTTOM_ALL_M, dtype=like.dtype, device=like.device)
+    return torch.clamp(z_all[nbedrock.to(like.device)], max=MAX_DEPTH_CRYOTURBATION_M)
+
+
+def _cryoturbation_shape(z: torch.Tensor, alt: torch.Tensor, taper_end: torch.Tensor) -> torch.Tensor:
+    """D_cryo / cryo at interface depths ``z`` [20]: 1 above the active layer ``alt``, then
+    linear to 0 at ``taper_end``, 0 below. ``alt`` and ``taper_end`` broadcast as [B, months, 1].
+
+    Where the bedrock ends the taper at or above the active layer (length <= 0) no interface
+    below ALT is mixed: the denominator is then replaced by 1 so the formula (and its gradient)
+    stays finite, and every interface deeper than ``taper_end`` is 0 anyway.
+    """
+    length = taper_end - alt
+    safe = torch.where(length > 0, length, torch.ones_like(length))
+    tapered = torch.clamp(1.0 - (z - alt) / safe, min=0.0)
+    above = z < alt.detach()
+    return torch.where(above, torch.ones_like(tapered), torch.where(z <= taper_end, tapered, torch.zeros_like(tapered)))
+
+
 def diffusivity(theta: torch.Tensor, forcing: Forcing, bedrock_rule: BedrockRule) -> torch.Tensor:
     """Bio/cryoturbation diffusivity at the bottom interface of the 20 layers, [B, 12, 20] (m2 d-1)."""
     z = grid.grid_tensor("INTERFACE_BOTTOM_M", theta)  # [20]
@@ -201,9 +231,8 @@ def diffusivity(theta: torch.Tensor, forcing: Forcing, bedrock_rule: BedrockRule
     cryo = _col(theta, "cryo")[:, None, None]
     bio = _col(theta, "diffus")[:, None, None]
     is_cryo = (alt > 0) & (alt <= MAX_ALT_CRYOTURBATION_M)
-    taper_den = torch.where(is_cryo, MAX_DEPTH_CRYOTURBATION_M - alt, torch.ones_like(alt))
-    tapered = torch.clamp(cryo * (1.0 - (z - alt) / taper_den), min=0.0)
-    d_cryo = torch.where(z < alt, cryo, torch.where(z <= MAX_DEPTH_CRYOTURBATION_M, tapered, torch.zeros_like(tapered)))
+    taper_end = cryoturbation_taper_end_m(forcing.nbedrock, theta)[:, None, None]
+    d_cryo = cryo * _cryoturbation_shape(z, alt, taper_end)
     d = torch.where(is_cryo, d_cryo, torch.where(alt > MAX_ALT_CRYOTURBATION_M, bio.expand_as(d_cryo), torch.zeros_like(d_cryo)))
     i = torch.arange(grid.N_LAYERS, device=theta.device)
     nb = forcing.nbedrock[:, None, None]
@@ -258,13 +287,11 @@ def _transport_basis(forcing: Forcing, bedrock_rule: BedrockRule) -> torch.Tenso
     alt = alt_m[:, :, None]  # [B, months, 1]
     is_cryo = (alt.detach() > 0) & (alt.detach() <= MAX_ALT_CRYOTURBATION_M)
     is_bio = alt.detach() > MAX_ALT_CRYOTURBATION_M
-    taper_den = torch.where(is_cryo, MAX_DEPTH_CRYOTURBATION_M - alt, torch.ones_like(alt))
-    taper = torch.clamp(1.0 - (z - alt) / taper_den, min=0.0)
-    shape_cryo = torch.where(z < alt.detach(), torch.ones_like(taper), torch.where(z <= MAX_DEPTH_CRYOTURBATION_M, taper, torch.zeros_like(taper)))
+    shape_cryo = _cryoturbation_shape(z, alt, cryoturbation_taper_end_m(forcing.nbedrock, like)[:, None, None])
     i = torch.arange(grid.N_LAYERS, device=like.device)
     nb = forcing.nbedrock[:, None, None]
     open_ = (i <= nb) if bedrock_rule == "binn" else (i < nb)
-    shape = torch.where(is_cryo & open_, shape_cryo, torch.where(is_bio & open_, torch.ones_like(taper), torch.zeros_like(taper)))
+    shape = torch.where(is_cryo & open_, shape_cryo, torch.where(is_bio & open_, torch.ones_like(shape_cryo), torch.zeros_like(shape_cryo)))
     is_open = shape.detach() > 0  # [B, 12, 20]
 
     dz_node = grid.grid_tensor("DZ_NODE_M", like)[1:20]
@@ -313,7 +340,7 @@ def prepare_forcing(forcing: Forcing, bedrock_rule: BedrockRule = "conservative"
         oxygen=_sites_last(forcing.oxygen_scalar),
         oxygen_nitrogen=_sites_last(forcing.oxygen_scalar * forcing.nitrogen_scalar),
         transport_basis=_transport_basis(forcing, bedrock_rule),
-        thawed=forcing.alt_m.detach().mean(1) > 0,
+        thawed=forcing.altmax_lastyear_m.detach() > 0,
         bedrock_rule=bedrock_rule,
     )
 
@@ -322,7 +349,10 @@ def input_profile(beta: torch.Tensor, thawed: torch.Tensor) -> torch.Tensor:
     """Jackson-β vertical allocation φ of the carbon input, [20, B], summing to 1 over layers.
 
     ``rho_j = β^(100 z_top) - β^(100 z_bottom)`` (depth in cm, ``beta`` [B] per cm) normalised
-    over the 20 layers; everything goes to the top layer where the soil is frozen all year.
+    over the 20 layers. As in CLM5 (``SoilBiogeochemVerticalProfileMod``, which keys on
+    ``altmax_lastyear_indx > 0``), ``thawed`` [B] is "last year's maximum active layer > 0";
+    elsewhere (permafrost up to the surface last year, e.g. at a first thaw) everything goes to
+    the top layer.
     """
     top_cm = 100.0 * grid.grid_tensor("INTERFACE_TOP_M", beta)[:, None]
     bot_cm = 100.0 * grid.grid_tensor("INTERFACE_BOTTOM_M", beta)[:, None]
