@@ -18,7 +18,7 @@ from socmap.clm5.grid import DZ_M, N_LAYERS
 
 __all__ = ["CESM2_VARIABLES", "read_cesm2_forcing"]
 
-#: CLM5 history variables read by :func:`read_cesm2_forcing` (spec §3).
+#: CLM5 history variables read by :func:`read_cesm2_forcing` (docs/model.md §5.1).
 CESM2_VARIABLES: tuple[str, ...] = (
     "CWD_INPUT_ACC_VECTOR", "LITR1_INPUT_ACC_VECTOR", "LITR2_INPUT_ACC_VECTOR", "LITR3_INPUT_ACC_VECTOR",
     "ALTMAX", "ALTMAX_LASTYEAR", "nbedrock", "O_SCALAR", "FPI_vr", "TSOI", "W_SCALAR",
@@ -34,7 +34,7 @@ def read_cesm2_forcing(
     *,
     validate: bool = True,
 ) -> Forcing:
-    """Read CLM5 forcing from a CESM2-style NetCDF climatology (spec §3).
+    """Read CLM5 forcing from a CESM2-style NetCDF climatology (docs/model.md §5.1).
 
     Variables (CLM5 names; ``variable_map`` maps a CLM5 name to the name in the file):
 

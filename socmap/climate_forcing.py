@@ -2,7 +2,7 @@
 
 The CLM5 soil-carbon model (:mod:`socmap.clm5`) needs, per site, annual litter/CWD inputs, and
 monthly per-layer soil temperature, water, oxygen and nitrogen scalars, the active-layer depth and
-the bedrock layer (spec §1.5, §1.7, §3; container :class:`socmap.clm5.forcing.Forcing`). BINN and
+the bedrock layer (docs/model.md §2.5, §2.8, §5.1; container :class:`socmap.clm5.forcing.Forcing`). BINN and
 ScIReN take all of these from a CESM2 run (the reader is :mod:`socmap.cesm2_forcing`). Most users
 only have monthly air-temperature and precipitation climatologies plus a land-cover map, so
 :func:`derive_forcing` builds the same container from those with simple, documented physics:
@@ -182,7 +182,7 @@ def water_scalar_from_climate(
     signal near the surface, annual mean at depth; ``z_w = moisture_memory_depth_m``). The ratio
     is read as a soil water potential ``ψ = ψ_fc (r_jm / moisture_ratio_wet)^(−b)`` and mapped
     as CLM does (:func:`water_scalar_from_potential`): ``W = log(ψmin/ψ) / log(ψmin/ψmax)``, clipped to
-    ``[water_scalar_floor, 1]``. So W ≈ 0.59 where P = PET and reaches 1 only for r ≳ 5.5, like
+    ``[water_scalar_floor, 1]``. So W ≈ 0.59 where P = PET and reaches 1 only for r ≳ 4 (with the defaults), like
     CESM2's W_SCALAR (a linear r → W map would saturate most humid soils and erase the
     sensitivity to the ``w_scaling`` parameter). Permanent wetlands (IGBP 11, when
     ``land_cover`` is given) get ``wetland_water_scalar``. This is the forcing field W; the model

@@ -170,7 +170,7 @@ def suggest_symbolic(xs: np.ndarray, ys: np.ndarray) -> SymbolicFit:
 # ----------------------------------------------------------------------------------------
 
 def parameter_recovery(true_p: np.ndarray, pred_p: np.ndarray, params) -> dict[str, dict[str, float]]:
-    """Per predicted parameter R² (1 - SSE/SST) and Pearson r of p on held-out sites (pitfall P13)."""
+    """Per predicted parameter R² (1 - SSE/SST) and Pearson r of p on held-out sites (docs/model.md P13)."""
     out = {}
     for name in params:
         j = INDEX[name]
@@ -186,7 +186,7 @@ def _centered_r2(truth: np.ndarray, learned: np.ndarray) -> float:
 
 def relationship_recovery(models: list[HybridModel], data) -> dict[str, dict]:
     """Per parameter: KL(true ‖ learned importance) and, per true edge, the curve R² and the
-    edge's importance rank, averaged over the folds' models (spec §6.4, §7)."""
+    edge's importance rank, averaged over the folds' models (docs/model.md §9.2, §8.2)."""
     from socmap.truth import truth_edge_function
 
     truth = data.truth

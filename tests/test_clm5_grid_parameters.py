@@ -30,7 +30,7 @@ def test_parameter_table_is_consistent():
     assert P.parameter("w-scaling").name == "w_scaling"
     assert P.SUBSETS["four"] == ("efolding", "tau4s3", "fs1s3", "w_scaling")
     assert len(P.SUBSETS["fifteen"]) == 16  # the ScIReN list really has 16 entries
-    # bounds keep the SOM respiration fractions positive (spec §1.4)
+    # bounds keep the SOM respiration fractions positive (docs/model.md §2.4)
     assert P.UPPER[P.INDEX["fs1s2"]] + P.UPPER[P.INDEX["fs1s3"]] < 1
     assert P.UPPER[P.INDEX["fs2s1"]] + P.UPPER[P.INDEX["fs2s3"]] < 1
     # the CLM5 fs1s2 default follows the sand formula

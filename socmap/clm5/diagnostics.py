@@ -1,4 +1,4 @@
-"""Bulk-process diagnostics of a steady state (spec §1.9): the map layers that explain SOC.
+"""Bulk-process diagnostics of a steady state (docs/model.md §2.11): the map layers that explain SOC.
 
 All functions take physical θ [B, 21], the prepared forcing and the pools [B, 7, 20] and
 return [B] tensors (per-layer residence time: [B, 20]).
@@ -24,7 +24,7 @@ DIAGNOSTICS: dict[str, tuple[str, str]] = {
 
 
 def bulk_diagnostics(theta: torch.Tensor, prepared: PreparedForcing, pools: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The §1.9 diagnostics for each site, each [B]; plus ``residence_time_per_layer`` [B, 20] (yr m-1)."""
+    """The bulk-process diagnostics of docs/model.md §2.11 for each site, each [B]; plus ``residence_time_per_layer`` [B, 20] (yr m-1)."""
     theta = theta.to(torch.float64)
     ops = build_operators(theta, prepared)
     x = pools.movedim(0, -1)  # [7, 20, B]

@@ -3,7 +3,7 @@
 All depths are in metres, positive downwards. Layer ``j`` spans
 ``[interface_top_m[j], interface_bottom_m[j]]`` and has its node at ``node_m[j]``.
 Only the first 20 levels are simulated; levels 20–24 exist so the transport stencil
-has a neighbour below the last soil layer (spec §1.2).
+has a neighbour below the last soil layer (docs/model.md §2.1).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Observation operator: SOC at the nodes, at observed depths, and as stocks.
 
-SOC excludes CWD and litter: it is S1 + S2 + S3 (gC m-3), spec §1.1 and §1.8.
+SOC excludes CWD and litter: it is S1 + S2 + S3 (gC m-3), docs/model.md §2.2, §2.10.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def soc_nodes(pools: torch.Tensor) -> torch.Tensor:
 
 
 def interpolate_to_depths(soc_g_m3: torch.Tensor, depth_m: torch.Tensor) -> torch.Tensor:
-    """Linear interpolation of node SOC to observed depths (spec §5.1, pitfall P7).
+    """Linear interpolation of node SOC to observed depths (docs/model.md §2.10, pitfall P7).
 
     Parameters
     ----------

@@ -1,10 +1,10 @@
 """CLM5 operators built from parameters θ and forcing: A (transfers), K̄ (decay), V̄ (transport), I.
 
 Everything is batch-first and per *day*, averaged over the 12 months **before** the solve
-(spec §1.3, pitfall P1). The solver modules consume an :class:`Operators` bundle; they never
+(docs/model.md §2.3, pitfall P1). The solver modules consume an :class:`Operators` bundle; they never
 see θ or forcing directly, so the dense and structured paths share one physics.
 
-Bedrock (pitfall P5). ``bedrock_rule="conservative"`` (the default) closes every interface at
+Bedrock (docs/model.md P5). ``bedrock_rule="conservative"`` (the default) closes every interface at
 or below the bedrock: diffusivity is active only for the ``nbedrock`` soil layers, no
 conductance is overwritten, and V conserves the dz-weighted column stock exactly for every
 bedrock depth. ``bedrock_rule="binn"`` reproduces BINN/ScIReN: one extra active interface
@@ -160,7 +160,7 @@ def scaled_water_scalar(w: torch.Tensor, w_scaling: torch.Tensor) -> torch.Tenso
     """The model's water factor ξ^W = min(1, w_scaling · W) from the forcing's water scalar W.
 
     ``w`` [B, ...] is the forcing field ``water_scalar`` (0–1, CESM2 ``W_SCALAR`` or derived);
-    ``w_scaling`` [B] the fitted parameter (pitfall P6: zero gradient where clipped).
+    ``w_scaling`` [B] the fitted parameter (docs/model.md P6: zero gradient where clipped).
     """
     shape = (-1,) + (1,) * (w.dim() - 1)
     return torch.clamp(w_scaling.reshape(shape) * w, max=1.0)
@@ -245,7 +245,7 @@ def diffusivity(theta: torch.Tensor, forcing: Forcing, bedrock_rule: BedrockRule
 def transport_tridiagonal_direct(theta: torch.Tensor, forcing: Forcing, bedrock_rule: BedrockRule = "conservative") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reference: month-averaged transport block V̄_b, straight from the spec, batch-first.
 
-    Patankar power-law scheme with zero advection floored at 1e-30 (spec §1.6a). Returns
+    Patankar power-law scheme with zero advection floored at 1e-30 (docs/model.md §2.6). Returns
     ``lower, diag, upper`` [B, 20] (d-1) and the monthly diagonal [B, 12, 20].
     """
     if bedrock_rule not in ("conservative", "binn"):

@@ -1,7 +1,7 @@
 """The 21 CLM5 soil-carbon parameters: the single source of truth.
 
 Encoders predict ``p`` in [0, 1]; the process model takes physical values
-``theta = lower + p * (upper - lower)`` (spec §2). Bounds are BINN's; defaults are the
+``theta = lower + p * (upper - lower)`` (docs/model.md §4.2). Bounds are BINN's; defaults are the
 CLM5 values (``clm5_params.c190829.nc``). Two CLM5 defaults lie outside BINN's bounds:
 ``efolding`` (10 m) and ``fs1s2`` (sand dependent; the table holds the value at 40 % sand,
 see :func:`clm5_fs1s2`). Names are Python identifiers; ``binn_name`` is the original spelling.
@@ -79,7 +79,7 @@ LOWER = np.array([p.lower for p in PARAMETERS])
 UPPER = np.array([p.upper for p in PARAMETERS])
 DEFAULT = np.array([p.default for p in PARAMETERS])
 
-#: Named subsets (spec §2.2). ``fifteen`` really has 16 entries, as in ScIReN's scripts.
+#: Named subsets (docs/model.md §4.3). ``fifteen`` really has 16 entries, as in ScIReN's scripts.
 SUBSETS: dict[str, tuple[str, ...]] = {
     "four": ("efolding", "tau4s3", "fs1s3", "w_scaling"),
     "fifteen": tuple(NAMES[i] for i in (0, 2, 3, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 19, 20)),

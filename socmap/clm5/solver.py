@@ -1,4 +1,4 @@
-"""Steady state of the CLM5 soil-carbon matrix model: X* = (V̄ - A K̄)^-1 I  (spec §1.3).
+"""Steady state of the CLM5 soil-carbon matrix model: X* = (V̄ - A K̄)^-1 I  (docs/model.md §2.3).
 
 Two paths over the same :class:`~socmap.clm5.operators.Operators`:
 
@@ -7,11 +7,12 @@ Two paths over the same :class:`~socmap.clm5.operators.Operators`:
   batched Thomas sweep); the three SOM pools form a block-tridiagonal system with 3×3 blocks
   whose off-diagonal blocks are scalar multiples of the identity (block Thomas, blocks inverted
   explicitly). Pieces are stored layer × site with **sites innermost**; gradients come from
-  autograd through the 20-step sweeps.
+  an adjoint solve (one transposed sweep, :class:`_AdjointSteadyState`; ``adjoint=False``
+  differentiates through the 20-step sweeps instead).
 * ``"dense"`` (the reference, as BINN): assemble A, K̄ and V̄ as 140×140 matrices per site and
   call a batched ``torch.linalg.solve``.
 
-Both run in float64 (pitfall P2).
+Both run in float64 (docs/model.md P2).
 """
 
 from __future__ import annotations
@@ -252,7 +253,7 @@ def steady_state(
     method : {"structured", "dense"}
         Fast structured solver (default) or the dense 140×140 reference.
     bedrock_rule : {"conservative", "binn"}
-        Treatment of transport at the bedrock (pitfall P5; see :mod:`socmap.clm5.operators`).
+        Treatment of transport at the bedrock (docs/model.md P5; see :mod:`socmap.clm5.operators`).
     check : bool
         Validate shapes, NaNs and ranges of the inputs (cheap; turn off only in tight loops
         over already-validated data).

@@ -2,7 +2,7 @@
 
 Everything is generated deterministically from one seed, so the truth is known and a fitted
 model can be scored on parameter recovery and on functional-relationship recovery (ScIReN's
-retrieval test, spec §7). Independent random streams are used for the covariate fields, the
+retrieval test, docs/model.md §8.2). Independent random streams are used for the covariate fields, the
 truth, the site locations/profiles and the measurement noise, so e.g. asking for more sites does
 not change the covariates or the truth.
 
@@ -275,7 +275,7 @@ def make_truth(covariates: dict[str, np.ndarray], targets: tuple[str, ...], seed
     Each target gets 2 distinct covariates with random edge types and coefficients
     c·f(a·x+b)+d, a, b, c, d ~ U(−1, 1), x the min–max scaled covariate; step 1 standardises
     each edge over the grid, step 2 maps the parameter's sum onto exactly [0.2, 0.8]
-    (spec §7). Returns the ``truth.json`` content.
+    (docs/model.md §8.2). Returns the ``truth.json`` content.
     """
     rng = np.random.default_rng([seed, 2])
     ranges = {n: (float(np.min(covariates[n])), float(np.max(covariates[n]))) for n in candidates}

@@ -5,7 +5,7 @@ loop can add the penalties of docs/model.md §7.2:
 
 * :class:`HardSigmoidBound` (ScIReN): ``u = z / T + b``, ``p = clamp(u / 6 + 1/2, 0, 1)``,
   linear for ``|u| <= 3`` and without gradient outside, hence the violation penalty
-  ``sum max(|u| - 3, 0)`` (docs/model.md pitfall P8: a *sum* over batch and parameters, so its scale grows
+  ``sum max(|u| - 3, 0)`` (docs/model.md P8: a *sum* over batch and parameters, so its scale grows
   with the batch size).
 * :class:`ScaledSigmoidBound` (BINN): ``p = sigmoid(z / T)``, ``T = T_min + (T_max - T_min)
   sigmoid(t)`` with one learnable scalar ``t`` (init 0, so ``T = 59.5`` by default).
@@ -86,7 +86,7 @@ class HardSigmoidBound(nn.Module):
 
     @staticmethod
     def violation(u: Tensor) -> Tensor:
-        """``sum max(|u| - 3, 0)`` over batch and parameters (docs/model.md pitfall P8)."""
+        """``sum max(|u| - 3, 0)`` over batch and parameters (docs/model.md P8)."""
         return param_violation(u, 3.0)
 
     @staticmethod

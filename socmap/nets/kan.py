@@ -11,16 +11,17 @@ functions per input. Each input has its own knot vector (buffer ``grid [in, G + 
 
 Inputs are expected roughly in [0, 1] (callers min–max scale covariates). Outside the
 extended grid every B-spline vanishes, so there ``phi`` reduces to the base term
-``s_b * b(x)``: with ``base="identity"`` (ScIReN's choice) edges extrapolate linearly, with
-``base="silu"`` like SiLU, and with ``base="zero"`` they decay to zero. The model still
-evaluates (no error) for any finite input.
+``s_b * b(x)``: with ``base="identity"`` (ScIReN's choice) edges would extrapolate linearly, with
+``base="silu"`` like SiLU, and with ``base="zero"`` they decay to zero. The hybrid's KAN clamps
+its first-layer inputs to the grid span (``clamp_inputs=True``, docs/model.md §6.4), so edges are
+held constant beyond the training range instead. The model evaluates for any finite input.
 
 A one-layer KAN ``[in, out]`` is a generalised additive model: each output is a sum of
 univariate functions of the inputs, readable with :meth:`KANLayer.edge_curve`.
 
 Differences from pykan / the ScIReN fork (deliberate):
 
-* ``update_grid`` uses a small default margin (0.05 of the batch range, docs/model.md pitfall P15) rather
+* ``update_grid`` uses a small default margin (0.05 of the batch range, docs/model.md P15) rather
   than 2.0, and re-fits the coefficients by *penalised* least squares in float64 (ridge
   ``1e-6`` scaled by the mean diagonal of the normal matrix, optional second-difference
   penalty), on the batch plus a uniform fill of the new grid range so the edge functions are

@@ -53,7 +53,7 @@ class LonLatEncoding(nn.Module):
     ``lambda_min`` to ``lambda_max`` degrees) the features are ``sin(2 pi c / lambda_s)`` and
     ``cos(2 pi c / lambda_s)`` (``4 n_freq`` features), followed by ``Linear -> ReLU
     (-> Dropout)``. BINN used ``omega = 1 / lambda`` with ``lambda_min = 1e-6`` degrees, whose
-    top frequencies are noise (docs/model.md pitfall P12); here ``lambda`` is a true period in degrees and the
+    top frequencies are noise (docs/model.md P12); here ``lambda`` is a true period in degrees and the
     default ``lambda_min = 1`` degree (~100 km). BINN's dropout after the ReLU was 0.5; the
     default here is 0.
     """
