@@ -8,12 +8,12 @@ temporary file and renamed, so a crash leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from socmap.fsutil import atomic_path
 from socmap.phases import ScheduleState
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -42,9 +42,8 @@ def save_checkpoint(path: Path, loop: LoopState, schedule: ScheduleState, model:
         "history": loop.history, "torch_rng": torch.get_rng_state(),
         "phase": loop.phase, "phase_epoch": loop.phase_epoch, **schedule.to_dict(),
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def read_checkpoint(path: Path, device: torch.device) -> tuple[dict, LoopState, ScheduleState] | None:

@@ -4,28 +4,38 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
-def write_atomic(path: str | Path, data: str | bytes) -> Path:
-    """Write ``data`` (text as UTF-8, or bytes) to ``path`` through a temporary file and a rename.
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path next to ``path`` that replaces ``path`` when the block ends without error.
 
-    A reader (or a process killed mid-write) sees either the old file or the complete new one,
-    never a truncated file. The temporary file sits next to ``path`` so the rename stays on one
-    file system. Returns ``path``.
+    For writers that want a file name (``torch.save``, ``DataFrame.to_csv``). A reader, or a
+    process killed mid-write, sees either the old file or the complete new one, never a truncated
+    file; the temporary file sits next to ``path`` so the rename stays on one file system, and it
+    is removed if the block raises.
     """
     path = Path(path)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     try:
-        if isinstance(data, bytes):
-            tmp.write_bytes(data)
-        else:
-            tmp.write_text(data, encoding="utf-8")
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> Path:
+    """Write ``data`` (text as UTF-8, or bytes) to ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data, encoding="utf-8")
+    return Path(path)
 
 
 def swap_into_place(src: Path, dst: Path) -> None:

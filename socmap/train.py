@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from socmap.clm5.parameters import NAMES, resolve_subset
 from socmap.data.catalog import load_catalog
 from socmap.data.sites import SiteData, load_site_data
 from socmap.encoders import Baseline, get_encoder
+from socmap.fsutil import atomic_path, write_atomic
 from socmap.nets.hybrid import HybridModel
 from socmap.provenance import git_revision, json_default, software_versions
 from socmap.splits import make_folds
@@ -92,15 +92,12 @@ def _device(config: TrainConfig) -> torch.device:
 # ----------------------------------------------------------------------------------------
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=json_default))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=2, default=json_default))
 
 
 def _write_csv(path: Path, frame: pd.DataFrame) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
 
 
 def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict:
