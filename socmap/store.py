@@ -43,6 +43,8 @@ from typing import Any
 
 import numpy as np
 
+from socmap.data.grid import CRS
+
 #: Version of the schema below; bump it when names or meanings change.
 STORE_VERSION = "2"
 STORE_NAME = "maps.zarr"
@@ -50,7 +52,6 @@ PARTIAL_SUFFIX = ".partial"
 PROGRESS_FILE = "socmap_progress.json"
 SITE_RESIDUALS = "site_residuals.csv"
 MAP_RECORD = "map.json"
-CRS = "EPSG:4326"
 
 KINDS = ("soc", "stock", "parameter", "diagnostic", "covariate", "difference", "uncertainty", "mask", "site")
 

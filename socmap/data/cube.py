@@ -29,13 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from socmap.data.grid import CRS
 from socmap.fsutil import swap_into_place
 
 log = logging.getLogger(__name__)
 
 #: Cube variables the forcing derivation needs besides the encoder's covariates.
 CLIMATE_VARS = ("air_temp_c", "precip_mm", "land_cover", "npp_g_m2_yr", "land_mask")
-CRS = "EPSG:4326"
 
 #: Regridding methods (cube attribute ``regrid``).
 REGRID_INTERPOLATE = "interpolate"
