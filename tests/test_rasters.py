@@ -15,9 +15,10 @@ from socmap.data.rasters import RasterError, add_raster_layers, raster_entries, 
 A, B, C = 50.0, 0.004, -0.003
 
 
-def write_tiff(path: Path, crs: str, *, nodata: float | None = -9999.0, hole: bool = False, tag_crs: str | None = None,
-               step_m: float = 20_000.0) -> Path:
-    """A GeoTIFF over CONUS (+ margin) in ``crs`` holding the linear field; ``hole`` sets a nodata block."""
+def write_tiff(path: Path, crs: str, *, nodata: float | None = -9999.0, hole: tuple[float, float] | None = None,
+               tag_crs: str | None = None, step_m: float = 20_000.0) -> Path:
+    """A GeoTIFF over CONUS (+ margin) in ``crs`` holding the linear field; ``hole`` (lon, lat) is the
+    centre of a 600 km nodata square."""
     import rasterio
     from pyproj import Transformer
     from rasterio.transform import from_origin
@@ -31,8 +32,8 @@ def write_tiff(path: Path, crs: str, *, nodata: float | None = -9999.0, hole: bo
     xc = x0 + step_m * (np.arange(nx) + 0.5)
     yc = y1 - step_m * (np.arange(ny) + 0.5)
     values = (A + B * xc[None, :] / 1000.0 + C * yc[:, None] / 1000.0).astype(np.float32)
-    if hole:  # a nodata block around Kansas (-98, 38.5)
-        hx, hy = tr.transform(-98.0, 38.5)
+    if hole is not None:
+        hx, hy = tr.transform(*hole)
         block = (np.abs(xc[None, :] - hx) < 300_000) & (np.abs(yc[:, None] - hy) < 300_000)
         values[block] = nodata
     profile = {"driver": "GTiff", "width": nx, "height": ny, "count": 1, "dtype": "float32",
@@ -116,7 +117,7 @@ def test_crs_mismatch_names_entry_both_crs_and_fix(tmp_path, monkeypatch):
 
 
 def test_nodata_becomes_nan_and_counts(tmp_path, monkeypatch, grid):
-    e = entry(tmp_path, monkeypatch, write_tiff(tmp_path / "h.tif", "EPSG:5070", hole=True).name, "EPSG:5070")
+    e = entry(tmp_path, monkeypatch, write_tiff(tmp_path / "h.tif", "EPSG:5070", hole=(-98.0, 38.5)).name, "EPSG:5070")
     cube = add_raster_layers(grid.copy(), [e])
     v = cube["clay_pct"].values
     iy, ix = int(np.argmin(np.abs(grid["y"].values - 38.5))), int(np.argmin(np.abs(grid["x"].values + 98.5)))
