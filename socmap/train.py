@@ -14,6 +14,11 @@ A run is a config plus a command: ``socmap train --out runs/NAME`` writes, in ``
   and metrics. With ``sites.csv`` and ``truth.json`` it is all a consumer of the run needs
   besides the models (see :mod:`socmap.runs`).
 
+Data are resolved by :func:`prepare_data` (missing twin or real cube built, user rasters of the
+catalog added) and :func:`load_run_data` (``--profiles``: a user's tables through the intake);
+``run.json`` then also holds ``load_report`` (rows read, kept, dropped by reason, units, the
+pedotransfer-filled rows) and ``metrics.cv_measured_bd`` (skill on measured-density observations).
+
 ``--resume`` continues an interrupted run exactly where it stopped.
 """
 
@@ -107,6 +112,9 @@ def prepare_data(config: TrainConfig, *, progress: bool = True) -> Path:
                          "(--data real-conus), and name profile tables with --profiles")
     from socmap.data.rasters import cube_rasters, fingerprint, raster_entries, write_cube_with_rasters
 
+    if directory.is_file():
+        raise ValueError(f"data entry {config.data!r} is the source file {directory}, not a covariate cube; train with "
+                         "--data real-conus (the cube built from the sources) or --data-dir CUBE_FOLDER")
     if not (directory / "cube.zarr").exists():
         if directory.exists() and any(directory.iterdir()):
             raise FileNotFoundError(f"{directory} holds no cube.zarr but is not empty; point --data-dir at a real covariate "

@@ -9,7 +9,9 @@ and NaN-padded SOC observations; it is what training consumes. Loaders, chosen b
   (``socmap covariates build --source real-conus --out DIR``); :func:`load_real` returns the
   same sites together with the profile table and a report of what was dropped.
 
-Real profiles come from the catalog (NWCA 2011 + SoDaH by default) with the options in
+Real profiles come from ``profiles=`` (a user's tables: :func:`load_profile_sources`, files read
+by the intake or catalog entries of kind ``profiles``), else from the catalog (NWCA 2011 + SoDaH by
+default) with the options in
 ``DIR/realcube.json`` (key ``profiles``: ``sources``, ``bulk_density`` "fill" | "measured",
 ``forest_floor`` "drop" | "shift"), or from ``DIR/profiles.csv`` when that file exists (a tidy
 table: site_id, lon, lat, top_m, bottom_m, soc_g_m3). Keyword arguments override both. Each real
