@@ -130,6 +130,18 @@ def synth(
         f"{meta['timings_s']['total']:.1f} s"
     )
 
+def _catalog_option() -> Any:
+    return typer.Option(None, "--catalog", help="A user data catalog (YAML) laid over the shipped one: its entries replace or "
+                        "add by name (also: SOCMAP_CATALOG=FILE).", show_default=False)
+
+
+def _use_catalog(path: Path | None) -> None:
+    """Validate the --catalog overlay and make it active for this process (CatalogError on a bad file)."""
+    from socmap.data.catalog import use_catalog
+
+    use_catalog(path)
+
+
 def _config_option(field: str) -> Any:
     """A ``socmap train`` flag for the TrainConfig field ``field``: None unless given (the config
     file's value or TrainConfig's default applies), help text and default shown from the field."""
@@ -151,20 +163,39 @@ def train(
     loss: str | None = _config_option("loss"),
     seed: int | None = _config_option("seed"),
     device: str | None = _config_option("device"),
+    profiles: str | None = _config_option("profiles"),
+    columns: Path | None = _config_option("columns"),
+    cube_resolution: float | None = _config_option("cube_resolution"),
+    catalog: Path | None = _catalog_option(),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
 ) -> None:
-    """Train the hybrid model (or a baseline) with spatial cross-validation."""
+    """Train the hybrid model (or a baseline) with spatial cross-validation.
+
+    Missing data are built first: the synthetic twin (data/synthetic), or the real covariate cube
+    for --data real-conus / --profiles FILE (a horizon table in any layout, read and checked as by
+    `socmap profiles check`). The load report (rows kept, dropped by reason) goes into run.json.
+    """
+    from socmap.data.realcube import RealDataMissing
     from socmap.train import train as run_training
 
     try:
+        _use_catalog(catalog)
         cfg = load_config(
             config, data=data, data_dir=str(data_dir) if data_dir else None, encoder=encoder, params=params,
             folds=folds, split=split, epochs=epochs, lr=lr, loss=loss, seed=seed, device=device,
+            profiles=profiles, columns=str(columns) if columns else None, cube_resolution=cube_resolution,
         )
         record = run_training(cfg, out, resume=resume)
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+    except (ValueError, FileNotFoundError, FileExistsError, RealDataMissing) as exc:
+        report = getattr(exc, "report", None)
+        if report is not None:
+            from socmap.cli_profiles import _print_report
+
+            _print_report(report)
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(3 if isinstance(exc, RealDataMissing) else 2) from exc
+    if "load_report" in record:
+        _print_load_report(record["load_report"])
     m = record["metrics"]
     table = Table(title=f"run {out}: held-out skill ({cfg.split}, {cfg.folds} folds)")
     for col in ("fold", "NSE", "NSE (log)", "RMSE g C m-3", "r"):
@@ -181,7 +212,30 @@ def train(
         for name, v in m["param_recovery"].items():
             rec.add_row(name, f"{v['r2']:.3f}", f"{v['corr']:.3f}")
         console.print(rec)
+    if "cv_measured_bd" in m and "pooled" in m["cv_measured_bd"]:
+        mb = m["cv_measured_bd"]
+        console.print(f"measured bulk density only ({mb['n_obs']} obs; {mb['n_obs_bd_estimated']} with a pedotransfer "
+                      f"estimate left out): pooled NSE {mb['pooled']['nse']:.3f}, NSE(log) {mb['pooled']['nse_log']:.3f}")
     console.print(f"wrote {out / 'run.json'} in {record['timing']['total_s']:.0f} s")
+
+
+def _print_load_report(report: dict) -> None:
+    """The run's load report (run.json ``load_report``) as a table: rows read, dropped by reason, kept."""
+    t = report["totals"]
+    table = Table(title="profiles: rows read, dropped by reason, kept")
+    for col in ("", "rows", "sites"):
+        table.add_column(col, justify="right" if col else "left")
+    for src in report["sources"]:
+        table.add_row(f"{src['source']} read", str(src["rows_read"]), str(src.get("sites", "")))
+    sites = report.get("sites_dropped_by_reason", {})
+    for reason, n in report["dropped_by_reason"].items():
+        table.add_row(f"dropped: {reason}", str(n), str(sites.get(reason, "")))
+    table.add_row("[bold]kept[/bold]", f"[bold]{t['rows_kept']}[/bold]", f"[bold]{t['sites_kept']}[/bold]")
+    table.add_row("bulk density measured / pedotransfer-filled", f"{t['bd_measured_rows']} / {t['bd_estimated_rows']}", "")
+    console.print(table)
+    for src in report["sources"]:
+        for field, u in (src.get("units") or {}).items():
+            console.print(f"  {src['source']}: {field} ({u['column']}) in {u['unit']}, {u['how']}", highlight=False)
 
 
 @app.command()
@@ -265,15 +319,21 @@ def covariates_build(
     resolution: float = typer.Option(0.25, "--resolution", help="Grid resolution in degrees (0.25 or 0.05; any multiple of 0.05 works)."),
     out: Path = typer.Option(Path("data/real-conus"), "--out", help="Output folder (cube.zarr + realcube.json)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    catalog: Path | None = _catalog_option(),
 ) -> None:
-    """Build a covariate cube on the CONUS grid (the twin's grid), written atomically."""
+    """Build a covariate cube on the CONUS grid (the twin's grid), written atomically.
+
+    Raster entries (kind raster) of the catalog and its overlays are added as covariate layers.
+    """
+    from socmap.data.rasters import raster_entries
     from socmap.data.realcube import RealDataMissing, write_real_cube
 
     if source != "real-conus":
         console.print(f"[red]error:[/red] unknown --source {source!r}; available: real-conus (the synthetic twin: `socmap synth`)")
         raise typer.Exit(2)
     try:
-        meta = write_real_cube(out, resolution, overwrite=overwrite)
+        _use_catalog(catalog)
+        meta = write_real_cube(out, resolution, overwrite=overwrite, rasters=raster_entries(), progress=True)
     except RealDataMissing as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(3) from exc

@@ -14,6 +14,11 @@ A run is a config plus a command: ``socmap train --out runs/NAME`` writes, in ``
   and metrics. With ``sites.csv`` and ``truth.json`` it is all a consumer of the run needs
   besides the models (see :mod:`socmap.runs`).
 
+Data are resolved by :func:`prepare_data` (missing twin or real cube built, user rasters of the
+catalog added) and :func:`load_run_data` (``--profiles``: a user's tables through the intake);
+``run.json`` then also holds ``load_report`` (rows read, kept, dropped by reason, units, the
+pedotransfer-filled rows) and ``metrics.cv_measured_bd`` (skill on measured-density observations).
+
 ``--resume`` continues an interrupted run exactly where it stopped.
 """
 
@@ -23,7 +28,9 @@ import json
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,7 +40,7 @@ import yaml
 from socmap import metrics
 from socmap.clm5.parameters import NAMES, resolve_subset
 from socmap.data.catalog import load_catalog
-from socmap.data.sites import SiteData, load_site_data
+from socmap.data.sites import SiteData, load_real, load_site_data
 from socmap.encoders import Baseline, get_encoder
 from socmap.fsutil import atomic_path, write_atomic
 from socmap.nets.hybrid import HybridModel
@@ -68,17 +75,118 @@ def data_kind(config: TrainConfig, directory: Path) -> str:
     return load_catalog().entry(config.data).kind
 
 
-def load_sites(config: TrainConfig) -> SiteData:
-    """Site data for the run (loader chosen by :func:`data_kind`), validated and non-empty."""
-    directory = resolve_data_dir(config)
-    data = load_site_data(data_kind(config, directory), directory)
+@dataclass
+class RunData:
+    """The sites a run trains on, the folder they came from, its kind and the load report (real data)."""
+
+    data: SiteData
+    directory: Path
+    kind: str
+    load_report: dict[str, Any] | None = None
+
+
+def prepare_data(config: TrainConfig, *, progress: bool = True) -> Path:
+    """The run's data folder, built when it is missing (no separate step).
+
+    - synthetic (the catalog's ``data/synthetic``): ``socmap synth`` with the default config;
+    - a covariate cube (``real-conus``, at the catalog's place or ``data_dir``): the real cube at
+      ``cube_resolution`` (:func:`socmap.data.realcube.write_real_cube`), reused next time;
+    - with ``raster`` entries in the active catalog: the cube plus those layers, in the sibling
+      folder ``<cube>+rasters-<fingerprint>`` (reused while the entries and files are unchanged),
+      unless the cube already holds exactly those rasters.
+    """
+    entry = load_catalog().entry(config.data)
+    directory = (Path(config.data_dir) if config.data_dir else entry.resolve_path(must_exist=False)).resolve()
+    kind = "synthetic" if (directory / "truth.json").exists() else entry.kind
+    if kind == "synthetic":
+        if not directory.exists() and not config.data_dir:
+            from socmap.data.synthetic import SynthConfig, write_synthetic
+
+            log.info("the synthetic twin %s is missing: building it (socmap synth)", directory)
+            write_synthetic(directory, SynthConfig(), progress=progress)
+        elif not directory.exists():
+            raise FileNotFoundError(f"data folder {directory} does not exist; create the twin with `socmap synth --out {directory}`")
+        return directory
+    if kind != "covariates":
+        raise ValueError(f"data entry {config.data!r} is of kind {kind!r}; train on the synthetic twin or a covariate cube "
+                         "(--data real-conus), and name profile tables with --profiles")
+    from socmap.data.rasters import cube_rasters, fingerprint, raster_entries, write_cube_with_rasters
+
+    if directory.is_file():
+        raise ValueError(f"data entry {config.data!r} is the source file {directory}, not a covariate cube; train with "
+                         "--data real-conus (the cube built from the sources) or --data-dir CUBE_FOLDER")
+    if not (directory / "cube.zarr").exists():
+        if directory.exists() and any(directory.iterdir()):
+            raise FileNotFoundError(f"{directory} holds no cube.zarr but is not empty; point --data-dir at a real covariate "
+                                    "cube or an empty/new folder (socmap builds the cube there)")
+        from socmap.data.realcube import write_real_cube
+
+        log.info("the real covariate cube %s is missing: building it at %g deg", directory, config.cube_resolution)
+        write_real_cube(directory, config.cube_resolution, overwrite=directory.exists(), progress=progress)
+    rasters = raster_entries()
+    if not rasters:
+        return directory
+    from socmap.data.cube import open_cube
+
+    want = fingerprint(rasters)
+    if open_cube(directory / "cube.zarr").attrs.get("user_rasters_fingerprint") == want:
+        return directory
+    derived = directory.parent / f"{directory.name}+rasters-{want}"
+    if not (derived / "cube.zarr").exists():
+        log.info("adding user raster(s) %s to the cube: %s", ", ".join(e.name for e in rasters), derived)
+        write_cube_with_rasters(directory, derived, rasters, progress=progress)
+    elif set(cube_rasters(open_cube(derived / "cube.zarr"))) != {next(iter(e.variables)) for e in rasters}:
+        raise ValueError(f"{derived} does not hold the raster layers its name promises; delete it (socmap rebuilds it)")
+    return derived
+
+
+def load_run_data(config: TrainConfig, *, progress: bool = True) -> RunData:
+    """Site data for the run, validated and non-empty, with the load report of real profiles.
+
+    Real data: the profiles are ``config.profiles`` (a user's tables or catalog entries:
+    :func:`socmap.data.sites.load_profile_sources`) or the cube's default sets, sampled on the cube
+    (:func:`socmap.data.sites.load_real`). Sites without observations or with a missing covariate
+    are dropped and counted in the report. Raises ``ValueError`` (``ProfileDataError``,
+    ``CatalogError``, ``RasterError``) with a message naming the file and the fix.
+    """
+    profiles = None
+    if config.profiles:  # the table first: a bad table fails in a second, before any cube is built
+        from socmap.data.sites import load_profile_sources
+
+        profiles = load_profile_sources(config.profiles, config.columns)
+    directory = prepare_data(config, progress=progress)
+    kind = data_kind(config, directory)
+    report = None
+    if kind == "synthetic":
+        if config.profiles:
+            raise ValueError(f"--profiles {config.profiles}: profiles are trained on the real covariate cube, but the data "
+                             f"folder {directory} is a synthetic twin; drop --data-dir or point it at a real cube")
+        data = load_site_data(kind, directory)
+    else:
+        real = load_real(directory, profiles=profiles)
+        data, report = real.data, real.report["load_report"]
     keep = np.isfinite(data.soc_g_m3).any(1) & np.isfinite(data.covariates).all(1)
     if not keep.any():
         raise ValueError(f"no usable sites in {directory}: every site lacks observations or covariates")
     if not keep.all():
         log.warning("dropping %d of %d sites without observations or with missing covariates", (~keep).sum(), len(keep))
+        if report is not None:
+            n_rows = np.isfinite(data.soc_g_m3[~keep]).sum()
+            reason = "site without observations or covariates"
+            report["dropped_by_reason"][reason] = report["dropped_by_reason"].get(reason, 0) + int(n_rows)
+            report["sites_dropped_by_reason"][reason] = int((~keep).sum())
+            report["totals"]["sites_kept"] = int(keep.sum())
         data = data.subset(np.flatnonzero(keep))
-    return data
+    if report is not None:
+        report["totals"]["observations"] = int(np.isfinite(data.soc_g_m3).sum())
+        est = data.bd_estimated if data.bd_estimated is not None else np.zeros(data.soc_g_m3.shape, bool)
+        report["totals"]["observations_bd_estimated"] = int((est & np.isfinite(data.soc_g_m3)).sum())
+    return RunData(data, directory, kind, report)
+
+
+def load_sites(config: TrainConfig) -> SiteData:
+    """Site data for the run (loader chosen by :func:`data_kind`), validated and non-empty."""
+    return load_run_data(config, progress=False).data
 
 
 def _device(config: TrainConfig) -> torch.device:
@@ -112,14 +220,15 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progres
         if saved != config:
             log.warning("--resume: using the run's saved config from %s", out / "config.yaml")
             config = saved
+    t0 = time.perf_counter()
+    loaded = load_run_data(config, progress=progress)  # data checked before anything is written into out
+    data = loaded.data
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
     if config.threads:
         torch.set_num_threads(config.threads)
     device = _device(config)
     encoder = get_encoder(config.encoder)
-    t0 = time.perf_counter()
-    data = load_sites(config)
     folds = make_folds(data.lon, data.lat, config.folds, config.split, config.seed)
     run_folds = [f for f in folds if config.fold_indices is None or f.index in config.fold_indices]
     if not run_folds:
@@ -169,15 +278,16 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progres
         log.info("fold %d: test NSE %.3f, NSE(log) %.3f", fold.index, rec["nse"], rec["nse_log"])
 
     tested = fold_of >= 0
-    data_dir = resolve_data_dir(config)
+    data_dir = loaded.directory
     record = {
         "name": out.name,
         "schema_version": RUN_SCHEMA_VERSION,
         "config": config.model_dump(),
         "data": {
-            "entry": config.data, "kind": data_kind(config, data_dir), "dir": str(data_dir), "n_sites": len(data),
+            "entry": config.data, "kind": loaded.kind, "dir": str(data_dir), "n_sites": len(data),
             "n_obs": int(np.isfinite(data.soc_g_m3).sum()), "covariates": list(data.covariate_names),
-            "covariate_units": list(data.covariate_units),
+            "covariate_units": list(data.covariate_units), "profiles": config.profiles,
+            "catalogs": [str(f) for f in load_catalog().files],
         },
         "encoder": config.encoder,
         "parameters": list(resolve_subset(config.params)) if encoder.hybrid else [],
@@ -190,6 +300,10 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progres
             "cv": {"folds": fold_records, "mean": {k: float(np.mean([r[k] for r in fold_records])) for k in ("nse", "nse_log", "rmse", "r")}, "pooled": metrics.skill(data.soc_g_m3[tested], sim_all[tested])},
         },
     }
+    if loaded.load_report is not None:
+        record["load_report"] = loaded.load_report
+    if data.bd_estimated is not None:  # skill on the observations with a measured bulk density only
+        record["metrics"]["cv_measured_bd"] = _measured_bd_skill(data, sim_all, fold_of, run_folds)
     if encoder.hybrid and data.true_p is not None:
         from socmap.interpret import parameter_recovery, relationship_recovery
 
@@ -204,6 +318,20 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progres
     return record
 
 
+def _measured_bd_skill(data: SiteData, sim: np.ndarray, fold_of: np.ndarray, run_folds) -> dict[str, Any]:
+    """Held-out skill on the observations whose bulk density was measured (not a pedotransfer estimate)."""
+    obs = np.where(data.bd_estimated, np.nan, data.soc_g_m3)
+    out: dict[str, Any] = {"n_obs": int(np.isfinite(obs[fold_of >= 0]).sum()),
+                           "n_obs_bd_estimated": int((data.bd_estimated & np.isfinite(data.soc_g_m3))[fold_of >= 0].sum())}
+    if out["n_obs"] >= 2:
+        out["pooled"] = metrics.skill(obs[fold_of >= 0], sim[fold_of >= 0])
+        folds = [metrics.skill(obs[fold_of == f.index], sim[fold_of == f.index]) for f in run_folds
+                 if np.isfinite(obs[fold_of == f.index]).sum() >= 2]
+        if folds:
+            out["mean"] = {k: float(np.mean([r[k] for r in folds])) for k in ("nse", "nse_log", "rmse", "r")}
+    return out
+
+
 def _write_predictions(out: Path, data: SiteData, sim: np.ndarray, p: np.ndarray, fold_of: np.ndarray) -> None:
     """``predictions.csv`` (out-of-fold SOC per observation) and ``site_parameters.csv`` (per-site p)."""
     si, li = np.nonzero(np.isfinite(data.soc_g_m3))
@@ -211,6 +339,8 @@ def _write_predictions(out: Path, data: SiteData, sim: np.ndarray, p: np.ndarray
         "site_id": data.site_id[si], "lon": data.lon[si], "lat": data.lat[si], "fold": fold_of[si],
         "depth_m": data.depth_m[si, li], "soc_obs_g_m3": data.soc_g_m3[si, li], "soc_sim_g_m3": sim[si, li],
     })
+    if data.bd_estimated is not None:  # flagged per observation: the bulk density is a pedotransfer estimate
+        obs["bd_estimated"] = data.bd_estimated[si, li]
     _write_csv(out / "predictions.csv", obs)
     if np.isfinite(p).any():
         params = pd.DataFrame(p, columns=[f"p_{n}" for n in NAMES])

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from socmap.clm5.parameters import resolve_subset
 from socmap.encoders import ENCODERS, get_encoder
@@ -57,6 +57,16 @@ class TrainConfig(BaseModel):
     seed: int = Field(0, description="Random seed of the folds, initial weights and batches")
     device: str = Field("auto", description="auto | cpu | cuda")
     threads: int | None = None
+    profiles: str | None = Field(None, description="Horizon table(s) to train on: a file (CSV, Parquet, Excel; read as by `socmap profiles check`) or a catalog entry of kind profiles, comma-separated for several (default: the data entry's profile sets); implies --data real-conus")
+    columns: str | None = Field(None, description="Column map (YAML: columns: {field: column}, units: {field: unit}) of the --profiles table")
+    cube_resolution: float = Field(0.25, gt=0, description="Resolution (degrees) of the real covariate cube when socmap has to build it (an existing cube is reused as it is)")
+
+    @model_validator(mode="after")
+    def _profiles_need_a_real_cube(self) -> "TrainConfig":
+        # user profiles are sampled on the real covariate cube; the twin has its own sites
+        if self.profiles and self.data == "synthetic":
+            self.data = "real-conus"
+        return self
 
     @field_validator("encoder")
     @classmethod

@@ -37,7 +37,7 @@ def test_shipped_catalog_validates():
     cat = load_catalog(ROOT / "data_catalog.yaml")
     assert cat.default == "synthetic"
     kinds = {cat.entry(n).kind for n in cat.names()}
-    assert kinds == {"covariates", "profiles", "forcing", "synthetic"}
+    assert kinds == {"covariates", "profiles", "raster", "forcing", "synthetic"}
     for name in ("synthetic", "nwca2011", "sodah", "era5_climatology", "modis_land_cover", "elevation",
                  "wosis_profiles", "ncss_profiles", "worldclim", "prism", "soilgrids", "cesm2_forcing"):
         assert name in cat.entries
@@ -148,3 +148,115 @@ def test_http_uri_is_never_fetched(tmp_path):
     cat.check_files()  # remote entries are skipped, not fetched
     with pytest.raises(CatalogError, match="never downloads"):
         cat.entry("mine").resolve_path()
+
+
+# ----------------------------------------------------------------------------------------
+# overlays: a user catalog laid over the shipped one
+# ----------------------------------------------------------------------------------------
+
+OVERLAY = """
+entries:
+  sodah:
+    kind: profiles
+    uri: my_sodah.csv
+    description: my own copy
+    license: CC-BY-4.0
+  mine:
+    kind: profiles
+    uri: mine.csv
+    description: my table
+    license: CC0
+"""
+
+
+def test_overlay_replaces_and_adds_by_name_keeping_the_shipped_entries(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no ./data_catalog.yaml here
+    monkeypatch.setenv("SOCMAP_CATALOG", str(write(tmp_path, OVERLAY, "user.yaml")))
+    cat = load_catalog()
+    assert cat.entry("sodah").resolve_path(must_exist=False) == tmp_path / "my_sodah.csv"  # relative to the overlay
+    assert cat.entry("mine").description == "my table"
+    assert cat.entry("nwca2011").kind == "profiles" and "elevation" in cat.entries  # the shipped ones are still there
+    assert cat.default == "synthetic" and [f.name for f in cat.files] == ["data_catalog.yaml", "user.yaml"]
+    shipped = load_catalog(overlays=False)
+    assert shipped.entry("sodah").description != "my own copy"
+
+
+def test_local_catalog_in_cwd_overlays_instead_of_replacing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SOCMAP_CATALOG", "")  # recorded, so use_catalog's change is undone
+    write(tmp_path, OVERLAY, "data_catalog.yaml")
+    cat = load_catalog()
+    assert "mine" in cat.entries and "era5_climatology" in cat.entries
+
+
+def test_use_catalog_sets_the_environment_for_every_reader(tmp_path, monkeypatch):
+    from socmap.data.catalog import use_catalog
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SOCMAP_CATALOG", "")  # recorded, so use_catalog's change is undone
+    path = write(tmp_path, OVERLAY, "user.yaml")
+    use_catalog(path)
+    import os
+
+    assert os.environ["SOCMAP_CATALOG"] == str(path.resolve())
+    assert "mine" in load_catalog().entries
+
+
+BAD_OVERLAYS = {
+    "unknown entry key": (OVERLAY.replace("    license: CC0\n", "    license: CC0\n    colour: red\n"), ["'mine'", "colour", "unknown key"]),
+    "unknown top-level key": ("entrys:\n  a: {}\n", ["entrys", "unknown key"]),
+    "bad default": ("default: nothere\n" + OVERLAY, ["'default'", "nothere"]),
+    "missing license": (OVERLAY.replace("    license: CC0\n", ""), ["'mine'", "license", "missing"]),
+    "raster without crs": ("""
+entries:
+  r:
+    kind: raster
+    uri: r.tif
+    description: d
+    license: CC0
+    variables:
+      clay_pct: {units: "%"}
+""", ["'r'", "crs"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_OVERLAYS))
+def test_bad_overlay_names_file_entry_and_key(tmp_path, monkeypatch, case):
+    from socmap.data.catalog import use_catalog
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SOCMAP_CATALOG", "")  # recorded, so use_catalog's change is undone
+    text, needles = BAD_OVERLAYS[case]
+    path = write(tmp_path, text, "user.yaml")
+    with pytest.raises(CatalogError) as info:
+        use_catalog(path)
+    msg = str(info.value)
+    assert "user.yaml" in msg, msg
+    for needle in needles:
+        assert needle in msg, (case, msg)
+    assert __import__("os").environ["SOCMAP_CATALOG"] == ""  # a bad overlay is not made active
+
+
+def test_missing_overlay_file_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("SOCMAP_CATALOG", str(tmp_path / "nope.yaml"))
+    with pytest.raises(CatalogError, match="nope.yaml: catalog file not found"):
+        load_catalog()
+
+
+def test_covariates_build_with_an_overlay_finds_the_data_packages(tmp_path, monkeypatch):
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from socmap.cli import app
+    from socmap.data.realcube import SOURCES
+
+    if any(importlib.util.find_spec(mod) is None for mod, _ in SOURCES.values()):
+        pytest.skip("real-data packages not installed")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SOCMAP_CATALOG", "")  # recorded, so use_catalog's change is undone
+    path = write(tmp_path, OVERLAY, "user.yaml")
+    res = CliRunner().invoke(app, ["covariates", "build", "--catalog", str(path), "--resolution", "1.0",
+                                   "--out", str(tmp_path / "cube")], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "not installed" not in res.output and (tmp_path / "cube" / "cube.zarr").exists()

@@ -249,7 +249,7 @@ def test_train_cli_options_are_trainconfig_fields_without_defaults_of_their_own(
     from socmap.train_config import TrainConfig
 
     command = typer.main.get_command(app).commands["train"]
-    run_options = {"out", "config", "resume"}  # where and how to run, not what to train
+    run_options = {"out", "config", "resume", "catalog"}  # where and how to run, not what to train
     config_options = [p for p in command.params if p.name not in run_options]
     assert {p.name for p in config_options} >= {"data", "data_dir", "encoder", "params", "folds", "split", "epochs", "lr", "loss", "seed", "device"}
     for p in config_options:

@@ -1,7 +1,7 @@
 """The data catalog (``data_catalog.yaml``): where each data set lives and what its variables mean.
 
 A catalog is a YAML mapping ``{version: 1, default: <entry>, entries: {<name>: <entry>}}``; each
-entry declares its ``kind`` (covariates | profiles | forcing | synthetic), ``uri``, description,
+entry declares its ``kind`` (covariates | profiles | raster | forcing | synthetic), ``uri``, description,
 licence, download ``url``, ``crs`` and ``variables`` (units, name in the source file, scale
 factor, offset, nodata). Unknown keys are errors, units are checked against the quantity a
 variable measures, and CRSs must parse with pyproj.
@@ -20,6 +20,19 @@ URIs
 
 Every problem surfaces as one :class:`CatalogError` naming the file, the entry, the field and
 the fix.
+
+Overlays
+--------
+The shipped catalog is always read first; user catalogs are laid over it, entry by entry (an
+entry of the same name replaces the shipped one, a new name adds one; an overlay may set
+``default``). Overlays, in order: ``./data_catalog.yaml`` in the working directory (when it is not
+the shipped file itself), the files in the environment variable ``SOCMAP_CATALOG`` (several
+separated by ``os.pathsep``), and the ``--catalog FILE`` option of the commands that read data
+(which sets ``SOCMAP_CATALOG`` for the process, so every reader sees it). An overlay needs only
+``entries:`` (``version`` and ``default`` are optional); relative URIs in it are relative to the
+overlay file. Kinds: ``raster`` entries are user rasters added to the real covariate cube
+(:mod:`socmap.data.rasters`); ``profiles`` entries are profile sets (the shipped NWCA/SoDaH, or a
+user's horizon table read through :mod:`socmap.data.intake`).
 """
 
 from __future__ import annotations
@@ -38,8 +51,12 @@ from socmap.resources import shipped_file
 
 CATALOG_FILENAME = "data_catalog.yaml"
 REAL_DATA_ENV = "SOCMAP_REAL_DATA"
+#: Environment variable naming user catalogs laid over the shipped one (``os.pathsep``-separated).
+CATALOG_ENV = "SOCMAP_CATALOG"
 
-Kind = Literal["covariates", "profiles", "forcing", "synthetic"]
+Kind = Literal["covariates", "profiles", "raster", "forcing", "synthetic"]
+#: Resampling of a ``raster`` entry onto the socmap grid.
+Resampling = Literal["bilinear", "nearest", "average"]
 
 #: Allowed unit strings per physical quantity (UDUNITS-style spellings).
 QUANTITY_UNITS: dict[str, frozenset[str]] = {
@@ -155,6 +172,9 @@ class Entry(BaseModel):
     pip_name: str | None = Field(None, description="Distribution name to pip install for a package:// URI.")
     template: bool = Field(False, description="A user-supplied file: the uri is where to put it.")
     notes: str | None = None
+    resampling: Resampling | None = Field(None, description="raster entries: bilinear | nearest | average onto the grid "
+                                          "(default: average when the grid is coarser than the raster, else bilinear; "
+                                          "nearest for categories).")
     variables: dict[str, Variable] = Field(default_factory=dict)
 
     # where the catalog file lives (set by load_catalog; not part of the YAML)
@@ -181,6 +201,19 @@ class Entry(BaseModel):
         if v.startswith("package://") and len(v[len("package://"):].split("/", 1)) < 2:
             raise ValueError(f"{v!r} lacks a path inside the package; write package://<import name>/<path>")
         return v
+
+    @model_validator(mode="after")
+    def _check_raster(self) -> "Entry":
+        if self.kind == "raster" and not self.template:
+            if len(self.variables) != 1:
+                raise ValueError(f"variables: a raster entry declares exactly one variable (the covariate layer it adds, "
+                                 f"with its units, source_name = band or NetCDF variable, nodata); it has {len(self.variables)}")
+            if self.crs is None:
+                raise ValueError("crs: a raster entry must declare the raster's CRS (e.g. 'EPSG:5070'); it is checked "
+                                 "against the file's own")
+        if self.resampling is not None and self.kind != "raster":
+            raise ValueError(f"resampling: only raster entries are resampled (this entry is {self.kind!r}); remove the key")
+        return self
 
     @model_validator(mode="after")
     def _check_units(self) -> "Entry":
@@ -271,6 +304,7 @@ class Catalog(BaseModel):
     default: str = "synthetic"
     entries: dict[str, Entry]
     _path: Path | None = None
+    _files: list[Path] = []
 
     @model_validator(mode="before")
     @classmethod
@@ -297,11 +331,18 @@ class Catalog(BaseModel):
     def path(self) -> Path | None:
         return self._path
 
+    @property
+    def files(self) -> list[Path]:
+        """Every catalog file read, shipped first, then the overlays in the order applied."""
+        return list(self._files) or ([self._path] if self._path is not None else [])
+
     def entry(self, name: str | None = None) -> Entry:
         """The entry called ``name`` (the catalog's default when None)."""
         name = name or self.default
         if name not in self.entries:
-            raise CatalogError(f"{_describe(self._path)}: no entry {name!r}; entries: {', '.join(self.entries)}")
+            where = " + ".join(str(f) for f in self.files) or _describe(self._path)
+            raise CatalogError(f"{where}: no entry {name!r}; entries: {', '.join(self.entries)} (add it to a user catalog "
+                               f"given with --catalog FILE or ${CATALOG_ENV})")
         return self.entries[name]
 
     def names(self, kind: str | None = None) -> list[str]:
@@ -316,16 +357,51 @@ class Catalog(BaseModel):
             e.resolve_path(must_exist=True)
 
 
-def default_catalog_path() -> Path:
-    """``./data_catalog.yaml`` if present, else the catalog shipped with socmap."""
-    local = Path.cwd() / CATALOG_FILENAME
-    if local.is_file():
-        return local
+def shipped_catalog_path() -> Path:
+    """The catalog shipped with socmap (in the wheel, or the source checkout's root)."""
     try:
         return shipped_file(CATALOG_FILENAME)
     except FileNotFoundError as exc:
-        raise CatalogError(f"no {CATALOG_FILENAME} in {Path.cwd()} and none shipped with socmap ({exc}); "
-                           "pass the catalog path explicitly") from exc
+        raise CatalogError(f"no {CATALOG_FILENAME} shipped with socmap ({exc}); reinstall socmap (`pip install .`)") from None
+
+
+def default_catalog_path() -> Path:
+    """The shipped catalog (user catalogs overlay it: :func:`overlay_paths`)."""
+    return shipped_catalog_path()
+
+
+def overlay_paths() -> list[Path]:
+    """User catalogs laid over the shipped one, in order: ``./data_catalog.yaml`` (unless it is the
+    shipped file) and the files in ``$SOCMAP_CATALOG``. A missing file named in the variable is an error."""
+    out: list[Path] = []
+    local = Path.cwd() / CATALOG_FILENAME
+    shipped = shipped_catalog_path().resolve()
+    if local.is_file() and local.resolve() != shipped:
+        out.append(local)
+    for part in os.environ.get(CATALOG_ENV, "").split(os.pathsep):
+        if not part.strip():
+            continue
+        p = Path(part.strip()).expanduser()
+        if not p.is_file():
+            raise CatalogError(f"{p}: catalog file not found (named in ${CATALOG_ENV} or --catalog); fix the path")
+        if p.resolve() != shipped and p.resolve() not in [q.resolve() for q in out]:
+            out.append(p)
+    return out
+
+
+def use_catalog(path: str | Path | None) -> None:
+    """Lay the user catalog ``path`` over the shipped one for this process (and its workers).
+
+    Validates it first (a :class:`CatalogError` names the file, the entry and the key), then
+    appends it to ``$SOCMAP_CATALOG``, which every :func:`load_catalog` reads. None does nothing.
+    """
+    if path is None:
+        return
+    path = Path(path).expanduser().resolve()
+    overlay(load_catalog(), path)  # validate now, not deep inside a command
+    parts = [p for p in os.environ.get(CATALOG_ENV, "").split(os.pathsep) if p.strip()]
+    if str(path) not in parts:
+        os.environ[CATALOG_ENV] = os.pathsep.join([*parts, str(path)])
 
 
 def _format_validation_error(path: Path | str | None, raw: Any, exc: ValidationError) -> str:
@@ -371,21 +447,69 @@ def parse_catalog(raw: Any, path: Path | str | None = None) -> Catalog:
     return cat
 
 
-def load_catalog(path: str | Path | None = None, *, check_files: bool = False) -> Catalog:
-    """Load and validate a catalog (default: :func:`default_catalog_path`).
-
-    With ``check_files`` every non-template local or package entry must exist on disk.
-    """
-    path = Path(path) if path is not None else default_catalog_path()
+def _read_yaml(path: Path) -> Any:
     if not path.is_file():
         raise CatalogError(f"{path}: catalog file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise CatalogError(f"{path}: malformed YAML{where}: {getattr(exc, 'problem', exc)}; fix the syntax") from None
-    cat = parse_catalog(raw, path)
+
+
+def overlay(base: Catalog, path: str | Path) -> Catalog:
+    """``base`` with the entries of the user catalog ``path`` replacing or adding by name.
+
+    The overlay needs only ``entries:``; its ``default``, when given, must name an entry of the
+    result. Its entries are validated on their own (errors name the file, the entry and the key)
+    and resolve relative URIs against the overlay's folder.
+    """
+    path = Path(path)
+    raw = _read_yaml(path)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{path}: a catalog overlay must be a YAML mapping with an 'entries' key, got {type(raw).__name__}")
+    unknown = set(raw) - {"version", "default", "entries"}
+    if unknown:
+        raise CatalogError(f"{path}: top level, field {sorted(unknown)[0]!r}: unknown key; allowed keys: version, default, entries")
+    entries = raw.get("entries") or {}
+    if not isinstance(entries, dict):
+        raise CatalogError(f"{path}: top level, field 'entries': must map entry names to entries")
+    default = raw.get("default")
+    if entries:
+        own_default = default if default in entries else next(iter(entries))
+        part = parse_catalog({"version": raw.get("version", 1), "default": own_default, "entries": entries}, path)
+    else:
+        part = None
+    merged = {**base.entries, **(part.entries if part else {})}
+    if default is not None and default not in merged:
+        raise CatalogError(f"{path}: top level, field 'default': {default!r} is not an entry of the shipped catalog or "
+                           f"this overlay; use one of {', '.join(merged)}")
+    cat = Catalog(version=1, default=default or base.default, entries=merged)
+    cat._path = Path(path).resolve()
+    cat._files = [*base.files, cat._path]
+    return cat
+
+
+def load_catalog(path: str | Path | None = None, *, check_files: bool = False, overlays: bool = True) -> Catalog:
+    """Load and validate a catalog.
+
+    ``path`` given: that file alone (a complete catalog). Otherwise the shipped catalog with the
+    user overlays of :func:`overlay_paths` laid over it (``overlays=False``: the shipped one alone).
+    With ``check_files`` every non-template local or package entry must exist on disk.
+    """
+    if path is not None:
+        path = Path(path)
+        cat = parse_catalog(_read_yaml(path), path)
+        cat._files = [cat._path] if cat._path is not None else []
+    else:
+        shipped = shipped_catalog_path()
+        cat = parse_catalog(_read_yaml(shipped), shipped)
+        cat._files = [cat._path]
+        for extra in (overlay_paths() if overlays else []):
+            cat = overlay(cat, extra)
     if check_files:
         cat.check_files()
     return cat

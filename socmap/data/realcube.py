@@ -337,13 +337,27 @@ def build_real_cube(resolution_deg: float = 0.25, progress: bool = False):
     return cube
 
 
-def write_real_cube(out: str | Path, resolution_deg: float = 0.25, *, overwrite: bool = False, chunk: int = 256) -> dict[str, Any]:
-    """Build the cube and write ``out/cube.zarr`` + ``out/realcube.json`` atomically (temp dir, rename)."""
+def write_real_cube(out: str | Path, resolution_deg: float = 0.25, *, overwrite: bool = False, chunk: int = 256,
+                    rasters: list | None = None, progress: bool = False) -> dict[str, Any]:
+    """Build the cube and write ``out/cube.zarr`` + ``out/realcube.json`` atomically (temp dir, rename).
+
+    ``rasters``: catalog entries of kind ``raster`` added as covariate layers
+    (:func:`socmap.data.rasters.add_raster_layers`).
+    """
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite to replace it")
+    from tqdm.auto import tqdm
+
     t0 = time.perf_counter()
+    bar = tqdm(total=3, desc=f"real covariate cube {resolution_deg:g} deg", unit="step", disable=not progress)
     cube = build_real_cube(resolution_deg)
+    bar.update()
+    if rasters:  # user rasters (catalog kind `raster`) as extra covariate layers
+        from socmap.data.rasters import add_raster_layers
+
+        cube = add_raster_layers(cube, rasters, progress=progress)
+    bar.update()
     tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -362,7 +376,9 @@ def write_real_cube(out: str | Path, resolution_deg: float = 0.25, *, overwrite:
             "grid_shape": [int(cube.sizes["y"]), int(cube.sizes["x"])],
             "land_cells": int(cube["land_mask"].values.sum()),
             "crs": "EPSG:4326",
-            "covariates": {k: {"units": u, "long_name": ln} for k, (u, ln) in REAL_COVARIATES.items()},
+            "covariates": {k: {"units": str(cube[k].attrs.get("units", "")), "long_name": str(cube[k].attrs.get("long_name", k))}
+                           for k in cube.attrs["numeric_covariates"]},
+            "user_rasters": json.loads(cube.attrs.get("user_rasters_json", "{}")),
             "covariate_range": json.loads(cube.attrs["covariate_range_json"]),
             "sources": json.loads(cube.attrs["sources_json"]),
             "regridding": json.loads(cube.attrs["regridding"]),
@@ -374,7 +390,10 @@ def write_real_cube(out: str | Path, resolution_deg: float = 0.25, *, overwrite:
         }
         (tmp / "realcube.json").write_text(json.dumps(meta, indent=1) + "\n")
         swap_into_place(tmp, out)
+        bar.update()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        bar.close()
     return meta

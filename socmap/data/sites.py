@@ -9,7 +9,9 @@ and NaN-padded SOC observations; it is what training consumes. Loaders, chosen b
   (``socmap covariates build --source real-conus --out DIR``); :func:`load_real` returns the
   same sites together with the profile table and a report of what was dropped.
 
-Real profiles come from the catalog (NWCA 2011 + SoDaH by default) with the options in
+Real profiles come from ``profiles=`` (a user's tables: :func:`load_profile_sources`, files read
+by the intake or catalog entries of kind ``profiles``), else from the catalog (NWCA 2011 + SoDaH by
+default) with the options in
 ``DIR/realcube.json`` (key ``profiles``: ``sources``, ``bulk_density`` "fill" | "measured",
 ``forest_floor`` "drop" | "shift"), or from ``DIR/profiles.csv`` when that file exists (a tidy
 table: site_id, lon, lat, top_m, bottom_m, soc_g_m3). Keyword arguments override both. Each real
@@ -57,6 +59,7 @@ class SiteData:
     true_p: np.ndarray | None = None  # [N, 21] normalised truth (synthetic only)
     truth: dict | None = None  # truth.json content (synthetic only)
     covariate_range: dict[str, tuple[float, float]] | None = None  # min/max over the land grid
+    bd_estimated: np.ndarray | None = None  # [N, L] bool: the observation's bulk density is a pedotransfer estimate
 
     def __post_init__(self) -> None:
         n = len(self.site_id)
@@ -270,11 +273,34 @@ def snap_to_land(cube, where, lon, lat, max_cells: int = 1):
     return GridSample(iy=iy, ix=ix, status=status.astype(str)), moved
 
 
-def load_real(directory: str | Path, *, sources: list[str] | None = None, bulk_density: str | None = None,
-              forest_floor: str | None = None, aggregate: bool = True, snap_cells: int = 1) -> RealSites:
-    """Real profiles on the real cube in ``directory``, with their profile table and a drop report.
+#: Site-level drop reasons of :func:`load_real` (cube sampling status -> reason in the report).
+SITE_DROP_REASONS = {"outside grid": "site outside the covariate grid", "water": "site on a water cell (no land cell within reach)"}
+R_BAD_SOC = "SOC density not positive"
+R_MISSING_COVARIATE = "covariate {name} missing at the site's cell (raster nodata or outside its extent)"
 
-    See the module docstring for the options; :func:`load_real_sites` returns only the sites.
+
+def _row_report(ps) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Per-source dicts and the row drops by reason of a :class:`~socmap.data.profiles.ProfileSet` report."""
+    sources, by_reason = [], {}
+    for rep in ps.report.sources.values():
+        d = rep.to_dict()
+        sources.append(d)
+        for reason, n in rep.dropped.items():
+            by_reason[reason] = by_reason.get(reason, 0) + int(n)
+    return sources, by_reason
+
+
+def load_real(directory: str | Path, *, sources: list[str] | None = None, bulk_density: str | None = None,
+              forest_floor: str | None = None, aggregate: bool = True, snap_cells: int = 1, profiles=None) -> RealSites:
+    """Real profiles on the real cube in ``directory``, with their profile table and a load report.
+
+    ``profiles`` (a :class:`~socmap.data.profiles.ProfileSet`, e.g. a user's table read by
+    :func:`~socmap.data.profiles.load_profile_table`) replaces the catalog sources. The report
+    (``report["load_report"]``) is a plain dict ``{"sources": [...], "totals": {...},
+    "dropped_by_reason": {reason: rows}, "sites_dropped_by_reason": {reason: sites}}``: every row
+    read is kept or dropped for a reason (the row checks of the profile loader, then sites off the
+    grid, on water or without a covariate value), so ``rows_read = rows_kept + Σ dropped``.
+    See the module docstring for the other options; :func:`load_real_sites` returns only the sites.
     """
     from socmap.data.cube import cell_forcing, open_cube, sample_grid
     from socmap.data.profiles import load_profiles
@@ -285,7 +311,12 @@ def load_real(directory: str | Path, *, sources: list[str] | None = None, bulk_d
                                 f"`socmap covariates build --source real-conus --out {directory}`")
     opts = _options(directory, {"sources": sources, "bulk_density": bulk_density, "forest_floor": forest_floor})
     report: dict[str, Any] = {"options": opts}
-    if (directory / "profiles.csv").exists() and sources is None:
+    if profiles is not None:
+        table = profiles.table
+        report["profiles"] = profiles.report.to_dict()
+        src_rows, by_reason = _row_report(profiles)
+        opts["sources"] = [r["source"] for r in src_rows]
+    elif (directory / "profiles.csv").exists() and sources is None:
         table = pd.read_csv(directory / "profiles.csv", dtype={"site_id": str})
         missing = [c for c in ("site_id", "lon", "lat", "top_m", "bottom_m", "soc_g_m3") if c not in table]
         if missing:
@@ -296,33 +327,73 @@ def load_real(directory: str | Path, *, sources: list[str] | None = None, bulk_d
             if c not in table:
                 table[c] = v
         report["profiles"] = {"file": str(directory / "profiles.csv"), "rows": len(table)}
+        src_rows = [{"source": "profiles.csv", "files": [str(directory / "profiles.csv")], "rows_read": len(table),
+                     "rows_kept": len(table), "rows_dropped": 0, "dropped": {}}]
+        by_reason = {}
     else:
         ps = load_profiles(opts["sources"], bulk_density=opts["bulk_density"], forest_floor=opts["forest_floor"])
         table = ps.table
         report["profiles"] = ps.report.to_dict()
+        src_rows, by_reason = _row_report(ps)
         log.info("real profiles:\n%s", ps.report.table())
-    table = table[np.isfinite(table["soc_g_m3"]) & (table["soc_g_m3"] > 0)]
+    rows_read = sum(int(r["rows_read"]) for r in src_rows)
+    bad_soc = ~(np.isfinite(table["soc_g_m3"].to_numpy(np.float64)) & (table["soc_g_m3"].to_numpy(np.float64) > 0))
+    if bad_soc.any():
+        by_reason[R_BAD_SOC] = by_reason.get(R_BAD_SOC, 0) + int(bad_soc.sum())
+    table = table[~bad_soc]
     cube = open_cube(directory / "cube.zarr").load()
     sites = table.groupby("site_id", sort=True).agg(lon=("lon", "first"), lat=("lat", "first"), source=("source", "first")).reset_index()
+    rows_per_site = table.groupby("site_id", sort=True).size().reindex(sites["site_id"]).to_numpy()
     where = sample_grid(cube, sites["lon"].to_numpy(), sites["lat"].to_numpy())
     where, snapped = snap_to_land(cube, where, sites["lon"].to_numpy(), sites["lat"].to_numpy(), max_cells=snap_cells)
-    status = pd.Series(where.status)
-    dropped = {k: int(v) for k, v in status[~where.ok].value_counts().items()}
-    report["sites"] = {"read": len(sites), "kept": int(where.ok.sum()), "snapped_to_nearest_land_cell": snapped, "dropped": dropped}
-    if dropped:
-        log.warning("real sites dropped (not on a land cell of %s): %s", directory / "cube.zarr", dropped)
-    keep = np.flatnonzero(where.ok)
+    names = list(cube.attrs.get("numeric_covariates") or [])
+    reason = np.array([SITE_DROP_REASONS.get(st, st) if st != "ok" else "" for st in where.status], dtype=object)
+    ok = np.flatnonzero(where.ok)
+    for n in names:  # a site whose cell has no value of a covariate (user raster nodata): dropped, named
+        vals = np.full(len(sites), np.nan)
+        vals[ok] = cube[n].values[where.iy[ok], where.ix[ok]]
+        reason[(reason == "") & ~np.isfinite(vals)] = R_MISSING_COVARIATE.format(name=n)
+    sites_dropped: dict[str, int] = {}
+    for r in pd.unique(reason[reason != ""]):
+        m = reason == r
+        sites_dropped[str(r)] = int(m.sum())
+        by_reason[str(r)] = by_reason.get(str(r), 0) + int(rows_per_site[m].sum())
+    dropped = {k: int(v) for k, v in pd.Series(where.status)[~where.ok].value_counts().items()}
+    keep_mask = reason == ""
+    report["sites"] = {"read": len(sites), "kept": int(keep_mask.sum()), "snapped_to_nearest_land_cell": snapped,
+                       "dropped": dropped, "dropped_by_reason": sites_dropped}
+    if sites_dropped:
+        log.warning("real sites dropped on the cube %s: %s", directory / "cube.zarr", sites_dropped)
+    keep = np.flatnonzero(keep_mask)
     sites = sites.iloc[keep].reset_index(drop=True)
     iy, ix = where.iy[keep], where.ix[keep]
     table = table[table["site_id"].isin(sites["site_id"])]
     layers_before = len(table)
+    n_est = int(np.asarray(table["bd_estimated"], dtype=bool).sum()) if "bd_estimated" in table else 0
     if aggregate:
         table = aggregate_layers(table)
     report["layers"] = {"rows": layers_before, "after_aggregation": len(table)}
-    names = list(cube.attrs.get("numeric_covariates") or [])
+    report["load_report"] = {
+        "sources": src_rows,
+        "totals": {
+            "rows_read": rows_read, "rows_kept": layers_before, "rows_dropped": int(sum(by_reason.values())),
+            "sites_read": len(reason), "sites_kept": len(sites), "sites_snapped_to_nearest_land_cell": int(snapped),
+            "layers_after_merging_repeats": len(table), "bd_measured_rows": layers_before - n_est, "bd_estimated_rows": n_est,
+        },
+        "dropped_by_reason": by_reason,
+        "sites_dropped_by_reason": sites_dropped,
+        "bulk_density": opts["bulk_density"],
+    }
+    if not len(sites):
+        raise ValueError(f"no usable sites on the cube {directory / 'cube.zarr'}: of {len(reason)} site(s), "
+                         + "; ".join(f"{k}: {v}" for k, v in sites_dropped.items())
+                         + ". Check the coordinates (CONUS, WGS84 lon/lat) and the raster covariates' coverage")
     cov = np.column_stack([cube[n].values[iy, ix].astype(np.float64) for n in names])
     forcing = cell_forcing(cube, iy, ix, sites["lat"].to_numpy(np.float64))
     depth, soc = profiles_to_arrays(table, sites["site_id"].to_numpy())
+    # per observation: the bulk density came from the pedotransfer function (any merged repeat estimated)
+    _, est = profiles_to_arrays(table.assign(soc_g_m3=np.asarray(table["bd_estimated"], dtype=np.float64)),
+                                sites["site_id"].to_numpy())
     ranges = json.loads(cube.attrs["covariate_range_json"]) if "covariate_range_json" in cube.attrs else {}
     data = SiteData(
         site_id=sites["site_id"].to_numpy().astype(str),
@@ -336,8 +407,85 @@ def load_real(directory: str | Path, *, sources: list[str] | None = None, bulk_d
         depth_m=depth,
         soc_g_m3=soc,
         covariate_range={k: (float(v[0]), float(v[1])) for k, v in ranges.items()},
+        bd_estimated=np.where(np.isfinite(est), est > 0, False),
     )
     return RealSites(data=data, profiles=table.reset_index(drop=True), report=report)
+
+
+#: Catalog variable names of a ``profiles`` entry -> intake fields (:mod:`socmap.data.intake`).
+_ENTRY_FIELDS = {
+    "site_id": "site_id", "lat": "lat", "lon": "lon", "top": "top", "bottom": "bottom", "oc": "oc",
+    "organic_carbon": "oc", "total_c": "total_c", "total_carbon": "total_c", "caco3": "caco3", "bd": "bd",
+    "bulk_density": "bd", "cf": "cf", "coarse_fragments": "cf",
+}
+
+
+def entry_column_map(entry) -> dict[str, Any]:
+    """The column map (``{"columns": …, "units": …, "source": …}``) a catalog ``profiles`` entry declares."""
+    columns, units = {}, {}
+    for key, var in entry.variables.items():
+        f = _ENTRY_FIELDS.get(key)
+        if f is None:
+            continue
+        columns[f] = var.source_name or key
+        if f not in ("site_id", "lat", "lon"):
+            units[f] = var.units
+    return {"columns": columns, "units": units, "source": entry.name}
+
+
+def load_profile_sources(spec: str, columns: str | Path | None = None, *, bulk_density: str = "fill",
+                         organic_horizons: str = "drop"):
+    """Profiles named by ``spec`` (comma-separated: files and/or catalog entries of kind ``profiles``), merged.
+
+    A file is read by :func:`~socmap.data.profiles.load_profile_table` with the column map
+    ``columns`` (YAML) — the same reading and checks as ``socmap profiles check``. An entry is a
+    shipped set (``nwca2011``, ``sodah``) or a user table whose ``variables`` give its columns and
+    units. Returns one :class:`~socmap.data.profiles.ProfileSet`; raises
+    :class:`~socmap.data.intake.ProfileDataError` naming the file for a table that cannot be used.
+    """
+    from socmap.data.catalog import load_catalog
+    from socmap.data.intake import ColumnMap, ProfileDataError
+    from socmap.data.profiles import (FLAG_COLUMNS, LOADERS, TIDY_COLUMNS, LoadReport, flag_cross_source_duplicates,
+                                      load_profile_table, load_profiles)
+
+    items = [x.strip() for x in str(spec).split(",") if x.strip()]
+    if not items:
+        raise ProfileDataError("--profiles is empty; give a horizon table (CSV, Parquet, Excel) or a catalog entry of kind profiles")
+    catalog = load_catalog()
+    profile_entries = catalog.names("profiles")
+    cmap = ColumnMap.from_yaml(columns) if columns is not None else None
+    tables, report = [], LoadReport()
+    for item in items:
+        if item in profile_entries:
+            entry = catalog.entry(item)
+            if item in LOADERS:
+                ps = load_profiles([item], bulk_density=bulk_density, forest_floor=organic_horizons)
+            else:
+                path = entry.resolve_path(must_exist=True)
+                ps = load_profile_table(path, columns=cmap or entry_column_map(entry), source=item,
+                                        organic_horizons=organic_horizons, bulk_density=bulk_density)
+        elif Path(item).expanduser().is_file():
+            ps = load_profile_table(Path(item).expanduser(), columns=cmap, organic_horizons=organic_horizons,
+                                    bulk_density=bulk_density)
+        else:
+            raise ProfileDataError(f"--profiles {item}: no such file, and no catalog entry of kind profiles has that name "
+                                   f"(entries: {', '.join(profile_entries)}); give the path of a horizon table")
+        for rep in ps.report.sources.values():
+            if rep.source in report.sources:
+                raise ProfileDataError(f"--profiles: two tables have the source name {rep.source!r}; rename one file "
+                                       "(site ids are <source>:<site>)")
+            report.add(rep)
+        tables.append(ps.table)
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=TIDY_COLUMNS)
+    for flag in FLAG_COLUMNS:
+        if flag in table:
+            table[flag] = table[flag].fillna(False).astype(bool)
+    if len(tables) > 1:
+        table, report.cross_source_duplicate_sites = flag_cross_source_duplicates(table)
+    report.check()
+    from socmap.data.profiles import ProfileSet
+
+    return ProfileSet(table, report)
 
 
 def load_real_sites(directory: str | Path, **kwargs: Any) -> SiteData:
