@@ -63,18 +63,25 @@ DEMO_REAL_CONFIG: dict[str, Any] = {"data": "real-conus", "epochs": 40, "patienc
                                     "kan_polish_iters": 0, "kan_sparsify_epochs": 0}
 
 
-def _demo_step(title: str, done: bool, steps: list[tuple[str, str, float]], build) -> Any:
-    """Run ``build()`` unless ``done`` (its output exists); time it into ``steps``."""
+def _cpu_s() -> float:
+    """User CPU seconds of this process and its finished children (the Dask workers of a map)."""
+    import resource
+
+    return sum(resource.getrusage(who).ru_utime for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+
+
+def _demo_step(title: str, done: bool, steps: list[tuple[str, str, float, float]], build) -> Any:
+    """Run ``build()`` unless ``done`` (its output exists); wall and user CPU seconds into ``steps``."""
     import time as _time
 
     if done:
         console.print(f"[dim]{title}: reusing the existing output[/dim]")
-        steps.append((title, "reused", 0.0))
+        steps.append((title, "reused", 0.0, 0.0))
         return None
     console.rule(title)
-    t = _time.perf_counter()
+    t, cpu = _time.perf_counter(), _cpu_s()
     out = build()
-    steps.append((title, "built", _time.perf_counter() - t))
+    steps.append((title, "built", _time.perf_counter() - t, _cpu_s() - cpu))
     return out
 
 
@@ -117,7 +124,7 @@ def demo(
     from socmap.mapping import MapOptions, map_run, summary_lines
 
     t0 = _time.perf_counter()
-    steps: list[tuple[str, str, float]] = []
+    steps: list[tuple[str, str, float, float]] = []
     runs: list[Path] = []
 
     def train_step(cfg, out: Path) -> None:
@@ -145,7 +152,7 @@ def demo(
             real = False
     if real:
         try:
-            _demo_step("real 2/3: KAN hybrid on the shipped NWCA 2011 + SoDaH profiles", (real_run / "run.json").exists(),
+            _demo_step("real 2/3: KAN on the shipped NWCA + SoDaH profiles", (real_run / "run.json").exists(),
                        steps, lambda: train_step(load_config(**DEMO_REAL_CONFIG, data_dir=str(real_dir)), real_run))
             _demo_step("real 3/3: mapping CONUS (fold ensemble)", (real_run / "maps.zarr").exists(), steps,
                        lambda: map_step(real_run))
@@ -170,11 +177,12 @@ def demo(
         raise typer.Exit(2) from exc
     runs.append(run)
 
-    table = Table(title=f"socmap demo: ready in {_time.perf_counter() - t0:.0f} s")
-    for col in ("step", "", "seconds"):
+    table = Table(title=f"socmap demo: ready in {_time.perf_counter() - t0:.0f} s ({_cpu_s():.0f} CPU s)")
+    for col in ("step", "", "wall s", "user CPU s"):
         table.add_column(col)
-    for title, status, seconds in steps:
-        table.add_row(title, status, f"{seconds:.0f}" if status == "built" else "—")
+    for title, status, seconds, cpu in steps:
+        built = status == "built"
+        table.add_row(title, status, f"{seconds:.0f}" if built else "—", f"{cpu:.0f}" if built else "—")
     console.print(table)
     tot = Table(title="CONUS SOC totals (Pg C; ± fold SD, upper bound)")
     for col in ("run", "0–30 cm", "0–100 cm", "land km²"):
