@@ -1,6 +1,5 @@
 """CONUS totals of a run store: SOC stocks summed over the land cells in Pg C, with the fold
-spread, and the mean stock per IGBP land-cover class and litter group (docs/model.md,
-"CONUS totals").
+spread, and the mean stock per IGBP land-cover class and litter group.
 
 A cell of the regular lat/lon grid (centre latitude φ, spacings Δφ, Δλ) has the area of a
 band of a sphere of radius R cut to Δλ::
