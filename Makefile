@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+DEMO_ARGS ?=
 demo: $(STAMP)
-	$(BIN)/socmap demo
+	$(BIN)/socmap demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q tests

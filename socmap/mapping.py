@@ -4,7 +4,8 @@ The driver (:func:`map_run`) runs named steps: open the run and its cube (regrid
 ``--resolution`` into ``runs/NAME/cache/cube_<R>deg.zarr`` by :func:`socmap.data.cube.regrid_cube`),
 start or resume the partial store (:func:`socmap.store.create_template`, with every fold
 model's profile at the training sites), run one task per ``chunks × chunks`` window, and
-finish (``site_residuals.csv``, rename, ``map.json``). The schema is in :mod:`socmap.store`.
+finish (``site_residuals.csv``, the CONUS totals of :mod:`socmap.totals` into the store's
+``totals`` attribute, rename, ``map.json`` with the same totals). The schema is in :mod:`socmap.store`.
 
 Each window task (:func:`map_chunk`) reads the window's covariates and climate, derives the CLM5
 forcing of its land cells (:func:`socmap.data.cube.cell_forcing`), predicts them with the one cell
@@ -440,22 +441,54 @@ def map_run(run_dir: str | Path, opts: MapOptions | None = None, **kwargs: Any) 
             cluster.close()
 
     complete = len(progress["chunks_done"]) == len(windows)
+    totals = None
     out_size = _dir_size(inputs.partial)
     if complete:
         t = time.perf_counter()
         write_site_residuals(run_dir)
+        totals = _write_totals(inputs.partial)
         _finalise(inputs.partial, inputs.store)
         timings["finalise"] = time.perf_counter() - t
     record = _record(inputs, opts, stats, timings, complete=complete, resumed=resumed, n_windows=len(windows),
-                     out_size=out_size, seconds=time.perf_counter() - t_start)
+                     out_size=out_size, seconds=time.perf_counter() - t_start, totals=totals)
     if complete and opts.out is None:
         write_atomic(run_dir / S.MAP_RECORD, json.dumps(record, indent=1) + "\n")
     return record
 
 
+def _write_totals(partial: Path) -> dict[str, Any]:
+    """CONUS totals of the finished (still partial) store, written into its ``totals`` attribute
+    before the store is renamed into place (:mod:`socmap.totals`)."""
+    import warnings
+
+    import zarr
+
+    from socmap.totals import conus_totals
+
+    totals = conus_totals(_open_partial(partial))
+    with warnings.catch_warnings():  # the progress file is not part of the hierarchy
+        warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy.*")
+        group = zarr.open_group(str(partial), mode="r+")
+        group.attrs["totals"] = totals
+        zarr.consolidate_metadata(str(partial))
+    return totals
+
+
+def _open_partial(partial: Path):
+    import warnings
+
+    import xarray as xr
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        return xr.open_zarr(partial, chunks=None)
+
+
 def _record(inputs: _Inputs, opts: MapOptions, stats: list[dict], timings: dict[str, float], *, complete: bool,
-            resumed: int, n_windows: int, out_size: int, seconds: float) -> dict[str, Any]:
-    """The ``map.json`` record: arguments, counts, timings."""
+            resumed: int, n_windows: int, out_size: int, seconds: float,
+            totals: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``map.json`` record: arguments, counts, timings and, for a complete store, the CONUS
+    totals (:func:`socmap.totals.conus_totals`)."""
     cube = inputs.cube
     cells = sum(s["cells"] for s in stats)
     stage = {k: round(sum(s["timings"][k] for s in stats), 3) for k in ("read", "forcing", "model", "write")}
@@ -471,6 +504,7 @@ def _record(inputs: _Inputs, opts: MapOptions, stats: list[dict], timings: dict[
         "seconds": round(seconds, 3), "cells_per_s": round(cells / timings["chunks"], 1) if timings.get("chunks") else None,
         "output_bytes": out_size, "timings_s": {**{k: round(v, 3) for k, v in timings.items()}, "worker_stage_sums": stage},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "totals": totals,
     }
 
 
@@ -594,4 +628,8 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
     ]
     if record["cells_failed"]:
         lines.append(f"warning: {record['cells_failed']} cells have no solution (NaN)")
+    if record.get("totals"):
+        from socmap.totals import totals_lines
+
+        lines.extend(totals_lines(record["totals"]))
     return lines
