@@ -299,3 +299,58 @@ def _flag_failures(x: torch.Tensor) -> torch.Tensor:
         )
         x = torch.where(bad[:, None, None], torch.full_like(x, float("nan")), x)
     return x
+
+
+# ----------------------------------------------------------------------------------------
+# shifted systems: implicit time steps (socmap.transient)
+# ----------------------------------------------------------------------------------------
+
+def _shifted_sweeps(k: torch.Tensor, transport: torch.Tensor, rhs: torch.Tensor, f: dict[str, torch.Tensor],
+                    shift: torch.Tensor) -> torch.Tensor:
+    """The forward sweeps of (s 𝟙 + V̄ - A K̄) X = b for a right-hand side in every pool.
+
+    Same structure as :func:`_sweeps`: the shift only adds to the diagonal, which the litter
+    and SOM sweeps see through V̄'s diagonal (it enters every mobile pool's diagonal once) and
+    CWD through its decay rate.
+    """
+    lower, vdiag, upper = transport.unbind(0)
+    lower_l, upper_l = lower.unbind(0), upper.unbind(0)
+    vdiag_s = vdiag + shift
+    x_cwd = rhs[0] / (k[0] + shift)
+    cwd_out = k[0] * x_cwd  # CWD fragmentation flux, gC m-3 d-1
+    litter_rhs = torch.stack([rhs[1], rhs[2] + f["fcwdl2"] * cwd_out, rhs[3] + f["1-fcwdl2"] * cwd_out], 1)
+    litter_diag = (k[1:4] + vdiag_s).transpose(0, 1).contiguous()
+    x_lit = torch.stack(_thomas(lower_l, litter_diag.unbind(0), upper_l, litter_rhs.unbind(0)), 1)
+    decay_flux = k[1:4] * x_lit
+    som_rhs = torch.stack(
+        [rhs[4] + f["fl1s1"] * decay_flux[0] + f["fl2s1"] * decay_flux[1], rhs[5] + f["fl3s2"] * decay_flux[2], rhs[6]], 1
+    )
+    block = _som_blocks(k, vdiag_s, f)
+    x_som = torch.stack(_block_thomas(lower_l, block.unbind(0), upper_l, som_rhs.unbind(0)), 1)
+    return torch.cat([x_cwd[None], x_lit, x_som], 0)
+
+
+def solve_shifted(ops: Operators, shift_per_day: torch.Tensor | float, rhs: torch.Tensor) -> torch.Tensor:
+    """Solve (s 𝟙 + V̄ - A K̄) X = b with the structured sweeps (no dense matrices).
+
+    The backward-Euler step of dX/dt = I - M X with M = V̄ - A K̄ is this system with
+    s = 1/Δt and b = X_n/Δt + I; s = 0 and b = I (zero in the SOM pools) is the steady state.
+
+    Parameters
+    ----------
+    ops : Operators
+        Month-averaged operators of ``B`` sites (:func:`~socmap.clm5.operators.build_operators`).
+    shift_per_day : float or Tensor [B]
+        Diagonal shift s (d-1), ≥ 0.
+    rhs : Tensor [7, 20, B]
+        Right-hand side b in every pool (gC m-3 d-1), sites innermost.
+
+    Returns
+    -------
+    Tensor [7, 20, B]
+        Pools (gC m-3). Differentiable by autograd through the sweeps.
+    """
+    if tuple(rhs.shape) != (grid.N_POOLS, NL, ops.batch_size):
+        raise ValueError(f"rhs must have shape [7, 20, {ops.batch_size}] (pools, layers, sites); got {tuple(rhs.shape)}")
+    shift = torch.as_tensor(shift_per_day, dtype=rhs.dtype, device=rhs.device)
+    return _shifted_sweeps(ops.decay_per_day, ops.transport, rhs, ops.fractions, shift)
