@@ -326,3 +326,8 @@ def serve(
 
 if __name__ == "__main__":  # pragma: no cover
     app()
+
+
+from socmap.cli_scenario import scenario_command  # noqa: E402  (registered last; the command lives in its own module)
+
+app.command("scenario")(scenario_command)

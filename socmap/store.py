@@ -52,7 +52,8 @@ SITE_RESIDUALS = "site_residuals.csv"
 MAP_RECORD = "map.json"
 CRS = "EPSG:4326"
 
-KINDS = ("soc", "stock", "parameter", "diagnostic", "covariate", "difference", "uncertainty", "mask", "site")
+KINDS = ("soc", "stock", "parameter", "diagnostic", "covariate", "difference", "uncertainty", "mask", "site",
+         "sensitivity", "transient")  # the last two: scenario stores (socmap.scenario_mapping)
 
 SOC = "soc"
 STOCKS: tuple[str, ...] = ("soc_stock_0_30cm", "soc_stock_0_100cm")
