@@ -23,7 +23,9 @@ def scenario_command(
     ramp_years: int | None = typer.Option(None, "--ramp-years", help="Years over which the forcing moves linearly from present to scenario (0 = step)."),
     sensitivity: bool = typer.Option(False, "--sensitivity", help="Also map elasticities d ln stock(0-100 cm) / d ln θ and the dominant process, under the scenario climate (a zero scenario gives today's)."),
     resolution: float | None = typer.Option(None, "--resolution", help="Grid resolution in degrees; must be the present map's (default)."),
-    chunks: int = typer.Option(256, "--chunks", help="Cells per window side."),
+    chunks: int = typer.Option(64, "--chunks", help="Cells per window side (one task per window)."),
+    scheduler: str | None = typer.Option(None, "--scheduler", help="Existing Dask scheduler (tcp://host:port) or 'synchronous'; default: a LocalCluster."),
+    workers: int | None = typer.Option(None, "--workers", help="LocalCluster worker processes (default: CPU count)."),
 ) -> None:
     """Map a climate scenario's steady state (and optionally a transient and sensitivities) for a mapped run."""
     from socmap.scenario import Scenario, ScenarioError
@@ -46,7 +48,8 @@ def scenario_command(
                 raise ScenarioError(str(exc)) from exc
         if scenario.ramp_years and not scenario.years:
             raise ScenarioError("--ramp-years needs --years (the length of the transient)")
-        record = run_scenario(run, scenario, ScenarioOptions(resolution=resolution, chunks=chunks, sensitivity=sensitivity))
+        record = run_scenario(run, scenario, ScenarioOptions(resolution=resolution, chunks=chunks, sensitivity=sensitivity,
+                                                               scheduler=scheduler, workers=workers))
     except (ScenarioError, ScenarioRunError, StoreError, FileNotFoundError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc

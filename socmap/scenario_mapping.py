@@ -29,8 +29,9 @@ CONUS totals use the cell area on the sphere (:func:`cell_area_m2`) over the cel
 solved (present, scenario and transient finite).
 
 The store is built as ``maps.zarr.partial`` with a progress file and renamed when complete, so an
-interrupted run resumes (same arguments) where it stopped. Windows run in this process; torch
-uses its intra-op threads (all cores by default).
+interrupted run resumes (same arguments) where it stopped. Windows (``--chunks`` cells a side)
+are tasks on a Dask ``LocalCluster`` (one single-threaded process per core), an existing cluster
+(``--scheduler tcp://…``) or this process (``synchronous``), as for ``socmap map``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -81,9 +83,11 @@ class ScenarioOptions:
     """Arguments of ``socmap scenario`` besides the scenario itself (see the CLI help)."""
 
     resolution: float | None = None
-    chunks: int = 256
+    chunks: int = 64  # small windows: the tasks that share the cores (the transient dominates the cost)
     batch: int = 4096  # cells per batch; the transient solves batch × folds sites at once
     sensitivity: bool = False
+    scheduler: str | None = None  # as `socmap map`: None = LocalCluster, "synchronous", or tcp://host:port
+    workers: int | None = None
     progress: bool = True
     stop_after: int | None = None  # test hook: raise ScenarioInterrupted after N windows
 
@@ -355,19 +359,74 @@ def _batch(models, cov: np.ndarray, climate: dict, present_forcing, scenario: Sc
     return out
 
 
-def _window(inputs: _Inputs, scenario: Scenario, opts: ScenarioOptions, y0: int, y1: int, x0: int, x1: int,
-            specs: dict[str, S.VarSpec]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+@dataclass(frozen=True)
+class WindowJob:
+    """Everything one window task needs (picklable; the paths must be visible to the worker)."""
+
+    index: tuple[int, int]
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    run_dir: str
+    cube_path: str
+    present_path: str
+    store_path: str  # the partial store the task writes its window into
+    covariates: tuple[str, ...]
+    scenario_json: str
+    ensemble: bool
+    resolution: float
+    batch: int
+    sensitivity: bool
+
+    @property
+    def key(self) -> str:
+        return f"{self.index[0]}_{self.index[1]}"
+
+
+@lru_cache(maxsize=8)
+def _open_lazy(path: str):
+    from socmap.cube import open_cube
+
+    return open_cube(path, lazy_numpy=True)
+
+
+def scenario_window(job: WindowJob) -> dict[str, Any]:
+    """Compute one window, write it into the partial store; returns its statistics (the task)."""
+    import torch
+    import zarr
+
+    torch.set_num_threads(1)  # one thread per task: multi-threaded torch spins on a busy machine
+    arrays, stats = _window(job)
+    t = time.perf_counter()
+    group = zarr.open_group(job.store_path, mode="r+")
+    for name, arr in arrays.items():
+        if name.startswith(TRANSIENT_PREFIX):
+            group[name][:, job.y0:job.y1, job.x0:job.x1] = arr
+        else:
+            group[name][job.y0:job.y1, job.x0:job.x1, ...] = arr
+    stats["timings"]["write"] = time.perf_counter() - t
+    stats["key"] = job.key
+    return stats
+
+
+def _window(job: WindowJob) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Arrays of one window and its statistics (per-fold CONUS sums, counts, timings)."""
     from socmap.clm5.parameters import NAMES
     from socmap.cube import CLIMATE_VARS, cell_forcing, climate_ok
+    from socmap.mapping import load_models
     from socmap.scenario import cell_climate
     from socmap.sensitivity import PROCESS_NAMES, dominant_process
 
+    scenario = Scenario.model_validate_json(job.scenario_json)
+    y0, y1, x0, x1 = job.y0, job.y1, job.x0, job.x1
+    specs = grid_specs(sensitivity=job.sensitivity)
     timings = {"read": 0.0, "forcing": 0.0, "model": 0.0, "transient": 0.0, "sensitivity": 0.0, "write": 0.0}
     t0 = time.perf_counter()
-    names = inputs.covariates
-    win = inputs.cube[[*names, *CLIMATE_VARS]].isel(y=slice(y0, y1), x=slice(x0, x1)).load()
-    present_win = inputs.present[list(S.STOCKS)].isel(y=slice(y0, y1), x=slice(x0, x1)).load()
+    names = list(job.covariates)
+    cube = _open_lazy(job.cube_path)
+    win = cube[[*names, *CLIMATE_VARS]].isel(y=slice(y0, y1), x=slice(x0, x1)).load()
+    present_win = _open_lazy(job.present_path)[list(S.STOCKS)].isel(y=slice(y0, y1), x=slice(x0, x1)).load()
     ny, nx = y1 - y0, x1 - x0
     land = np.asarray(win["land_mask"].values, dtype=bool)
     cov = np.stack([np.asarray(win[c].values, dtype=np.float64) for c in names], -1) if names else np.zeros((ny, nx, 0))
@@ -386,21 +445,21 @@ def _window(inputs: _Inputs, scenario: Scenario, opts: ScenarioOptions, y0: int,
     arrays[S.LAND_COVER][:] = np.where(land, np.nan_to_num(win["land_cover"].values), 0).astype(np.int16)
     arrays[S.LAND_MASK][:] = land.astype(np.uint8)
 
-    models = inputs.run.models
+    models = load_models(job.run_dir)
     k = len(models)
-    res = inputs.resolution
+    res = job.resolution
     sums = {key: np.zeros(k) for key in (f"{w}_{s}" for w in ("present", "scenario") for s in S.STOCKS)}
     sums.update({f"map_{w}_{s}": 0.0 for w in ("present", "scenario") for s in S.STOCKS})
     transient_sums = {s: np.zeros((nt, k)) for s in S.STOCKS}
     elast_sum, process_area = np.zeros(len(NAMES)), np.zeros(len(PROCESS_NAMES))
     area_total, elast_area, failed, dev = 0.0, 0.0, 0, 0.0
-    for start in range(0, iy.size, opts.batch):
-        sl = slice(start, min(iy.size, start + opts.batch))
+    for start in range(0, iy.size, job.batch):
+        sl = slice(start, min(iy.size, start + job.batch))
         t1 = time.perf_counter()
         present_forcing = cell_forcing(win, iy[sl], ix[sl])
         climate = cell_climate(win, iy[sl], ix[sl])
         timings["forcing"] += time.perf_counter() - t1
-        b = _batch(models, cov[iy[sl], ix[sl]], climate, present_forcing, scenario, inputs.ensemble, opts.sensitivity, timings)
+        b = _batch(models, cov[iy[sl], ix[sl]], climate, present_forcing, scenario, job.ensemble, job.sensitivity, timings)
         for name, val in b["values"].items():
             arrays[name][iy[sl], ix[sl]] = val
         good = np.ones(sl.stop - sl.start, dtype=bool)
@@ -411,7 +470,7 @@ def _window(inputs: _Inputs, scenario: Scenario, opts: ScenarioOptions, y0: int,
             for s in S.STOCKS:
                 good &= np.isfinite(b["transient"][s]).all((0, 1))
         failed += int((~good).sum())
-        area = cell_area_m2(inputs.cube["y"].values[y0 + iy[sl]], res) * good
+        area = cell_area_m2(cube["y"].values[y0 + iy[sl]], res) * good
         area_total += float(area.sum())
         aw = np.where(good, area, 0.0)
         for s in S.STOCKS:
@@ -456,18 +515,21 @@ def _window(inputs: _Inputs, scenario: Scenario, opts: ScenarioOptions, y0: int,
 def run_scenario(run_dir: str | Path, scenario: Scenario, opts: ScenarioOptions | None = None) -> dict[str, Any]:
     """Map ``scenario`` for a mapped run into ``runs/R/scenarios/NAME`` (module docstring); returns the record."""
     import zarr
-    from tqdm.auto import tqdm
 
+    from socmap.cluster import SchedulerError, check_scheduler_address
     from socmap.fsutil import swap_into_place, write_atomic
 
     opts = opts or ScenarioOptions()
+    try:
+        check_scheduler_address(opts.scheduler)
+    except SchedulerError as exc:
+        raise ScenarioRunError(str(exc)) from exc
     if opts.chunks < 1 or opts.batch < 1:
         raise ScenarioRunError(f"--chunks and the batch size must be >= 1 (got {opts.chunks}, {opts.batch})")
     t_start = time.perf_counter()
     run_dir = Path(run_dir).resolve()
     inputs = _open_inputs(run_dir, scenario, opts)
     inputs.out_dir.mkdir(parents=True, exist_ok=True)
-    specs = grid_specs(sensitivity=opts.sensitivity)
     windows = _windows(inputs.cube.sizes["y"], inputs.cube.sizes["x"], opts.chunks)
     fingerprint = _fingerprint(inputs, scenario, opts)
 
@@ -483,35 +545,18 @@ def run_scenario(run_dir: str | Path, scenario: Scenario, opts: ScenarioOptions 
             raise ScenarioRunError(f"cannot create {inputs.partial}: {exc}") from exc
         progress = {"store_version": S.STORE_VERSION, "fingerprint": fingerprint, "chunks_done": {}}
         S.write_progress(inputs.partial, progress)
-    resumed = len(progress["chunks_done"])
+    resumed = sum(v is not None for v in progress["chunks_done"].values())
     land = np.asarray(inputs.cube["land_mask"].values, dtype=bool)
-    pending = [w for w in windows if f"{w[0][0]}_{w[0][1]}" not in progress["chunks_done"]]
-    bar = tqdm(total=len(pending), desc=f"socmap scenario {scenario.name}", unit="chunk", disable=not opts.progress)
+    for idx, y0, y1, x0, x1 in windows:  # windows without land are done at once
+        if not land[y0:y1, x0:x1].any():
+            progress["chunks_done"].setdefault(f"{idx[0]}_{idx[1]}", None)
+    jobs = [WindowJob(idx, y0, y1, x0, x1, str(run_dir), str(inputs.cube_path), str(inputs.present_path),
+                      str(inputs.partial), tuple(inputs.covariates), scenario.model_dump_json(), inputs.ensemble,
+                      inputs.resolution, opts.batch, opts.sensitivity)
+            for idx, y0, y1, x0, x1 in windows if f"{idx[0]}_{idx[1]}" not in progress["chunks_done"]]
+    S.write_progress(inputs.partial, progress)
     t_chunks = time.perf_counter()
-    ran = 0
-    try:
-        for idx, y0, y1, x0, x1 in pending:
-            key = f"{idx[0]}_{idx[1]}"
-            if land[y0:y1, x0:x1].any():
-                arrays, stats = _window(inputs, scenario, opts, y0, y1, x0, x1, specs)
-                t = time.perf_counter()
-                group = zarr.open_group(str(inputs.partial), mode="r+")
-                for name, arr in arrays.items():
-                    if arr.ndim == 3 and name.startswith(TRANSIENT_PREFIX):
-                        group[name][:, y0:y1, x0:x1] = arr
-                    else:
-                        group[name][y0:y1, x0:x1, ...] = arr
-                stats["timings"]["write"] = time.perf_counter() - t
-            else:
-                stats = None
-            progress["chunks_done"][key] = stats
-            S.write_progress(inputs.partial, progress)
-            bar.update(1)
-            ran += 1
-            if opts.stop_after is not None and ran >= opts.stop_after and ran < len(pending):
-                raise ScenarioInterrupted(f"stopped after {ran} windows (stop_after); re-run to resume")
-    finally:
-        bar.close()
+    _run_jobs(jobs, progress, inputs.partial, opts, scenario.name)
     chunk_s = time.perf_counter() - t_chunks
 
     done = [s for s in progress["chunks_done"].values() if s]
@@ -526,6 +571,59 @@ def run_scenario(run_dir: str | Path, scenario: Scenario, opts: ScenarioOptions 
     record["seconds"] = round(time.perf_counter() - t_start, 3)
     write_atomic(inputs.out_dir / RECORD, json.dumps(record, indent=1) + "\n")
     return record
+
+
+def _run_jobs(jobs: list[WindowJob], progress: dict[str, Any], partial: Path, opts: ScenarioOptions, name: str) -> None:
+    """Run the window tasks on the scheduler (or in this process), recording each finished window."""
+    from tqdm.auto import tqdm
+
+    from socmap.cluster import SchedulerError, connect
+
+    try:
+        client, cluster = connect(opts.scheduler, opts.workers, max(1, len(jobs))) if jobs else (None, None)
+    except SchedulerError as exc:
+        raise ScenarioRunError(str(exc)) from exc
+    bar = tqdm(total=len(jobs), desc=f"socmap scenario {name}", unit="chunk", disable=not opts.progress)
+    ran = 0
+
+    def done(stats: dict[str, Any]) -> None:
+        nonlocal ran
+        progress["chunks_done"][stats["key"]] = stats
+        S.write_progress(partial, progress)
+        bar.update(1)
+        ran += 1
+        if opts.stop_after is not None and ran >= opts.stop_after and ran < len(jobs):
+            raise ScenarioInterrupted(f"stopped after {ran} windows (stop_after); re-run to resume")
+
+    try:
+        if client is None:
+            import torch
+
+            threads = torch.get_num_threads()
+            try:
+                for job in jobs:
+                    done(scenario_window(job))
+            finally:
+                torch.set_num_threads(threads)
+        else:
+            from distributed import as_completed
+
+            futures = client.map(scenario_window, jobs, pure=False,
+                                 key=[f"scenario_window-{j.key}-{os.getpid()}-{time.time_ns()}" for j in jobs])
+            try:
+                for fut in as_completed(futures):
+                    done(fut.result())
+            except BaseException:
+                client.cancel(futures)
+                raise
+    except OSError as exc:
+        raise ScenarioRunError(f"writing the store failed ({exc}); finished windows are kept in {partial}, re-run to resume") from exc
+    finally:
+        bar.close()
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
 
 
 def _fold_summary(folds: np.ndarray) -> dict[str, Any]:

@@ -119,7 +119,7 @@ def test_zero_scenario_equals_present_map_and_cell_forcing(scen_run, map_chunks)
     for name, v in a.__dict__.items():
         assert torch.equal(v, getattr(b, name)), name
 
-    rec = run_scenario(scen_run, Scenario(name="zero"), ScenarioOptions(chunks=map_chunks, progress=False))
+    rec = run_scenario(scen_run, Scenario(name="zero"), ScenarioOptions(chunks=map_chunks, scheduler="synchronous", progress=False))
     present = S.open_store(scen_run).load()
     zero = S.open_store(scen_run / "scenarios" / "zero").load()
     assert zero.attrs["scenario_name"] == "zero" and zero.attrs["run_name"] == present.attrs["run_name"]
@@ -141,10 +141,10 @@ def test_warming_scenario_store_transient_sensitivity_export_and_resume(scen_run
 
     sc = Scenario(name="warm2-held", warming_c=2, hold_inputs=True, years=4, ramp_years=2)
     with pytest.raises(ScenarioInterrupted):
-        run_scenario(scen_run, sc, ScenarioOptions(chunks=map_chunks, sensitivity=True, progress=False, stop_after=2))
+        run_scenario(scen_run, sc, ScenarioOptions(chunks=map_chunks, sensitivity=True, scheduler="synchronous", progress=False, stop_after=2))
     out = scen_run / "scenarios" / sc.name
     assert (out / "maps.zarr.partial").exists() and not (out / "maps.zarr").exists()
-    rec = run_scenario(scen_run, sc, ScenarioOptions(chunks=map_chunks, sensitivity=True, progress=False))
+    rec = run_scenario(scen_run, sc, ScenarioOptions(chunks=map_chunks, sensitivity=True, scheduler="synchronous", progress=False))
     assert rec["chunks_resumed"] == 2 and (out / "maps.zarr").exists() and not (out / "maps.zarr.partial").exists()
     assert json.loads((out / "scenario.json").read_text())["scenario"]["name"] == sc.name
 
@@ -182,11 +182,11 @@ def test_warming_scenario_store_transient_sensitivity_export_and_resume(scen_run
 
 
 def test_scenario_needs_the_present_map(run_copy):
-    from socmap.scenario_mapping import ScenarioRunError, run_scenario
+    from socmap.scenario_mapping import ScenarioOptions, ScenarioRunError, run_scenario
 
     run = run_copy("scenario-unmapped")
     with pytest.raises(ScenarioRunError, match="socmap map"):
-        run_scenario(run, Scenario(name="w", warming_c=2))
+        run_scenario(run, Scenario(name="w", warming_c=2), ScenarioOptions(scheduler="synchronous"))
 
 
 def test_cli_scenario(scen_run, map_chunks):
@@ -195,7 +195,7 @@ def test_cli_scenario(scen_run, map_chunks):
     from socmap.cli import app
 
     res = CliRunner().invoke(app, ["scenario", "--run", str(scen_run), "--name", "cli-warm", "--warming-c", "2",
-                                   "--precip-pct", "-10", "--chunks", str(map_chunks)])
+                                   "--precip-pct", "-10", "--chunks", str(map_chunks), "--scheduler", "synchronous"])
     assert res.exit_code == 0, res.output
     assert "CONUS SOC 0-100 cm" in res.output and (scen_run / "scenarios" / "cli-warm" / "maps.zarr").exists()
     bad = CliRunner().invoke(app, ["scenario", "--run", str(scen_run), "--warming-c", "2"])
