@@ -9,7 +9,7 @@ import torch
 from conftest import make_forcing, random_theta
 from socmap.clm5 import build_operators, grid, prepare_forcing, steady_state
 from socmap.clm5.parameters import INDEX
-from socmap.clm5.solver import assemble_dense, solve_shifted
+from socmap.clm5.solver import assemble_dense, factor_shifted, solve_shifted
 from socmap.transient import (
     column_carbon_g_m2,
     implicit_step,
@@ -49,6 +49,10 @@ def test_shifted_solve_matches_dense_and_steady_state(system):
     dense = torch.linalg.solve(m + s[:, None, None] * torch.eye(140, dtype=torch.float64),
                                rhs.movedim(-1, 0).reshape(ops.batch_size, 140, 1)).reshape(ops.batch_size, 7, 20).movedim(0, -1)
     assert _rel(solve_shifted(ops, s, rhs), dense) < 1e-10
+    # the kept factorization gives the same result for any right-hand side
+    fac = factor_shifted(ops, s)
+    assert _rel(fac.solve(rhs), solve_shifted(ops, s, rhs)) < 1e-13
+    assert _rel(fac.solve(2.0 * rhs + 1.0), solve_shifted(ops, s, 2.0 * rhs + 1.0)) < 1e-13
     with pytest.raises(ValueError, match="rhs must have shape"):
         solve_shifted(ops, 0.1, rhs[:, :, :3])
 
@@ -57,6 +61,8 @@ def test_unchanged_forcing_stays_at_steady_state(system):
     th, f, ops = system
     prepared = prepare_forcing(f)
     traj = run_transient(th, lambda frac: prepared, years=50, ramp_years=10)
+    step = implicit_step(ops, steady_pools(ops), 365.0)
+    assert _rel(step, steady_pools(ops)) <= 1e-8
     for name, s in traj.stocks.items():
         assert np.abs(s / s[0] - 1.0).max() <= 1e-8, name
     assert _rel(traj.final_pools, steady_pools(ops)) <= 1e-8
