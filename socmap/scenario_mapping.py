@@ -273,7 +273,7 @@ def _create_template(inputs: _Inputs, scenario: Scenario, opts: ScenarioOptions)
                                            "kind": "transient"})
     coords = {TIME_DIM: (TIME_DIM, np.arange(nt, dtype=np.int32),
                          {"units": "yr", "long_name": "years since the start of the transient (end of each simulated year)"}),
-              S.MODEL_DIM: (S.MODEL_DIM, np.asarray(inputs.present.attrs.get("fold_models", [f"model{k}" for k in range(len(inputs.run.models))]), dtype=str),
+              S.MODEL_DIM: (S.MODEL_DIM, np.asarray(inputs.present.attrs["fold_models"], dtype=str),
                             {"long_name": "fold model file (relative to the run folder)"})}
     ds = xr.Dataset(data, coords=coords, attrs=attrs)  # appending replaces the dataset attributes
     for name in ds.data_vars:
@@ -654,7 +654,8 @@ def _record(inputs: _Inputs, scenario: Scenario, opts: ScenarioOptions, stats: l
         "arguments": {"run": str(inputs.run_dir), "resolution": inputs.resolution, "chunks": opts.chunks,
                       "batch": opts.batch, "sensitivity": opts.sensitivity},
         "store": str(inputs.store), "present_store": str(inputs.present_path),
-        "present_parameters_from": "ensemble mean of per-fold solves" if inputs.ensemble else "mean of the fold models' normalised parameters (one solve)",
+        "present_parameters_from": ("ensemble mean of per-fold solves" if inputs.ensemble
+                                    else "mean of the fold models' normalised parameters (one solve)"),
         "n_models": k, "grid": [inputs.cube.sizes["y"], inputs.cube.sizes["x"]],
         "chunks_total": n_windows, "chunks_resumed": resumed,
         "cells_mapped": sum(s["cells"] for s in stats), "cells_failed": sum(s["failed"] for s in stats),
