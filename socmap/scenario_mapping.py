@@ -142,7 +142,7 @@ def grid_specs(*, sensitivity: bool) -> dict[str, S.VarSpec]:
         for p in PARAMETERS:
             add(ELASTICITY_PREFIX + p.name + S.STD_SUFFIX, yx, "1",
                 f"elasticity of the 0-100 cm SOC stock to {p.name}, standard deviation across fold models", "uncertainty")
-        add(DOMINANT, yx, "1", f"dominant process of the {STOCK} sensitivity (largest summed |elasticity|)", "sensitivity")
+        add(DOMINANT, yx, "1", f"dominant process of the {STOCK} sensitivity (group of the largest |elasticity|)", "sensitivity")
     return out
 
 

@@ -6,9 +6,9 @@ stock depends only on its own θ), so the gradient of Σ_cells s with respect to
 every cell's ∂s/∂θ, and **one backward pass** per batch gives all 21 elasticities at all cells —
 through the structured solver's adjoint (one transposed solve, docs/model.md §3).
 
-The **dominant process** of a cell is the group of parameters below with the largest summed
-|elasticity| (the summed form bounds the stock's response when all of a group's parameters
-change by the same relative amount):
+The **dominant process** of a cell is the group below holding the parameter with the largest
+|elasticity| (a group's score is the largest |elasticity| of its parameters; a sum would favour
+the nine-parameter carbon-use-efficiency group everywhere, which is what the demo run showed):
 
 =====  ======================  =====================================================
 code   process                 parameters
@@ -86,9 +86,9 @@ def elasticities(theta: torch.Tensor, prepared: PreparedForcing, stock: str = ST
 
 
 def process_scores(elasticity: np.ndarray) -> np.ndarray:
-    """Summed |elasticity| of each process group, [..., 8] from [..., 21]."""
+    """Largest |elasticity| within each process group, [..., 8] from [..., 21]."""
     a = np.abs(elasticity)
-    return np.stack([a[..., [INDEX[p] for p in PROCESS_GROUPS[g]]].sum(-1) for g in PROCESS_NAMES], -1)
+    return np.stack([a[..., [INDEX[p] for p in PROCESS_GROUPS[g]]].max(-1) for g in PROCESS_NAMES], -1)
 
 
 def dominant_process(elasticity: np.ndarray) -> np.ndarray:

@@ -46,7 +46,7 @@ def test_dominant_process_groups():
     e[0, INDEX["q10"]] = -0.9
     e[0, INDEX["tau4s3"]] = 0.5
     e[1, INDEX["fs1s2"]] = 0.3
-    e[1, INDEX["fs2s3"]] = -0.3  # summed |e| of the CUE group (0.6) beats the single q10 (0.5)
+    e[1, INDEX["fs2s3"]] = -0.6  # the largest |e| of the CUE group (0.6) beats q10 (0.5)
     e[1, INDEX["q10"]] = 0.5
     e[2] = np.nan
     code = dominant_process(e)
