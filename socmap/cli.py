@@ -478,3 +478,8 @@ app.add_typer(profiles_app, name="profiles")
 
 if __name__ == "__main__":  # pragma: no cover
     app()
+
+
+from socmap.cli_scenario import scenario_command  # noqa: E402  (registered last; the command lives in its own module)
+
+app.command("scenario")(scenario_command)

@@ -53,7 +53,8 @@ PROGRESS_FILE = "socmap_progress.json"
 SITE_RESIDUALS = "site_residuals.csv"
 MAP_RECORD = "map.json"
 
-KINDS = ("soc", "stock", "parameter", "diagnostic", "covariate", "difference", "uncertainty", "mask", "site")
+KINDS = ("soc", "stock", "parameter", "diagnostic", "covariate", "difference", "uncertainty", "mask", "site",
+         "sensitivity", "transient")  # the last two: scenario stores (socmap.scenario_mapping)
 
 SOC = "soc"
 STOCKS: tuple[str, ...] = ("soc_stock_0_30cm", "soc_stock_0_100cm")

@@ -300,3 +300,122 @@ def _flag_failures(x: torch.Tensor) -> torch.Tensor:
         )
         x = torch.where(bad[:, None, None], torch.full_like(x, float("nan")), x)
     return x
+
+
+# ----------------------------------------------------------------------------------------
+# shifted systems: implicit time steps (socmap.transient)
+# ----------------------------------------------------------------------------------------
+
+def _shifted_sweeps(k: torch.Tensor, transport: torch.Tensor, rhs: torch.Tensor, f: dict[str, torch.Tensor],
+                    shift: torch.Tensor) -> torch.Tensor:
+    """The forward sweeps of (s 𝟙 + V̄ - A K̄) X = b for a right-hand side in every pool.
+
+    Same structure as :func:`_sweeps`: the shift only adds to the diagonal, which the litter
+    and SOM sweeps see through V̄'s diagonal (it enters every mobile pool's diagonal once) and
+    CWD through its decay rate.
+    """
+    lower, vdiag, upper = transport.unbind(0)
+    lower_l, upper_l = lower.unbind(0), upper.unbind(0)
+    vdiag_s = vdiag + shift
+    x_cwd = rhs[0] / (k[0] + shift)
+    cwd_out = k[0] * x_cwd  # CWD fragmentation flux, gC m-3 d-1
+    litter_rhs = torch.stack([rhs[1], rhs[2] + f["fcwdl2"] * cwd_out, rhs[3] + f["1-fcwdl2"] * cwd_out], 1)
+    litter_diag = (k[1:4] + vdiag_s).transpose(0, 1).contiguous()
+    x_lit = torch.stack(_thomas(lower_l, litter_diag.unbind(0), upper_l, litter_rhs.unbind(0)), 1)
+    decay_flux = k[1:4] * x_lit
+    som_rhs = torch.stack(
+        [rhs[4] + f["fl1s1"] * decay_flux[0] + f["fl2s1"] * decay_flux[1], rhs[5] + f["fl3s2"] * decay_flux[2], rhs[6]], 1
+    )
+    block = _som_blocks(k, vdiag_s, f)
+    x_som = torch.stack(_block_thomas(lower_l, block.unbind(0), upper_l, som_rhs.unbind(0)), 1)
+    return torch.cat([x_cwd[None], x_lit, x_som], 0)
+
+
+def solve_shifted(ops: Operators, shift_per_day: torch.Tensor | float, rhs: torch.Tensor) -> torch.Tensor:
+    """Solve (s 𝟙 + V̄ - A K̄) X = b with the structured sweeps (no dense matrices).
+
+    The backward-Euler step of dX/dt = I - M X with M = V̄ - A K̄ is this system with
+    s = 1/Δt and b = X_n/Δt + I; s = 0 and b = I (zero in the SOM pools) is the steady state.
+
+    Parameters
+    ----------
+    ops : Operators
+        Month-averaged operators of ``B`` sites (:func:`~socmap.clm5.operators.build_operators`).
+    shift_per_day : float or Tensor [B]
+        Diagonal shift s (d-1), ≥ 0.
+    rhs : Tensor [7, 20, B]
+        Right-hand side b in every pool (gC m-3 d-1), sites innermost.
+
+    Returns
+    -------
+    Tensor [7, 20, B]
+        Pools (gC m-3). Differentiable by autograd through the sweeps.
+    """
+    if tuple(rhs.shape) != (grid.N_POOLS, NL, ops.batch_size):
+        raise ValueError(f"rhs must have shape [7, 20, {ops.batch_size}] (pools, layers, sites); got {tuple(rhs.shape)}")
+    shift = torch.as_tensor(shift_per_day, dtype=rhs.dtype, device=rhs.device)
+    return _shifted_sweeps(ops.decay_per_day, ops.transport, rhs, ops.fractions, shift)
+
+
+class ShiftedFactorization:
+    """The sweeps' elimination of (s 𝟙 + V̄ - A K̄), kept so that many right-hand sides cost only the
+    substitutions (a transient with unchanging forcing: one factorization, one cheap solve per step).
+
+    Built by :func:`factor_shifted`; :meth:`solve` equals :func:`solve_shifted` to rounding.
+    """
+
+    def __init__(self, ops: Operators, shift_per_day: torch.Tensor | float):
+        k, transport, f = ops.decay_per_day, ops.transport, ops.fractions
+        shift = torch.as_tensor(shift_per_day, dtype=k.dtype, device=k.device)
+        lower, vdiag, upper = transport.unbind(0)
+        vdiag_s = vdiag + shift
+        self.batch_size = ops.batch_size
+        self.k, self.f = k, f
+        self.cwd_diag = k[0] + shift
+        self.lower, self.upper = lower.unbind(0), upper.unbind(0)
+        # litter (3 tridiagonal systems at once): c'_j and 1/denominator_j of the Thomas sweep
+        diag = (k[1:4] + vdiag_s).transpose(0, 1).unbind(0)  # 20 × [3, B]
+        self.lit_cp, self.lit_rden = [], []
+        rden = 1.0 / diag[0]
+        for j in range(NL):
+            if j:
+                rden = 1.0 / (diag[j] - self.lower[j] * self.lit_cp[-1])
+            self.lit_rden.append(rden)
+            self.lit_cp.append(self.upper[j] * rden)
+        # SOM (3×3 blocks): the inverted Schur blocks S_j^-1 of the block sweep
+        block = _som_blocks(k, vdiag_s, f).unbind(0)
+        self.som_inv = [_inv3(block[0])]
+        for j in range(1, NL):
+            self.som_inv.append(_inv3(block[j] - (self.lower[j] * self.upper[j - 1]) * self.som_inv[-1]))
+
+    def solve(self, rhs: torch.Tensor) -> torch.Tensor:
+        """X for a right-hand side ``rhs`` [7, 20, B] (gC m-3 d-1); pools [7, 20, B]."""
+        if tuple(rhs.shape) != (grid.N_POOLS, NL, self.batch_size):
+            raise ValueError(f"rhs must have shape [7, 20, {self.batch_size}]; got {tuple(rhs.shape)}")
+        k, f = self.k, self.f
+        x_cwd = rhs[0] / self.cwd_diag
+        cwd_out = k[0] * x_cwd
+        lit_rhs = torch.stack([rhs[1], rhs[2] + f["fcwdl2"] * cwd_out, rhs[3] + f["1-fcwdl2"] * cwd_out], 1).unbind(0)
+        dps = [lit_rhs[0] * self.lit_rden[0]]
+        for j in range(1, NL):
+            dps.append((lit_rhs[j] - self.lower[j] * dps[-1]) * self.lit_rden[j])
+        xs = [dps[-1]]
+        for j in range(NL - 2, -1, -1):
+            xs.append(dps[j] - self.lit_cp[j] * xs[-1])
+        x_lit = torch.stack(xs[::-1], 1)
+        decay_flux = k[1:4] * x_lit
+        som_rhs = torch.stack([rhs[4] + f["fl1s1"] * decay_flux[0] + f["fl2s1"] * decay_flux[1],
+                               rhs[5] + f["fl3s2"] * decay_flux[2], rhs[6]], 1).unbind(0)
+        dps = [_matvec3(self.som_inv[0], som_rhs[0])]
+        for j in range(1, NL):
+            dps.append(_matvec3(self.som_inv[j], som_rhs[j] - self.lower[j] * dps[-1]))
+        xs = [dps[-1]]
+        for j in range(NL - 2, -1, -1):
+            xs.append(dps[j] - self.upper[j] * _matvec3(self.som_inv[j], xs[-1]))
+        x_som = torch.stack(xs[::-1], 1)
+        return torch.cat([x_cwd[None], x_lit, x_som], 0)
+
+
+def factor_shifted(ops: Operators, shift_per_day: torch.Tensor | float) -> ShiftedFactorization:
+    """Factor (s 𝟙 + V̄ - A K̄) once for repeated solves (see :class:`ShiftedFactorization`)."""
+    return ShiftedFactorization(ops, shift_per_day)
