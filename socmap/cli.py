@@ -474,12 +474,10 @@ def serve(
 
 from socmap.cli_profiles import profiles_app  # noqa: E402  (kept beside its registration)
 app.add_typer(profiles_app, name="profiles")
+from socmap.cli_scenario import scenario_command  # noqa: E402  (the command lives in its own module)
+app.command("scenario")(scenario_command)
 
 
 if __name__ == "__main__":  # pragma: no cover
     app()
 
-
-from socmap.cli_scenario import scenario_command  # noqa: E402  (registered last; the command lives in its own module)
-
-app.command("scenario")(scenario_command)
