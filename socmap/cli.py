@@ -21,6 +21,14 @@ app = typer.Typer(
 console = Console()
 
 
+def _fail(exc: BaseException, code: int = 2) -> typer.Exit:
+    """Print a user error (no traceback) and return the Exit to raise."""
+    from rich.markup import escape
+
+    console.print("[red]error:[/red] " + escape(str(exc)), highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
 @app.callback()
 def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages.")) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -163,8 +171,7 @@ def train(
         )
         record = run_training(cfg, out, resume=resume)
     except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        raise _fail(exc) from None
     m = record["metrics"]
     table = Table(title=f"run {out}: held-out skill ({cfg.split}, {cfg.folds} folds)")
     for col in ("fold", "NSE", "NSE (log)", "RMSE g C m-3", "r"):
@@ -182,14 +189,6 @@ def train(
             rec.add_row(name, f"{v['r2']:.3f}", f"{v['corr']:.3f}")
         console.print(rec)
     console.print(f"wrote {out / 'run.json'} in {record['timing']['total_s']:.0f} s")
-
-
-def _fail(exc: BaseException, code: int = 2) -> typer.Exit:
-    """Print a user error (no traceback) and return the Exit to raise."""
-    from rich.markup import escape
-
-    console.print("[red]error:[/red] " + escape(str(exc)), highlight=False, soft_wrap=True)
-    return typer.Exit(code)
 
 
 def _allow_partial_option() -> Any:
