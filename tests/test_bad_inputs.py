@@ -170,6 +170,7 @@ def test_bad_input_is_one_clear_error(case: Case, tiny_run, damaged_runs, tmp_pa
     before_out, before_watch = sorted(os.listdir(out)), _snapshot(watched)
     res = CliRunner().invoke(app, argv)
     text = " ".join(res.output.split())
+    print(f"[{case.id}] exit {res.exit_code}: {text}")  # the corpus listing (pytest -s)
     assert res.exit_code not in (0, None), f"exit 0 for {argv}: {text}"
     assert res.exception is None or isinstance(res.exception, SystemExit), f"uncaught {res.exception!r}: {text}"
     assert "Traceback" not in res.output, text
