@@ -30,7 +30,7 @@ from socmap.encoders import get_encoder
 log = logging.getLogger(__name__)
 
 #: What re-trains missing or damaged fold models (see :func:`socmap.train.train`).
-RETRAIN_FIX = "re-train the missing folds with `socmap train --resume --out {run}`"
+RETRAIN_FIX = "re-train the missing or damaged folds with `socmap train --resume --out {run}`"
 
 
 class RunError(RuntimeError):
@@ -251,7 +251,8 @@ def open_run(path: str | Path, *, allow_partial: bool = False, load_models: bool
         try:
             model = _load_model(run, rel)
         except Exception as exc:  # noqa: BLE001 - torch/pickle raise many kinds; all mean "cannot be read"
-            problems.append((rel, f"cannot be read ({type(exc).__name__}: {str(exc)[:120]}): truncated or damaged"))
+            log.debug("cannot load %s: %r", file, exc)
+            problems.append((rel, f"cannot be read ({type(exc).__name__}): truncated or damaged"))
             continue
         (run.models if run.hybrid else run.baseline_models).append(model)
         run.loaded_models.append(rel)

@@ -484,7 +484,7 @@ def test_damaged_run_is_an_error_and_allow_partial_is_recorded(run_copy, map_chu
 
     run = run_copy("partial")
     (run / "folds" / "fold1" / "model.pt").unlink()
-    with pytest.raises(RunError, match=r"fold1/model.pt: fold model is missing; re-train the missing folds"):
+    with pytest.raises(RunError, match=r"fold1/model.pt: fold model is missing; re-train the missing or damaged folds"):
         map_run(run, scheduler="synchronous", chunks=map_chunks, progress=False)
     assert not (run / "maps.zarr").exists() and not (run / "maps.zarr.partial").exists()
     map_run(run, scheduler="synchronous", chunks=map_chunks, allow_partial=True, max_chunks=1, progress=False)

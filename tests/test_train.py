@@ -307,7 +307,7 @@ def test_damaged_fold_is_an_error_allow_partial_uses_the_rest_and_resume_retrain
         open_run(run)
     (run / "folds" / "fold2" / "model.joblib").write_bytes(good)
     (run / "folds" / "fold1" / "model.joblib").unlink()
-    with pytest.raises(RunError, match=r"fold1/model.joblib: fold model is missing; re-train the missing folds with "
+    with pytest.raises(RunError, match=r"fold1/model.joblib: fold model is missing; re-train the missing or damaged folds with "
                                        r"`socmap train --resume --out .*`, or pass --allow-partial"):
         open_run(run)
     partial = open_run(run, allow_partial=True)
