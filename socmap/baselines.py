@@ -4,11 +4,19 @@ Both predict log SOC from the covariates plus the observation depth, one row per
 (site, layer), so they see exactly the observations the hybrid is scored on. They fit one fold
 and return the SOC they predict at the fold's test observations; the registry in
 :mod:`socmap.encoders` maps ``TrainConfig`` fields onto their keyword options.
+
+Each fold's model is saved in its fold folder (the random forest as ``model.joblib``, the NN as
+``model.pt``) and read back by :func:`load_baseline_model` as a :class:`BaselineModel`, so
+``socmap predict`` and ``socmap map`` can use baselines like hybrid runs (SOC at any depth,
+stocks; no parameters).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,7 +61,21 @@ def fit_rf(data: SiteData, fold: Fold, fold_dir: Path, device: torch.device, pro
     rf = RandomForestRegressor(n_estimators=trees, min_samples_leaf=5, n_jobs=threads or 2, random_state=seed)
     rf.fit(x_tr, y_tr)
     out[si, li] = np.exp(rf.predict(x_te))
+    _save_forest(fold_dir / "model.joblib", rf, data.covariate_names)
     return out
+
+
+def _save_forest(path: Path, forest: Any, covariate_names: Sequence[str]) -> None:
+    """The fitted forest with its covariate names, written atomically (compressed: forests are large)."""
+    import joblib
+
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        joblib.dump({"forest": forest, "covariate_names": list(covariate_names)}, tmp, compress=3)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def fit_nn(data: SiteData, fold: Fold, fold_dir: Path, device: torch.device, progress: bool = True, *,
@@ -114,5 +136,86 @@ def fit_nn(data: SiteData, fold: Fold, fold_dir: Path, device: torch.device, pro
     with torch.no_grad():
         z = net(cov_te, dep_te).squeeze(-1)
         out[si, li] = torch.exp(z * net.target_std + net.target_mean).cpu().numpy()
-    torch.save({"state_dict": net.state_dict(), "covariate_lo": lo, "covariate_hi": hi}, fold_dir / "model.pt")
+    tmp = fold_dir / f".model.pt.tmp-{os.getpid()}"
+    torch.save({"state_dict": net.state_dict(), "covariate_lo": lo, "covariate_hi": hi, "hidden": list(hidden),
+                "dropout": float(dropout), "covariate_names": list(data.covariate_names)}, tmp)
+    os.replace(tmp, fold_dir / "model.pt")
     return out
+
+
+# ----------------------------------------------------------------------------------------
+# fitted baselines, read back from a run folder
+# ----------------------------------------------------------------------------------------
+
+class BaselineModel:
+    """One fold's fitted baseline: SOC (g C m-3) from covariates (physical units) and depth (m).
+
+    Attributes
+    ----------
+    covariate_names : tuple of str
+        The covariates, in input order.
+    """
+
+    covariate_names: tuple[str, ...]
+
+    def soc_at(self, covariates: np.ndarray, depth_m: np.ndarray) -> np.ndarray:
+        """SOC density (g C m-3) [N, D] at ``depth_m`` [N, D] (m; NaN gives NaN) of N cells with
+        ``covariates`` [N, C]."""
+        covariates = np.asarray(covariates, dtype=np.float64)
+        depth_m = np.asarray(depth_m, dtype=np.float64)
+        out = np.full(depth_m.shape, np.nan)
+        rows, cols = np.nonzero(np.isfinite(depth_m) & np.isfinite(covariates).all(1)[:, None])
+        if rows.size:
+            out[rows, cols] = np.exp(self._log_soc(covariates[rows], depth_m[rows, cols]))
+        return out
+
+    def _log_soc(self, covariates: np.ndarray, depth_m: np.ndarray) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+
+class ForestModel(BaselineModel):
+    """The random forest of one fold (log SOC from ``[covariates, depth_m]``)."""
+
+    def __init__(self, forest: Any, covariate_names: Sequence[str]) -> None:
+        self.forest, self.covariate_names = forest, tuple(covariate_names)
+        self.forest.n_jobs = 1  # prediction runs inside mapping workers, one thread each
+
+    def _log_soc(self, covariates: np.ndarray, depth_m: np.ndarray) -> np.ndarray:
+        return self.forest.predict(np.column_stack([covariates, depth_m]))
+
+
+class NetworkModel(BaselineModel):
+    """The pure NN of one fold (:class:`~socmap.nets.PureNN`, covariates scaled by the training range)."""
+
+    def __init__(self, net: PureNN, lo: np.ndarray, hi: np.ndarray, covariate_names: Sequence[str]) -> None:
+        self.net, self.covariate_names = net.eval(), tuple(covariate_names)
+        self.lo, self.span = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64) - np.asarray(lo, dtype=np.float64)
+
+    def _log_soc(self, covariates: np.ndarray, depth_m: np.ndarray) -> np.ndarray:
+        x = torch.as_tensor((covariates - self.lo) / self.span, dtype=torch.float32)
+        with torch.no_grad():
+            z = self.net(x, torch.as_tensor(depth_m, dtype=torch.float32))
+        return (z.double() * self.net.target_std.double() + self.net.target_mean.double()).numpy()
+
+
+def load_baseline_model(encoder: str, path: Path, config: dict, covariate_names: Sequence[str] | None) -> BaselineModel:
+    """Read the fold model ``path`` of an ``encoder`` (``rf`` | ``nn``) run.
+
+    ``config`` is the run's config (``run.json`` ``config``: the NN's ``mlp_hidden`` and
+    ``dropout`` for models saved before they were stored with it); ``covariate_names`` the run's
+    covariates (``run.json`` ``data.covariates``) for models saved without them. Any read error
+    of the file propagates.
+    """
+    if encoder == "rf":
+        import joblib
+
+        saved = joblib.load(path)
+        return ForestModel(saved["forest"], saved.get("covariate_names") or covariate_names or ())
+    if encoder == "nn":
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        lo, hi = np.asarray(saved["covariate_lo"]), np.asarray(saved["covariate_hi"])
+        net = PureNN(len(lo), hidden=saved.get("hidden", config.get("mlp_hidden", [128, 128])),
+                     dropout=saved.get("dropout", config.get("dropout", 0.0)), target="log")
+        net.load_state_dict(saved["state_dict"])
+        return NetworkModel(net, lo, hi, saved.get("covariate_names") or covariate_names or ())
+    raise ValueError(f"no baseline model reader for encoder {encoder!r}")

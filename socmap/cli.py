@@ -21,6 +21,14 @@ app = typer.Typer(
 console = Console()
 
 
+def _fail(exc: BaseException, code: int = 2) -> typer.Exit:
+    """Print a user error (no traceback) and return the Exit to raise."""
+    from rich.markup import escape
+
+    console.print("[red]error:[/red] " + escape(str(exc)), highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
 @app.callback()
 def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages.")) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -286,14 +294,13 @@ def train(
             profiles=profiles, columns=str(columns) if columns else None, cube_resolution=cube_resolution,
         )
         record = run_training(cfg, out, resume=resume)
-    except (ValueError, FileNotFoundError, FileExistsError, RealDataMissing) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, RealDataMissing) as exc:
         report = getattr(exc, "report", None)
         if report is not None:
             from socmap.cli_profiles import _print_report
 
             _print_report(report)
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(3 if isinstance(exc, RealDataMissing) else 2) from exc
+        raise _fail(exc, 3 if isinstance(exc, RealDataMissing) else 2) from None
     if "load_report" in record:
         _print_load_report(record["load_report"])
     m = record["metrics"]
@@ -338,25 +345,34 @@ def _print_load_report(report: dict) -> None:
             console.print(f"  {src['source']}: {field} ({u['column']}) in {u['unit']}, {u['how']}", highlight=False)
 
 
+def _allow_partial_option() -> Any:
+    return typer.Option(False, "--allow-partial", help="Use the fold models that load when some are missing or "
+                        "damaged (recorded in the output); without it such a run is an error.")
+
+
 @app.command()
 def predict(
-    run: Path = typer.Option(..., "--run", help="A finished run folder (runs/NAME)."),
+    run: Path = typer.Option(..., "--run", help="A finished run folder (runs/NAME): hybrid or baseline (rf, nn)."),
     points: Path = typer.Option(..., "--points", help="CSV with columns lon, lat, depth_m."),
-    out: Path = typer.Option(..., "--out", help="Output CSV (input columns + status, SOC, stocks, parameters)."),
+    out: Path = typer.Option(..., "--out", help="Output CSV (input columns + status, SOC, stocks, hybrid parameters); a record goes to OUT.json."),
+    batch_size: int = typer.Option(8192, "--batch-size", help="Points per batch (memory grows with it, not with the file)."),
+    allow_partial: bool = _allow_partial_option(),
+    skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help="Rows with missing or out-of-range values get a status instead of stopping the run."),
 ) -> None:
-    """SOC and parameters at points, from the run's fold ensemble and covariate cube."""
-    from socmap.predict import predict_points, read_points
+    """SOC (and, for a hybrid run, parameters) at points, from the run's fold ensemble and covariate cube."""
+    from socmap.predict import PointsError, predict_file
+    from socmap.runs import RunError
 
     try:
-        result = predict_points(run, read_points(points))
-    except (ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    result.to_csv(tmp, index=False)
-    tmp.replace(out)
-    counts = result["status"].value_counts().to_dict()
-    console.print(f"wrote {out}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+        record = predict_file(run, points, out, batch=batch_size, allow_partial=allow_partial, skip_bad_rows=skip_bad_rows)
+    except (PointsError, RunError, ValueError, FileNotFoundError, PermissionError) as exc:
+        raise _fail(exc) from None
+    counts = record["status_counts"]
+    console.print(f"wrote {out}: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+                  + f" ({record['points_per_s'] or 0:,.0f} points/s)", highlight=False)
+    if record["partial_ensemble"]:
+        console.print(f"[yellow]partial ensemble:[/yellow] {len(record['fold_models'])} fold models used; missing or "
+                      f"damaged: {', '.join(record['fold_models_missing'])} (recorded in {out}.json)", highlight=False)
 
 
 @app.command("map")
@@ -369,17 +385,19 @@ def map_(
     compare: Path | None = typer.Option(None, "--compare", help="Another mapped run (runs/OTHER): add this-minus-other stock differences."),
     workers: int | None = typer.Option(None, "--workers", help="LocalCluster worker processes (default: CPU count)."),
     method: str = typer.Option("structured", "--method", help="Steady-state solver: structured (fast) | dense (reference)."),
+    allow_partial: bool = _allow_partial_option(),
 ) -> None:
-    """Map a trained run over the grid into its Zarr run store (resumable; see socmap.mapping)."""
+    """Map a trained run (hybrid or baseline) over the grid into its Zarr run store (resumable; see socmap.mapping)."""
     from socmap.mapping import MappingError, map_run, summary_lines
+    from socmap.runs import RunError
     from socmap.store import StoreError
 
     try:
         record = map_run(run, resolution=resolution, chunks=chunks, scheduler=scheduler, ensemble=ensemble,
-                         compare=str(compare) if compare else None, workers=workers, method=method)
-    except (MappingError, StoreError, FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+                         compare=str(compare) if compare else None, workers=workers, method=method,
+                         allow_partial=allow_partial)
+    except (MappingError, StoreError, RunError, FileNotFoundError, ValueError) as exc:
+        raise _fail(exc) from None
     except KeyboardInterrupt as exc:
         console.print("[yellow]interrupted:[/yellow] finished chunks are kept; re-run the same command to resume")
         raise typer.Exit(130) from exc
@@ -402,9 +420,8 @@ def export(
 
     try:
         files = export_layers(run, layers, out, fmt=fmt, crs=crs, multiband=multiband)
-    except (ExportError, StoreError, FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+    except (ExportError, StoreError, FileNotFoundError, FileExistsError, PermissionError, ValueError) as exc:
+        raise _fail(exc) from None
     total = sum(f.stat().st_size for f in files)
     console.print(f"wrote {len(files)} file(s) to {out} ({total / 1e6:.1f} MB)")
 
@@ -456,8 +473,16 @@ def serve(
     port: int = typer.Option(5006, "--port", help="Port of the dashboard server."),
     address: str = typer.Option("127.0.0.1", "--address", help="Address to listen on."),
     show: bool = typer.Option(True, "--show/--no-show", help="Open a browser tab."),
+    allow_partial: bool = _allow_partial_option(),
 ) -> None:
     """Serve the Panel dashboard (maps, differences, parameter fields, KAN curves, sites, run summary)."""
+    from socmap.runs import RunError, open_run
+
+    try:  # a damaged run is one clear error before the server starts, not a blank page per visitor
+        for r in run:
+            open_run(r, allow_partial=allow_partial)
+    except RunError as exc:
+        raise _fail(exc) from None
     try:
         from dashboards.app import serve as serve_dashboard
     except ImportError as exc:

@@ -85,10 +85,10 @@ def check(
     if out is not None:
         report.rows().to_csv(out, index=False)
         console.print(f"per-row report: {out}")
-    if tidy is not None:
-        table.to_csv(tidy, index=False)
-        console.print(f"tidy table: {tidy} ({len(table)} rows)")
-    if strict and report.rows_dropped:
+    if strict and report.rows_dropped:  # before --tidy: a failed check writes no tidy table
         parts = [f"{r}: {n} (lines {line_list(rep.dropped_lines[r])})" for rep in report.sources.values() for r, n in rep.dropped.items()]
         _fail(f"{file}: --strict and {report.rows_dropped} of {report.rows_read} rows dropped — {'; '.join(parts)}. "
               "Fix those rows in the file, or drop --strict to accept the drops", 1)
+    if tidy is not None:
+        table.to_csv(tidy, index=False)
+        console.print(f"tidy table: {tidy} ({len(table)} rows)")

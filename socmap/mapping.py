@@ -92,6 +92,8 @@ class ChunkJob:
     compare_store: str | None = None
     batch: int = 4096  # cells per solve: ~2-4k keeps the [12, 20, B] forcing pieces cache-friendly
     single_thread: bool = False
+    hybrid: bool = True  # False: a baseline run (no parameter or diagnostic variables)
+    allow_partial: bool = False  # the driver mapped a partial ensemble (socmap.runs.open_run)
 
     @property
     def key(self) -> str:
@@ -99,19 +101,17 @@ class ChunkJob:
 
 
 @lru_cache(maxsize=4)
-def _models(run_dir: str, stamp: float):
+def _models(run_dir: str, stamp: float, allow_partial: bool = False):
     from socmap.runs import open_run
 
-    run = open_run(run_dir)
-    if not run.models:
-        raise MappingError(f"run {run_dir} has no hybrid fold models to map")
-    return run.models
+    return open_run(run_dir, allow_partial=allow_partial).predictors
 
 
-def load_models(run_dir: str | Path):
-    """The run's fold models, cached per process (a worker loads them once per run.json version)."""
+def load_models(run_dir: str | Path, allow_partial: bool = False):
+    """The run's fold models (hybrid or baseline), cached per process (a worker loads them once
+    per run.json version)."""
     run_dir = str(Path(run_dir).resolve())
-    return _models(run_dir, os.path.getmtime(Path(run_dir) / "run.json"))
+    return _models(run_dir, os.path.getmtime(Path(run_dir) / "run.json"), allow_partial)
 
 
 @lru_cache(maxsize=8)
@@ -140,7 +140,7 @@ def map_chunk(job: ChunkJob) -> dict[str, Any]:
     iy, ix = np.nonzero(valid)
     timings["read"] = time.perf_counter() - t0
 
-    specs = S.variable_specs(names, ensemble=job.ensemble, compare=job.compare_store is not None)
+    specs = S.variable_specs(names, ensemble=job.ensemble, compare=job.compare_store is not None, parameters=job.hybrid)
     arrays: dict[str, np.ndarray] = {}
     for name, spec in specs.items():
         shape = (ny, nx, 20) if spec.layered else (ny, nx)
@@ -152,7 +152,7 @@ def map_chunk(job: ChunkJob) -> dict[str, Any]:
 
     failed = 0
     if iy.size:
-        models = load_models(job.run_dir)
+        models = load_models(job.run_dir, job.allow_partial)
         for start in range(0, iy.size, job.batch):
             sl = slice(start, min(iy.size, start + job.batch))
             t1 = time.perf_counter()
@@ -202,6 +202,7 @@ class MapOptions:
     max_chunks: int | None = None  # map only the first N windows with land (benchmarks); the store stays partial
     stop_after: int | None = None  # test hook: raise MapInterrupted after N windows
     progress: bool = True
+    allow_partial: bool = False  # map with the fold models that load (recorded in the store attrs)
 
 
 @dataclass
@@ -230,27 +231,15 @@ def _check_options(opts: MapOptions) -> None:
         raise MappingError(str(exc)) from exc
 
 
-def _fold_model_files(run_dir: Path) -> list[str]:
-    """Model files relative to the run folder, in the order :func:`socmap.runs.open_run` loads them."""
-    return [str((d / "model.pt").relative_to(run_dir)) for d in sorted((run_dir / "folds").glob("fold*"))
-            if (d / "model.pt").exists()]
-
-
 def _open_inputs(run_dir: Path, opts: MapOptions, timings: dict[str, float]) -> _Inputs:
-    """Open and check the run and its cube (regridded to ``opts.resolution`` when asked)."""
+    """Open and check the run (:func:`socmap.runs.open_run`: a damaged run raises its
+    :class:`~socmap.runs.RunError`) and its cube (regridded to ``opts.resolution`` when asked)."""
     from socmap.runs import open_run
 
-    try:
-        run = open_run(run_dir)
-    except FileNotFoundError as exc:
-        raise MappingError(str(exc)) from exc
-    if not run.models:
-        raise MappingError(f"run {run.name} has encoder {run.encoder!r}: mapping needs a hybrid (kan or mlp) run")
-    if opts.ensemble and len(run.models) < 2:
-        raise MappingError(f"--ensemble needs at least 2 fold models; run {run.name} has {len(run.models)}")
-    covariates = list(run.models[0].spec.covariate_names)
-    if any(list(m.spec.covariate_names) != covariates for m in run.models[1:]):
-        raise MappingError(f"the fold models of {run.name} use different covariates")
+    run = open_run(run_dir, allow_partial=opts.allow_partial)
+    if opts.ensemble and len(run.predictors) < 2:
+        raise MappingError(f"--ensemble needs at least 2 fold models; run {run.name} has {len(run.predictors)}")
+    covariates = run.covariates
     store = Path(opts.out).resolve() if opts.out else S.store_path(run_dir)
     _check_writable(store.parent)
 
@@ -272,7 +261,7 @@ def _open_inputs(run_dir: Path, opts: MapOptions, timings: dict[str, float]) -> 
         timings["regrid"] = time.perf_counter() - t
     except CubeError as exc:
         raise MappingError(str(exc)) from exc
-    return _Inputs(run, run_dir, covariates, _fold_model_files(run_dir), cube, cube_path, resolution,
+    return _Inputs(run, run_dir, covariates, run.fold_models, cube, cube_path, resolution,
                    store, store.parent / (store.name + S.PARTIAL_SUFFIX))
 
 
@@ -292,7 +281,8 @@ def _compare_store(opts: MapOptions, cube, resolution: float) -> str | None:
 def _variable_specs(inputs: _Inputs, opts: MapOptions, compare: bool) -> dict[str, S.VarSpec]:
     cube = inputs.cube
     attrs = {c: (cube[c].attrs.get("units", "1"), cube[c].attrs.get("long_name", c)) for c in inputs.covariates}
-    return S.variable_specs(inputs.covariates, ensemble=opts.ensemble, compare=compare, covariate_attrs=attrs)
+    return S.variable_specs(inputs.covariates, ensemble=opts.ensemble, compare=compare, covariate_attrs=attrs,
+                            parameters=inputs.run.hybrid)
 
 
 def _store_attrs(inputs: _Inputs, opts: MapOptions) -> dict[str, Any]:
@@ -306,11 +296,13 @@ def _store_attrs(inputs: _Inputs, opts: MapOptions) -> dict[str, Any]:
         "store_version": S.STORE_VERSION, "run_name": run.name, "run_dir": str(inputs.run_dir),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "socmap_version": socmap.__version__, "resolution_deg": float(inputs.resolution), "encoder": run.encoder,
-        "crs": S.CRS, "parameters": list(run.models[0].spec.params), "fold_models": inputs.model_files,
-        "n_models": len(run.models), "data": data, "covariates": inputs.covariates,
+        "crs": S.CRS, "parameters": list(run.models[0].spec.params) if run.models else [],
+        "fold_models": inputs.model_files, "n_models": len(run.predictors), "data": data, "covariates": inputs.covariates,
+        S.PARTIAL_ENSEMBLE_ATTR: int(run.partial), "fold_models_missing": list(run.missing_models),
         "ensemble": int(opts.ensemble), "compare_run": str(opts.compare) if opts.compare else "", "method": opts.method,
-        "parameters_from": "ensemble mean of per-fold solves" if opts.ensemble
-        else "mean of the fold models' normalised parameters (one solve)",
+        "parameters_from": ("none: a baseline run (SOC is the mean of the fold models' predictions at the layer nodes)"
+                            if not run.hybrid else "ensemble mean of per-fold solves" if opts.ensemble
+                            else "mean of the fold models' normalised parameters (one solve)"),
         "default_parameters": "CLM5 defaults (socmap.clm5.parameters.DEFAULT), one set for every cell",
         "Conventions": "CF-1.8", "title": f"socmap run store: {run.name}",
     }
@@ -343,7 +335,7 @@ def site_profiles(inputs: _Inputs, batch: int = 4096) -> S.SiteProfiles | None:
     sites = _training_sites(inputs.run_dir)
     if sites is None:
         return None
-    cube, names, models = inputs.cube, inputs.covariates, inputs.run.models
+    cube, names, models = inputs.cube, inputs.covariates, inputs.run.predictors
     lon, lat = sites["lon"].to_numpy(np.float64), sites["lat"].to_numpy(np.float64)
     soc = np.full((len(sites), len(models), 20), np.nan)
     where = sample_grid(cube, lon, lat)
@@ -399,7 +391,8 @@ def _start_or_resume(inputs: _Inputs, opts: MapOptions, specs: dict[str, S.VarSp
 def _pending_jobs(inputs: _Inputs, opts: MapOptions, windows, progress: dict[str, Any], compare_store: str | None,
                   single_thread: bool) -> list[ChunkJob]:
     jobs = [ChunkJob(idx, y0, y1, x0, x1, str(inputs.run_dir), str(inputs.cube_path), str(inputs.partial),
-                     tuple(inputs.covariates), opts.ensemble, opts.method, compare_store, opts.batch, single_thread)
+                     tuple(inputs.covariates), opts.ensemble, opts.method, compare_store, opts.batch, single_thread,
+                     hybrid=inputs.run.hybrid, allow_partial=opts.allow_partial)
             for idx, y0, y1, x0, x1 in windows]
     jobs = [j for j in jobs if j.key not in progress["chunks_done"]]
     if opts.max_chunks is not None:
@@ -419,7 +412,7 @@ def map_run(run_dir: str | Path, opts: MapOptions | None = None, **kwargs: Any) 
     compare_store = _compare_store(opts, inputs.cube, inputs.resolution)
     windows = _windows(inputs.cube.sizes["y"], inputs.cube.sizes["x"], opts.chunks)
     specs = _variable_specs(inputs, opts, compare_store is not None)
-    fingerprint = _fingerprint(run_dir, inputs.cube_path, opts, inputs.covariates)
+    fingerprint = _fingerprint(run_dir, inputs.cube_path, opts, inputs.covariates, inputs.model_files)
 
     # connect before touching the output, so an unreachable scheduler leaves nothing behind
     t = time.perf_counter()
@@ -520,8 +513,9 @@ def _windows(ny: int, nx: int, chunks: int) -> list[tuple[tuple[int, int], int, 
     return out
 
 
-def _fingerprint(run_dir: Path, cube_path: Path, opts: MapOptions, covariates: list[str]) -> str:
-    rec = {
+def _fingerprint(run_dir: Path, cube_path: Path, opts: MapOptions, covariates: list[str],
+                 model_files: list[str] | None = None) -> str:
+    rec = {"models": model_files,
         "store_version": S.STORE_VERSION, "resolution": opts.resolution, "chunks": opts.chunks,
         "ensemble": opts.ensemble, "compare": str(Path(opts.compare).resolve()) if opts.compare else None,
         "method": opts.method, "cube": str(cube_path), "covariates": covariates,

@@ -29,6 +29,13 @@ Dataset attributes
 ``resolution_deg``, ``crs``, ``encoder``, ``parameters`` (predicted parameter names),
 ``fold_models`` (model files used, relative to the run folder), ``n_models``, ``data`` (the
 run.json ``data`` dict: entry, kind, absolute dir) and ``covariates`` (encoder covariate names).
+Optional: ``partial_ensemble`` (1 when ``socmap map --allow-partial`` left out damaged or
+missing fold models; ``fold_models`` then lists the ones used and ``fold_models_missing`` the
+others; 0 or absent otherwise).
+
+Baseline runs (encoder ``rf`` or ``nn``; ``parameters`` empty) have no parameter or diagnostic
+variables (nor their ``*_std``): ``soc``, the stocks, the covariates, the masks, the
+``default_*`` stocks and ``diff_default_*`` (this run minus the CLM5 default parameters).
 
 Beside the store, in the run folder: ``site_residuals.csv`` (:data:`SITE_RESIDUALS`) and
 ``map.json`` (:data:`MAP_RECORD`). While mapping, the store is built as ``maps.zarr.partial``
@@ -69,6 +76,9 @@ STD_SUFFIX = "_std"                  # --ensemble: standard deviation across the
 LAND_COVER = "land_cover"
 LAND_MASK = "land_mask"
 
+#: Optional attribute: 1 when the map used only some of the run's fold models (``--allow-partial``).
+PARTIAL_ENSEMBLE_ATTR = "partial_ensemble"
+
 REQUIRED_ATTRS = ("store_version", "run_name", "created", "socmap_version", "resolution_deg", "crs", "encoder",
                   "parameters", "fold_models", "n_models", "data", "covariates")
 
@@ -102,8 +112,12 @@ class VarSpec:
 
 
 def variable_specs(covariates: list[str] | tuple[str, ...], *, ensemble: bool = False,
-                   compare: bool = False, covariate_attrs: dict[str, tuple[str, str]] | None = None) -> dict[str, VarSpec]:
-    """Every variable of a store mapped with these covariates and options, in store order."""
+                   compare: bool = False, covariate_attrs: dict[str, tuple[str, str]] | None = None,
+                   parameters: bool = True) -> dict[str, VarSpec]:
+    """Every variable of a store mapped with these covariates and options, in store order.
+
+    ``parameters=False`` (a baseline run) leaves out the parameters and the diagnostics.
+    """
     from socmap.clm5.diagnostics import DIAGNOSTICS
     from socmap.clm5.parameters import PARAMETERS
 
@@ -116,9 +130,9 @@ def variable_specs(covariates: list[str] | tuple[str, ...], *, ensemble: bool = 
     add(SOC, yxl, "g C m-3", "soil organic carbon density at the layer node (S1+S2+S3)", "soc")
     for s in STOCKS:
         add(s, yx, "kg C m-2", STOCK_LONG_NAMES[s], "stock")
-    for p in PARAMETERS:
+    for p in PARAMETERS if parameters else ():
         add(p.name, yx, p.unit, p.description, "parameter")
-    for name, (units, long_name) in DIAGNOSTICS.items():
+    for name, (units, long_name) in DIAGNOSTICS.items() if parameters else ():
         add(name, yx, units, long_name, "diagnostic")
     for c in covariates:
         units, long_name = (covariate_attrs or {}).get(c, ("1", c))
@@ -128,7 +142,8 @@ def variable_specs(covariates: list[str] | tuple[str, ...], *, ensemble: bool = 
     for s in STOCKS:
         add(DEFAULT_PREFIX + s, yx, "kg C m-2", STOCK_LONG_NAMES[s] + ", CLM5 default parameters", "stock")
     for s in STOCKS:
-        add(DIFF_DEFAULT_PREFIX + s, yx, "kg C m-2", STOCK_LONG_NAMES[s] + ", hybrid minus CLM5 default parameters", "difference")
+        add(DIFF_DEFAULT_PREFIX + s, yx, "kg C m-2", STOCK_LONG_NAMES[s] + (", hybrid" if parameters else ", this run")
+            + " minus CLM5 default parameters", "difference")
     if compare:
         for s in STOCKS:
             add(DIFF_COMPARE_PREFIX + s, yx, "kg C m-2", STOCK_LONG_NAMES[s] + ", this run minus the compared run", "difference")
@@ -136,7 +151,7 @@ def variable_specs(covariates: list[str] | tuple[str, ...], *, ensemble: bool = 
         for s in STOCKS:
             add(s + STD_SUFFIX, yx, "kg C m-2", STOCK_LONG_NAMES[s] + ", standard deviation across fold models", "uncertainty")
         add(SOC + STD_SUFFIX, yxl, "g C m-3", "soil organic carbon density, standard deviation across fold models", "uncertainty")
-        for p in PARAMETERS:
+        for p in PARAMETERS if parameters else ():
             add(p.name + STD_SUFFIX, yx, p.unit, p.description + ", standard deviation across fold models", "uncertainty")
     return out
 

@@ -19,7 +19,11 @@ catalog added) and :func:`load_run_data` (``--profiles``: a user's tables throug
 ``run.json`` then also holds ``load_report`` (rows read, kept, dropped by reason, units, the
 pedotransfer-filled rows) and ``metrics.cv_measured_bd`` (skill on measured-density observations).
 
-``--resume`` continues an interrupted run exactly where it stopped.
+``--resume`` continues an interrupted run exactly where it stopped, and re-trains a fold whose
+model file is missing or unreadable. Before anything is written into ``--out`` the config and
+the data are checked (:func:`_prepare`), so a failed start leaves the folder as it was; a
+resume uses the run's saved ``config.yaml`` and refuses options given now that differ from it
+(:func:`resume_config`).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from socmap.encoders import Baseline, get_encoder
 from socmap.fsutil import atomic_path, write_atomic
 from socmap.nets.hybrid import HybridModel
 from socmap.provenance import git_revision, json_default, software_versions
+from socmap.runs import fold_model_file
 from socmap.splits import make_folds
 from socmap.train_config import TrainConfig, load_config
 from socmap.trainer import HybridTrainer
@@ -208,31 +213,90 @@ def _write_csv(path: Path, frame: pd.DataFrame) -> None:
         frame.to_csv(tmp, index=False)
 
 
-def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict:
-    """Cross-validated training; returns the run record also written to ``out/run.json``."""
-    out = Path(out)
+#: Options that may change on ``--resume``: where and how fast it runs, not what it trains.
+RUNTIME_FIELDS = frozenset({"device", "threads"})
+
+
+def resume_config(config: TrainConfig, out: Path) -> TrainConfig:
+    """The config to resume ``out`` with: its saved ``config.yaml``, with the runtime options
+    (:data:`RUNTIME_FIELDS`) given now; a ValueError listing every option given now that differs
+    (``field: saved → given``), and for a data source that resolves to another folder."""
+    saved_path = out / "config.yaml"
+    try:
+        saved = load_config(saved_path)
+    except ValueError as exc:
+        raise ValueError(f"--resume: the saved config cannot be read ({exc}); restore it or train into a new --out") from None
+    given = config.model_fields_set
+    diffs = [f"{k}: {getattr(saved, k)!r} → {getattr(config, k)!r}" for k in sorted(given - RUNTIME_FIELDS - {"data_dir"})
+             if getattr(config, k) != getattr(saved, k)]
+    if not diffs and {"data", "data_dir"} & given:
+        old, new = resolve_data_dir(saved), resolve_data_dir(config)
+        if old != new:
+            diffs.append(f"data folder: {old} → {new}")
+    if diffs:
+        raise ValueError(f"--resume: {out} was started with another config ({saved_path}); differs: "
+                         + "; ".join(diffs) + ". Resume without those options, or train into a new --out")
+    return saved.model_copy(update={k: getattr(config, k) for k in given & RUNTIME_FIELDS})
+
+
+def _prepare(config: TrainConfig, out: Path, resume: bool, progress: bool = True) -> tuple[TrainConfig, RunData, list]:
+    """Every check before anything is written into ``out``: the folder, the config, the data, the folds.
+
+    Returns the config to train with, the loaded data (sites and load report) and the folds to run.
+    """
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file; give a folder for the run")
     if out.exists() and (out / "run.json").exists() and not resume:
         raise FileExistsError(f"{out} already holds a finished run; choose another --out or pass --resume")
     if out.exists() and not resume and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty; pass --resume to continue the run in it or choose another --out")
     if resume and (out / "config.yaml").exists():
-        saved = load_config(out / "config.yaml")
-        if saved != config:
-            log.warning("--resume: using the run's saved config from %s", out / "config.yaml")
-            config = saved
-    t0 = time.perf_counter()
-    loaded = load_run_data(config, progress=progress)  # data checked before anything is written into out
+        config = resume_config(config, out)
+    get_encoder(config.encoder)
+    loaded = load_run_data(config, progress=progress)
     data = loaded.data
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    device = _device(config)
-    encoder = get_encoder(config.encoder)
     folds = make_folds(data.lon, data.lat, config.folds, config.split, config.seed)
     run_folds = [f for f in folds if config.fold_indices is None or f.index in config.fold_indices]
     if not run_folds:
         raise ValueError(f"fold_indices {config.fold_indices} select no fold of {config.folds}")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not out.exists() and not os.access(parent if parent.exists() else Path("."), os.W_OK):
+        raise PermissionError(f"cannot create --out {out}: {parent} is not writable")
+    return config, loaded, run_folds
+
+
+def _fold_model_usable(fold_dir: Path, encoder_name: str, fold: int, out: Path) -> bool:
+    """Whether a finished fold's model file exists and loads (a resume re-trains it otherwise)."""
+    from socmap.baselines import load_baseline_model
+
+    file = out / fold_model_file(encoder_name, fold)
+    if not file.is_file():
+        return False
+    try:
+        if get_encoder(encoder_name).hybrid:
+            HybridModel.from_checkpoint(torch.load(file, map_location="cpu", weights_only=False))
+        else:
+            load_baseline_model(encoder_name, file, {}, None)
+    except Exception:  # noqa: BLE001 - any read error means the fold must be re-trained
+        return False
+    return True
+
+
+def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict:
+    """Cross-validated training; returns the run record also written to ``out/run.json``.
+
+    Nothing is written into ``out`` until the config, the data and the folds pass their checks.
+    """
+    out = Path(out)
+    t0 = time.perf_counter()
+    config, loaded, run_folds = _prepare(config, out, resume, progress)
+    data = loaded.data
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "config.yaml", yaml.safe_dump(config.model_dump(), sort_keys=False))
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = _device(config)
+    encoder = get_encoder(config.encoder)
 
     sim_all = np.full(data.soc_g_m3.shape, np.nan)
     p_all = np.full((len(data), len(NAMES)), np.nan)
@@ -242,6 +306,11 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progres
         fold_dir = out / "folds" / f"fold{fold.index}"
         done = fold_dir / "result.json"
         t_fold = time.perf_counter()
+        if resume and done.exists() and not _fold_model_usable(fold_dir, config.encoder, fold.index, out):
+            log.warning("fold %d: %s is missing or unreadable: re-training the fold", fold.index,
+                        out / fold_model_file(config.encoder, fold.index))
+            for name in ("result.json", "test_sim.npy", "test_p.npy", "checkpoint.pt"):
+                (fold_dir / name).unlink(missing_ok=True)
         if resume and done.exists():
             rec = json.loads(done.read_text())
             sim_all[fold.test] = np.load(fold_dir / "test_sim.npy")
@@ -291,7 +360,7 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progres
         },
         "encoder": config.encoder,
         "parameters": list(resolve_subset(config.params)) if encoder.hybrid else [],
-        "fold_models": [f"folds/fold{f.index}/model.pt" for f in run_folds if (out / "folds" / f"fold{f.index}" / "model.pt").exists()],
+        "fold_models": [fold_model_file(config.encoder, f.index) for f in run_folds if (out / fold_model_file(config.encoder, f.index)).exists()],
         "versions": software_versions(),
         "git_revision": git_revision(),
         "device": str(device),

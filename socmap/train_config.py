@@ -2,6 +2,8 @@
 
 ``TrainConfig`` field names are the YAML keys of ``--config run.yaml`` and, with dashes, the
 ``socmap train`` flags; the CLI takes its defaults and help from here (:func:`option_help`).
+Numeric options carry their ranges (``ge``/``gt``/``lt``), so ``epochs: -5`` is an error naming
+the field before anything is trained or written.
 """
 
 from __future__ import annotations
@@ -25,38 +27,38 @@ class TrainConfig(BaseModel):
     data_dir: str | None = Field(None, description="Directory of the data, overriding the catalog entry's")
     encoder: str = Field("kan", description=" | ".join(ENCODERS))
     params: str = Field("four", description="Parameters to predict: four | all | fifteen | name,name,...")
-    folds: int = Field(5, description="Number of cross-validation folds")
+    folds: int = Field(5, description="Number of cross-validation folds (>= 3: train, validation and test)")
     split: Literal["block2deg", "random"] = Field("block2deg", description="Fold split: block2deg | random")
     fold_indices: list[int] | None = Field(None, description="run only these folds (default: all)")
-    epochs: int = Field(100, description="Maximum epochs of the main fit per fold (KAN: before the sparsify/refit phases)")
-    patience: int = 30
-    batch_size: int = 128
-    lr: float = Field(1e-2, description="AdamW learning rate (1e-3 suits the MLP)")
+    epochs: int = Field(100, ge=1, description="Maximum epochs of the main fit per fold (KAN: before the sparsify/refit phases)")
+    patience: int = Field(30, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-2, gt=0, le=10, description="AdamW learning rate (1e-3 suits the MLP)")
     lr_schedule: Literal["plateau", "none"] = Field("none", description="plateau: halve the learning rate when validation stalls")
-    lr_patience: int = 6
-    weight_decay: float = 0.0
+    lr_patience: int = Field(6, ge=1)
+    weight_decay: float = Field(0.0, ge=0)
     loss: Literal["log_mse", "smooth_l1"] = Field("log_mse", description="Data loss: log_mse | smooth_l1")
     bound: Literal["hardsigmoid", "sigmoid"] = "hardsigmoid"
-    lambda_violation: float = 1.0
-    lambda_param_reg: float = 0.0
-    kan_grid_size: int = 4
+    lambda_violation: float = Field(1.0, ge=0)
+    lambda_param_reg: float = Field(0.0, ge=0)
+    kan_grid_size: int = Field(4, ge=1)
     kan_hidden: list[int] = Field(default_factory=list)
     kan_base: Literal["identity", "silu", "zero"] = "identity"
-    kan_l1: float = 1e-4
-    kan_entropy: float = 1e-4
-    kan_curvature: float = 1e-3
-    grid_update_epochs: int = 3
+    kan_l1: float = Field(1e-4, ge=0)
+    kan_entropy: float = Field(1e-4, ge=0)
+    kan_curvature: float = Field(1e-3, ge=0)
+    grid_update_epochs: int = Field(3, ge=0)
     kan_polish_iters: int = Field(100, ge=0, description="KAN: full-batch L-BFGS iterations after the fit (0: skip)")
     kan_sparsify_epochs: int = Field(30, ge=0, description="KAN: epochs of reweighted-L1 sparsification after the fit (0: skip sparsify, prune and refit)")
     kan_sparsify_l1: float = Field(3e-4, ge=0, description="KAN: weight of the reweighted L1 score penalty while sparsifying")
     kan_prune_threshold: float = Field(0.03, ge=0, description="KAN: edges with a score below this are pruned after sparsifying")
     kan_refit_epochs: int = Field(80, ge=0, description="KAN: most epochs refitting the pruned network without the sparsity penalty")
     mlp_hidden: list[int] = Field(default_factory=lambda: [128, 128])
-    dropout: float = 0.0
-    rf_trees: int = 200
+    dropout: float = Field(0.0, ge=0, lt=1)
+    rf_trees: int = Field(200, ge=1)
     seed: int = Field(0, description="Random seed of the folds, initial weights and batches")
     device: str = Field("auto", description="auto | cpu | cuda")
-    threads: int | None = None
+    threads: int | None = Field(None, ge=1)
     profiles: str | None = Field(None, description="Horizon table(s) to train on: a file (CSV, Parquet, Excel; read as by `socmap profiles check`) or a catalog entry of kind profiles, comma-separated for several (default: the data entry's profile sets); implies --data real-conus")
     columns: str | None = Field(None, description="Column map (YAML: columns: {field: column}, units: {field: unit}) of the --profiles table")
     cube_resolution: float = Field(0.25, gt=0, description="Resolution (degrees) of the real covariate cube when socmap has to build it (an existing cube is reused as it is)")
@@ -86,6 +88,29 @@ class TrainConfig(BaseModel):
         if v < 3:
             raise ValueError("folds must be >= 3")
         return v
+
+    @field_validator("kan_hidden", "mlp_hidden")
+    @classmethod
+    def _positive_widths(cls, v: list[int]) -> list[int]:
+        if any(w < 1 for w in v):
+            raise ValueError(f"layer widths must be >= 1, not {v}")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        import re
+
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v):
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, not {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _folds_in_range(self) -> "TrainConfig":
+        bad = [k for k in self.fold_indices or [] if not 0 <= k < self.folds]
+        if bad:
+            raise ValueError(f"fold_indices {bad} are not folds of 0..{self.folds - 1}")
+        return self
 
 
 def option_help(name: str) -> str:
@@ -118,9 +143,14 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig
         return TrainConfig(**base)
     except ValidationError as exc:  # one readable line per problem, naming the option
         where = f" in {path}" if path else ""
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'config'}: "
-            + ("unknown option (see `socmap train --help`)" if e["type"] == "extra_forbidden" else e["msg"])
-            for e in exc.errors()
-        )
+        def problem(e: dict) -> str:
+            if e["type"] == "extra_forbidden":
+                return f"{'.'.join(map(str, e['loc']))}: unknown option (see `socmap train --help`)"
+            msg = e["msg"].removeprefix("Value error, ")
+            if not e["loc"]:  # a check across fields names them itself
+                return msg
+            given = f" (given: {e['input']!r})" if not isinstance(e.get("input"), dict) else ""
+            return f"{'.'.join(map(str, e['loc']))}: {msg}{given}"
+
+        problems = "; ".join(problem(e) for e in exc.errors())
         raise ValueError(f"invalid training config{where}: {problems}") from None

@@ -443,3 +443,52 @@ def test_cli_map_summary(run_copy):
     assert "cells/s" in res.output and "MB" in res.output and (run / "maps.zarr").exists()
     res = CliRunner().invoke(app, ["map", "--run", str(run / "nope")])
     assert res.exit_code == 2 and "not a finished socmap run" in " ".join(res.output.split())
+
+
+def test_baseline_run_maps_without_parameters_and_compares_with_the_hybrid(tiny_run, mapped_run, main_store, map_chunks):
+    """A random-forest run maps (SOC at the nodes, stocks, no parameter layers) and --compare
+    against the hybrid gives rf − hybrid stock differences; the hybrid compares back."""
+    from socmap.cells import predict_cells
+    from socmap.data.cube import cell_values
+    from socmap.mapping import map_run
+    from socmap.runs import open_run
+    from socmap.store import open_store
+    from socmap.train import train
+    from socmap.train_config import load_config
+
+    rf = tiny_run.parent / "rf"
+    if not (rf / "run.json").exists():
+        train(load_config(data_dir=str(tiny_run.parent.parent / "data"), folds=3, encoder="rf", rf_trees=8), rf, progress=False)
+    map_run(rf, scheduler="synchronous", chunks=map_chunks, compare=str(mapped_run), progress=False)
+    ds = open_store(rf).load()
+    assert ds.attrs["encoder"] == "rf" and list(ds.attrs["parameters"]) == [] and ds.attrs["n_models"] == 3
+    assert not {"tau4s3", "cue", *NAMES, *DIAGNOSTICS} & set(ds.data_vars)
+    assert list(ds.attrs["fold_models"]) == [f"folds/fold{k}/model.joblib" for k in range(3)]
+    land = ds["land_mask"].values.astype(bool)
+    assert np.isfinite(ds["soc_stock_0_100cm"].values[land]).all() and (ds["soc"].values[land] > 0).all()
+    # the store's values are the cell function's (mean of the fold forests at the node depths)
+    iy, ix = _land_cells(ds)
+    run = open_run(rf)
+    cov = cell_values(_cube(rf), run.covariates, iy, ix)
+    res = predict_cells(run.predictors, cov, None, default=False).values
+    np.testing.assert_allclose(ds["soc_stock_0_30cm"].values[iy, ix], res["soc_stock_0_30cm"], rtol=1e-5)
+    for s in S.STOCKS:
+        np.testing.assert_allclose(ds["diff_compare_" + s].values[land], (ds[s].values - main_store[s].values)[land], rtol=1e-5, atol=1e-6)
+    assert ds["site_soc_fold"].shape[1] == 3 and np.isfinite(ds["site_soc_fold"].values).any()
+
+
+def test_damaged_run_is_an_error_and_allow_partial_is_recorded(run_copy, map_chunks):
+    from socmap.mapping import map_run
+    from socmap.runs import RunError
+    from socmap.store import open_store
+
+    run = run_copy("partial")
+    (run / "folds" / "fold1" / "model.pt").unlink()
+    with pytest.raises(RunError, match=r"fold1/model.pt: fold model is missing; re-train the missing or damaged folds"):
+        map_run(run, scheduler="synchronous", chunks=map_chunks, progress=False)
+    assert not (run / "maps.zarr").exists() and not (run / "maps.zarr.partial").exists()
+    map_run(run, scheduler="synchronous", chunks=map_chunks, allow_partial=True, max_chunks=1, progress=False)
+    attrs = json.loads((run / "maps.zarr.partial" / ".zattrs").read_text())
+    assert attrs["partial_ensemble"] == 1 and attrs["n_models"] == 2
+    assert attrs["fold_models"] == ["folds/fold0/model.pt", "folds/fold2/model.pt"]
+    assert attrs["fold_models_missing"] == ["folds/fold1/model.pt"]

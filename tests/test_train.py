@@ -258,3 +258,94 @@ def test_train_cli_options_are_trainconfig_fields_without_defaults_of_their_own(
         default = TrainConfig.model_fields[p.name].get_default(call_default_factory=True)
         if default is not None:
             assert f"(default: {default})" in p.help
+
+
+def test_failed_start_writes_nothing_and_resume_refuses_a_changed_config(tiny_twin, tmp_path):
+    from socmap.train import resume_config
+
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="epochs"):
+        train(load_config(data_dir=str(tiny_twin), epochs=-5), out, progress=False)
+    with pytest.raises(FileNotFoundError, match="not a complete socmap synth output"):
+        train(load_config(data_dir=str(tmp_path / "nowhere"), folds=3), out, progress=False)
+    assert not out.exists()
+    out.mkdir()
+    with pytest.raises(ValueError, match="fold_indices"):
+        train(load_config(data_dir=str(tiny_twin), folds=3, fold_indices=[5]), out, progress=False)
+    assert list(out.iterdir()) == []  # an existing empty folder stays empty
+    saved = load_config(data_dir=str(tiny_twin), folds=3, encoder="rf", rf_trees=5)
+    (out / "config.yaml").write_text(__import__("yaml").safe_dump(saved.model_dump()))
+    with pytest.raises(ValueError, match=r"differs: folds: 3 → 4; rf_trees: 5 → 9"):
+        resume_config(load_config(folds=4, rf_trees=9), out)
+    other = tmp_path / "other-twin"
+    other.mkdir()
+    with pytest.raises(ValueError, match=r"data folder: .*data → .*other-twin"):
+        resume_config(load_config(data_dir=str(other)), out)
+    # options not given now come from the saved config; runtime options may change
+    resumed = resume_config(load_config(device="cpu", threads=1), out)
+    assert resumed.encoder == "rf" and resumed.rf_trees == 5 and resumed.threads == 1
+
+
+def test_damaged_fold_is_an_error_allow_partial_uses_the_rest_and_resume_retrains_it(tiny_twin, tmp_path):
+    from socmap.predict import predict_points
+    from socmap.runs import RunError, open_run
+
+    cfg = load_config(data_dir=str(tiny_twin), folds=3, encoder="rf", rf_trees=10)
+    run = tmp_path / "rf"
+    record = train(cfg, run, progress=False)
+    assert record["fold_models"] == [f"folds/fold{k}/model.joblib" for k in range(3)]
+    full = open_run(run)
+    assert not full.hybrid and len(full.predictors) == 3 and full.parameters == [] and not full.partial
+    sites = pd.read_csv(tiny_twin / "sites.csv")
+    points = pd.DataFrame({"lon": sites.lon[:4], "lat": sites.lat[:4], "depth_m": [0.05, 0.3, 1.0, 0.1]})
+    before = predict_points(full, points)
+    assert (before["status"] == "ok").all() and (before["soc_g_m3"] > 0).all()
+    assert (before["soc_stock_0_100cm"] > before["soc_stock_0_30cm"]).all() and "tau4s3" not in before
+    good = (run / "folds" / "fold2" / "model.joblib").read_bytes()
+    (run / "folds" / "fold2" / "model.joblib").write_bytes(good[:1000])
+    with pytest.raises(RunError, match=r"fold2/model.joblib: fold model cannot be read .*truncated or damaged"):
+        open_run(run)
+    (run / "folds" / "fold2" / "model.joblib").write_bytes(good)
+    (run / "folds" / "fold1" / "model.joblib").unlink()
+    with pytest.raises(RunError, match=r"fold1/model.joblib: fold model is missing; re-train the missing or damaged folds with "
+                                       r"`socmap train --resume --out .*`, or pass --allow-partial"):
+        open_run(run)
+    partial = open_run(run, allow_partial=True)
+    assert partial.partial and partial.fold_models == ["folds/fold0/model.joblib", "folds/fold2/model.joblib"]
+    assert partial.missing_models == ["folds/fold1/model.joblib"]
+    # the fix the message gives is true: --resume re-trains exactly the unusable folds
+    again = train(cfg, run, resume=True, progress=False)
+    assert again["metrics"]["cv"]["mean"] == pytest.approx(record["metrics"]["cv"]["mean"])
+    pd.testing.assert_frame_equal(predict_points(open_run(run), points), before)
+
+
+def test_predict_file_streams_in_batches_and_checks_before_computing(tiny_twin, tmp_path):
+    from socmap.predict import PointsError, predict_file, predict_points
+    from socmap.runs import open_run
+
+    run = tmp_path / "run"
+    train(load_config(data_dir=str(tiny_twin), folds=3, epochs=1, batch_size=32, encoder="mlp", mlp_hidden=[8]), run, progress=False)
+    sites = pd.read_csv(tiny_twin / "sites.csv")
+    rng = np.random.default_rng(0)
+    pick = rng.choice(len(sites), 23)
+    pts = pd.DataFrame({"id": np.arange(23), "lon": sites.lon[pick].to_numpy(), "lat": sites.lat[pick].to_numpy(),
+                        "depth_m": rng.uniform(0, 2, 23)})
+    pts.loc[[3, 11], "lon"] = -130.0  # off the grid: a status, not an error
+    src = tmp_path / "points.csv"
+    pts.to_csv(src, index=False)
+    with pytest.raises(PointsError, match="does not exist"):
+        predict_file(run, src, tmp_path / "no" / "out.csv", progress=False)
+    record = predict_file(run, src, tmp_path / "out.csv", batch=5, progress=False)
+    streamed = pd.read_csv(tmp_path / "out.csv")
+    whole = predict_points(open_run(run), pts)
+    pd.testing.assert_frame_equal(streamed, whole.reset_index(drop=True), check_dtype=False, rtol=1e-6)
+    assert record["points"] == 23 and record["status_counts"] == {"ok": 21, "outside grid": 2}
+    assert json.loads((tmp_path / "out.csv.json").read_text())["partial_ensemble"] is False
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary file left
+    bad = tmp_path / "bad.csv"
+    pts.assign(depth_m=pts.depth_m.where(pts.index != 17, 20.0)).to_csv(bad, index=False)
+    with pytest.raises(PointsError, match=r"depth_m outside 0-8.6 m at line\(s\) 19"):
+        predict_file(run, bad, tmp_path / "out2.csv", batch=5, progress=False)
+    assert not (tmp_path / "out2.csv").exists()
+    predict_file(run, bad, tmp_path / "out2.csv", batch=5, skip_bad_rows=True, progress=False)
+    assert pd.read_csv(tmp_path / "out2.csv")["status"][17] == "bad depth (need 0-8.6 m)"
