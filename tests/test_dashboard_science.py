@@ -37,9 +37,13 @@ def test_a_clearly_curved_curve_keeps_its_form():
     y = 0.1 * np.exp(3 * x / 40 - 1)  # linear R² ≈ 0.9
     fit = suggest_symbolic(x, y)
     assert fit.kind != "linear" and fit.r2 > 0.99  # quadratic is within the tolerance of exp
-    # the physical formula reproduces the curve
-    alpha, beta, c, d = fit.physical()
-    np.testing.assert_allclose(c * _LIBRARY[fit.kind](alpha * x + beta) + d, y, atol=0.02)
+    # the physical formula is the same function as the fit in scaled x'
+    a, b, c, d = fit.coefficients
+    alpha, beta, c2, d2 = fit.physical()
+    f = _LIBRARY[fit.kind]
+    np.testing.assert_allclose(c2 * f(alpha * x + beta) + d2, c * f(a * (x / 40.0) + b) + d, rtol=1e-12, atol=1e-12)
+    resid = y - (c * f(a * (x / 40.0) + b) + d)
+    assert 1 - (resid**2).sum() / ((y - y.mean()) ** 2).sum() == pytest.approx(fit.r2)
     with pytest.raises(ValueError, match="r2_tolerance"):
         suggest_symbolic(x, y, r2_tolerance=-0.1)
 
