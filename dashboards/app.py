@@ -14,6 +14,7 @@ from pathlib import Path
 
 import panel as pn
 import param
+from panel.theme.fast import Fast
 
 from socmap.resources import shipped_file
 
@@ -22,6 +23,12 @@ from dashboards.run import find_runs, load_run, open_error
 from dashboards.views import KanInspector, MapExplorer, ParameterFields, RunSummary, SiteView
 
 log = logging.getLogger(__name__)
+
+# Panel's Fast design links Google's Open Sans on every page (its ``_resources["font"]``): the
+# same design without that link. Named ``Fast`` on purpose: Panel resolves the design's bundled
+# files under the lower-cased class name (``fast/js/...``).
+OfflineFast = type("Fast", (Fast,), {"_resources": {**Fast._resources, "font": {}},
+                                      "__doc__": "The Fast design without web fonts (system fonts only)."})
 
 TABS = ("Map", "Compare", "Parameters", "KAN inspector", "Sites", "Run summary")
 #: served at /socmap-assets/ by `socmap serve`; fonts are the system's (no request leaves the machine)
@@ -128,7 +135,7 @@ def build_app(runs: list[str | Path]) -> pn.template.FastListTemplate:
         accent="#3b6e4f", header_background="#2f5640", raw_css=[shipped_file("assets/dashboard.css").read_text()],
         theme_toggle=False, main_layout=None,
         # no web fonts: the template's default pulls Open Sans from Google on every page
-        font=FONT, font_url=f"/{ASSETS_ROUTE}/fonts.css",
+        font=FONT, font_url=f"/{ASSETS_ROUTE}/fonts.css", design=OfflineFast,
     )
     template.dashboard = dash  # for tests
     return template

@@ -20,10 +20,12 @@ from dashboards.outlines import state_outlines
 from dashboards.run import RunData
 from socmap.store import align_layer
 
+hv.extension("bokeh", logo=False)
+
 #: the "other side" that is this run's own map with CLM5 default parameters
 DEFAULT_SIDE = "CLM5 default parameters (this run)"
 COMPARABLE_KINDS = ("stock", "soc", "parameter", "diagnostic", "uncertainty", "covariate")
-PANEL_W, PANEL_H = 380, 190
+PANEL_W, PANEL_H = 320, 160
 SCATTER_BINS = 80
 
 
@@ -144,9 +146,10 @@ class CompareView(pn.viewable.Viewer):
         m = float(np.percentile(fd, 98)) if fd.size else 1.0
         m = m or float(fd.max() if fd.size else 1.0) or 1.0
         maps = hv.Layout([
-            self._image(a, f"A: {self.label_a}", "viridis", (float(lo), float(hi)), f"{self.layer}{u}"),
-            self._image(b, f"B: {self.label_b}", "viridis", (float(lo), float(hi)), f"{self.layer}{u}"),
-            self._image(d, "A − B", "RdBu_r", (-m, m), f"Δ {self.layer}{u}"),
+            # colour-bar titles: the units only (the layer is in the heading), so they fit the bar
+            self._image(a, f"A: {self.label_a}", "viridis", (float(lo), float(hi)), unit or self.layer),
+            self._image(b, f"B: {self.label_b}", "viridis", (float(lo), float(hi)), unit or self.layer),
+            self._image(d, "A − B", "RdBu_r", (-m, m), f"Δ {unit or self.layer}"),
         ]).cols(2).opts(shared_axes=True)  # the three maps pan and zoom together
         s = self.stats(a, b)
         table = pd.DataFrame([(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in s.items()], columns=["", "value"])

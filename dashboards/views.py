@@ -27,7 +27,7 @@ CMAPS = {
     "covariate": "kbc_r", "difference": "RdBu_r", "uncertainty": "magma", "mask": "gray", "other": "viridis",
 }
 CMAP_CHOICES = ["auto", "viridis", "cividis", "plasma", "inferno", "magma", "kbc_r", "fire", "YlGnBu", "RdBu_r", "coolwarm", "PuOr"]
-MAP_W, MAP_H = 600, 300
+MAP_W, MAP_H = 560, 290
 PROFILE_W = 360
 CURVE_W, CURVE_H = 440, 280  # KAN curves: readable at 1366 px with 2 per row
 NEGLIGIBLE = 0.01  # a curve varying by < 1 % of the strongest one is listed, not drawn
@@ -75,7 +75,7 @@ class MapExplorer(pn.viewable.Viewer):
         self.compare_runs = compare_runs or {}
         opts = _layer_options(run)
         self.param.layer.objects = opts
-        self.param.compare.objects = [None, *self.compare_runs]
+        self.param.compare.objects = {"(none)": None, **{n: n for n in self.compare_runs}}
         params.setdefault("layer", _default_layer(run))
         super().__init__(**params)
         self.param.soc_layer.bounds = (0, max(run.layers.n_layers - 1, 0))
@@ -244,9 +244,8 @@ class MapExplorer(pn.viewable.Viewer):
     def widgets(self) -> pn.Column:
         return pn.Column(
             pn.widgets.Select.from_param(self.param.layer, name="Layer", size=1),
-            pn.widgets.IntSlider.from_param(self.param.soc_layer, name="Soil layer (SOC)",
-                                            visible=self.param.layer.rx.pipe(lambda v: self.run.layers.has_layers(v))),
-            pn.pane.Markdown(self.param.soc_layer.rx.pipe(self.run.layers.depth_text), margin=(0, 10),
+            pn.pane.Markdown(self.param.soc_layer.rx.pipe(lambda i: f"Depth: {self.run.layers.depth_text(i)} (slider above the map)"),
+                             margin=(0, 10), styles={"font-size": "12px"},
                              visible=self.param.layer.rx.pipe(lambda v: self.run.layers.has_layers(v))),
             pn.widgets.Select.from_param(self.param.cmap, name="Colours"),
             pn.widgets.Checkbox.from_param(self.param.log_colour, name="log colour scale"),

@@ -336,3 +336,15 @@ def test_summary_shows_totals_and_load_report_when_present(run, monkeypatch):
     assert "soc_stock_0_30cm_pg · mean" in set(t["quantity"]) and "61.2" in set(t["value"])
     panes = s.load_report_tables()
     assert len(panes) == 3 and "negative SOC" in panes[2].object.to_string()
+
+
+def test_sessions_share_one_loaded_run(run):
+    """Two sessions (two app builds) use the same RunData, store arrays and fold models: a new
+    visitor builds only their own plots."""
+    from dashboards.app import build_app
+
+    a, b = build_app([run.path]).dashboard, build_app([run.path]).dashboard
+    assert a.map.run is b.map.run is run
+    assert a.map.run.layers.array("soc_stock_0_30cm") is b.map.run.layers.array("soc_stock_0_30cm")
+    assert a.kan.run.analysis.models is b.kan.run.analysis.models
+    assert a.map is not b.map  # but each session has its own widgets and plots
