@@ -114,13 +114,13 @@ class Dashboard(pn.viewable.Viewer):
     def _filename(self) -> str:
         layer = self.map.layer
         suffix = f"_layer{self.map.soc_layer:02d}" if self.map.run.layers.has_layers(layer) else ""
-        cmp_ = f"_minus_{self.map.compare}" if self.map.compare else ""
+        cmp_ = f"_minus_{self.map.compared}" if self.map.compared else ""
         return f"{self.map.run.name}_{layer}{suffix}{cmp_}.tif"
 
     def _geotiff(self):
         layers = self.map.run.layers
         layer = self.map.soc_layer if layers.has_layers(self.map.layer) else None
-        values = None if self.map.compare is None else self.map.current_array()
+        values = None if self.map.compared is None else self.map.current_array()
         return layers.geotiff_bytes(self.map.layer, layer, values=values)
 
     def __panel__(self):

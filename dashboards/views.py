@@ -29,6 +29,7 @@ CMAPS = {
 CMAP_CHOICES = ["auto", "viridis", "cividis", "plasma", "inferno", "magma", "kbc_r", "fire", "YlGnBu", "RdBu_r", "coolwarm", "PuOr"]
 MAP_W, MAP_H = 560, 290
 PROFILE_W = 360
+NO_COMPARE = "(none)"  # the Map tab's "Compare with run" when nothing is subtracted
 CURVE_W, CURVE_H = 440, 280  # KAN curves: readable at 1366 px with 2 per row
 NEGLIGIBLE = 0.01  # a curve varying by < 1 % of the strongest one is listed, not drawn
 
@@ -63,7 +64,7 @@ class MapExplorer(pn.viewable.Viewer):
     log_colour = param.Boolean(default=False, doc="Logarithmic colour scale")
     show_sites = param.Boolean(default=True, doc="Show observation sites")
     site_colour = param.Selector(default="observed SOC", objects=["observed SOC", "residual (log sim/obs)"])
-    compare = param.Selector(default=None, objects=[None], allow_None=True, doc="Show this run minus another run")
+    compare = param.Selector(default=NO_COMPARE, objects=[NO_COMPARE], doc="Show this run minus another run")
     tap_x = param.Number(default=None, allow_None=True)
     tap_y = param.Number(default=None, allow_None=True)
     tapped_site = param.String(default=None, allow_None=True)
@@ -75,7 +76,7 @@ class MapExplorer(pn.viewable.Viewer):
         self.compare_runs = compare_runs or {}
         opts = _layer_options(run)
         self.param.layer.objects = opts
-        self.param.compare.objects = {"(none)": None, **{n: n for n in self.compare_runs}}
+        self.param.compare.objects = [NO_COMPARE, *self.compare_runs]
         params.setdefault("layer", _default_layer(run))
         super().__init__(**params)
         self.param.soc_layer.bounds = (0, max(run.layers.n_layers - 1, 0))
@@ -91,19 +92,24 @@ class MapExplorer(pn.viewable.Viewer):
 
     # ---------------------------------------------------------- data
     @property
+    def compared(self) -> str | None:
+        """The run subtracted from this one on the map, or None."""
+        return None if self.compare == NO_COMPARE else self.compare
+
+    @property
     def is_difference(self) -> bool:
-        return self.compare is not None or self.run.layers.kind(self.layer) == "difference"
+        return self.compared is not None or self.run.layers.kind(self.layer) == "difference"
 
     def current_array(self) -> np.ndarray:
         arr = self.run.layers.array(self.layer, self.soc_layer)
-        if self.compare is not None:
-            other = self.compare_runs[self.compare]
+        if self.compared is not None:
+            other = self.compare_runs[self.compared]
             if self.layer in other.layers and other.layers.array(self.layer, self.soc_layer).shape == arr.shape:
                 arr = arr - other.layers.array(self.layer, self.soc_layer)
         return arr
 
     def current_clim(self) -> tuple[float, float]:
-        if self.compare is None:
+        if self.compared is None:
             return self.run.layers.clim(self.layer, self.soc_layer)
         a = self.current_array()
         finite = np.abs(a[np.isfinite(a)])
@@ -113,7 +119,7 @@ class MapExplorer(pn.viewable.Viewer):
     def title(self) -> str:
         label = self.run.layers.label(self.layer, self.soc_layer if self.run.layers.has_layers(self.layer) else None)
         unit = self.run.layers.units(self.layer)
-        prefix = f"{self.run.name} − {self.compare}: " if self.compare else ""
+        prefix = f"{self.run.name} − {self.compared}: " if self.compared else ""
         return f"{prefix}{label}" + (f" [{unit}]" if unit else "")
 
     def colorbar_title(self) -> str:
@@ -580,7 +586,7 @@ class SiteView(pn.viewable.Viewer):
             ring = np.column_stack([np.concatenate([lo, hi[::-1]]), np.concatenate([depth[keep], depth[keep][::-1]])])
             layers.append(hv.Polygons([ring], kdims=[xdim, ydim], label=f"fold models (range of {len(folds)})").opts(
                 color="#ff7f0e", alpha=0.3, line_alpha=0))
-            layers.append(hv.Curve((np.nanmean(folds[:, keep], 0), depth[keep]), kdims=[xdim], vdims=[ydim], label="fold mean").opts(
+            layers.append(hv.Curve((np.nanmean(folds[:, keep], 0), depth[keep]), kdims=[xdim], vdims=[ydim], label=f"fold mean (band: range of {len(folds)} folds)").opts(
                 color="#ff7f0e", line_width=1.5))
         layers.append(hv.Curve((obs["soc_sim_g_m3"].to_numpy(), obs["depth_m"].to_numpy()), kdims=[xdim], vdims=[ydim],
                                label="simulated (held-out fold)").opts(color="#d62728", line_width=2.5))

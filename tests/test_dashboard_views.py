@@ -239,7 +239,7 @@ def test_views_read_only_the_run_folder(run, tmp_path, monkeypatch):
     k = list(r.layers.ds["site_id"].values).index(site)
     np.testing.assert_allclose(folds, r.layers.ds["site_soc_fold"].values[k])
     assert folds.shape == (len(r.analysis.models), r.layers.n_layers) and np.isfinite(folds).all()
-    mean = [el for el in s.profile_plot() if el.label == "fold mean"][0]
+    mean = [el for el in s.profile_plot() if el.label.startswith("fold mean")][0]
     np.testing.assert_allclose(mean.dimension_values(0), folds.mean(0)[r.layers.depth_m <= mean.dimension_values(1).max()], rtol=1e-6)
     table = s.parameter_table()
     assert {"learned", "true"} <= set(table) and table["true"].notna().all()
