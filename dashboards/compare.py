@@ -27,6 +27,7 @@ DEFAULT_SIDE = "CLM5 default parameters (this run)"
 COMPARABLE_KINDS = ("stock", "soc", "parameter", "diagnostic", "uncertainty", "covariate")
 PANEL_W, PANEL_H = 320, 160
 SCATTER_BINS = 80
+RASTERIZE_CELLS = 250_000  # as on the Map tab: only big grids are rasterized per view
 
 
 def _outlines() -> hv.Path:
@@ -106,7 +107,7 @@ class CompareView(pn.viewable.Viewer):
         lx = self.run.layers
         l, b, r, t = lx.bounds
         img = hv.Image((lx.x, lx.y, arr), kdims=["x", "y"], vdims=[hv.Dimension("value", label=clabel)])
-        ras = rasterize(img, precompute=True).opts(
+        ras = (rasterize(img, precompute=True) if arr.size > RASTERIZE_CELLS else img).opts(
             cmap=cmap, clim=clim, colorbar=True, clabel=clabel, title=title, frame_width=PANEL_W, frame_height=PANEL_H,
             xlim=(l, r), ylim=(b, t), tools=["hover"], active_tools=["wheel_zoom"], xlabel="longitude (°E)",
             ylabel="latitude (°N)", clipping_colors={"NaN": (0, 0, 0, 0)}, bgcolor="#eef1f4", fontsize={"title": 10})

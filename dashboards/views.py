@@ -29,6 +29,7 @@ CMAPS = {
 CMAP_CHOICES = ["auto", "viridis", "cividis", "plasma", "inferno", "magma", "kbc_r", "fire", "YlGnBu", "RdBu_r", "coolwarm", "PuOr"]
 MAP_W, MAP_H = 560, 290
 PROFILE_W = 360
+RASTERIZE_CELLS = 250_000  # grids larger than this are rasterized per view (datashader); smaller go as they are
 NO_COMPARE = "(none)"  # the Map tab's "Compare with run" when nothing is subtracted
 CURVE_W, CURVE_H = 440, 280  # KAN curves: readable at 1366 px with 2 per row
 NEGLIGIBLE = 0.01  # a curve varying by < 1 % of the strongest one is listed, not drawn
@@ -170,7 +171,10 @@ class MapExplorer(pn.viewable.Viewer):
     def plot(self) -> hv.DynamicMap:
         if self._plot is None:
             l, b, r, t = self.run.layers.bounds
-            img = rasterize(hv.DynamicMap(self.image), precompute=True, dynamic=True).apply(self._restyle).opts(
+            img = hv.DynamicMap(self.image)
+            if self.run.layers.x.size * self.run.layers.y.size > RASTERIZE_CELLS:  # big grids: send screen pixels only
+                img = rasterize(img, precompute=True, dynamic=True)
+            img = img.apply(self._restyle).opts(
                 hooks=[self._colorbar_hook],
                 colorbar=True, tools=["hover", "tap"], frame_width=MAP_W, frame_height=MAP_H, xlim=(l, r), ylim=(b, t),
                 xlabel="longitude (°E)", ylabel="latitude (°N)", active_tools=["wheel_zoom"],
