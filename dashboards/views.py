@@ -398,7 +398,7 @@ class KanInspector(pn.viewable.Viewer):
             parts.append(f"pruned in every fold: {', '.join(pruned)}")
         if negligible:
             parts.append(f"negligible (< {NEGLIGIBLE:.0%} of the strongest curve): {', '.join(negligible)}")
-        return (f"**{self.parameter}, not drawn** — " + "; ".join(parts) + ".") if parts else f"**{self.parameter}**: every covariate has an active edge."
+        return (f"**{self.parameter}, not drawn** — " + "; ".join(parts) + ".") if parts else f"**{self.parameter}**: every covariate has a visible effect (none pruned or negligible)."
 
     def curve_plots(self, values: dict[str, float] | None = None) -> list:
         """One overlay per active covariate (learned curve, fold band, truth, distribution, location)."""
@@ -513,8 +513,12 @@ class KanInspector(pn.viewable.Viewer):
         cv = self.run.analysis.curves(self.parameter)
         prm = PARAMETERS[INDEX[self.parameter]]
         head = (f"### {self.parameter} — {prm.description} ({prm.unit}; bounds {prm.lower:g}–{prm.upper:g})\n"
-                f"{cv.method} curves of the active edges, fold mean (line) and range (band), most important first; "
-                f"x in physical units, y = contribution to the normalised parameter p. Grey: distribution over the land grid."
+                + (f"{cv.method} curves of the active edges, fold mean (line) and range (band), most important first; "
+                   "x in physical units, y = the edge's contribution to the normalised parameter p."
+                   if self.run.analysis.is_kan else
+                   f"{cv.method} of p on each covariate (the {self.run.encoder} has no edges), fold mean (line) and range (band), "
+                   "most important first; x in physical units, y = the normalised parameter p averaged over the sites.")
+                + " Grey: distribution over the land grid."
                 + (" Red dashed: true curve (synthetic twin, shifted to the learned mean)." if self.run.truth else "")
                 + f" Titles: the simplest symbolic form within R² {interpret.PARSIMONY_R2_TOLERANCE:g} of the best.")
         if values is not None:
