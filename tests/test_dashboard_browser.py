@@ -224,7 +224,7 @@ def test_dashboard_in_browser(server, run_dirs, browser, size, tmp_path):
     page.wait_for_function(f"({TITLES})().some(t => t.includes('SOC stock'))", timeout=60_000)
     figures["run switch to mlp (s)"] = time.perf_counter() - t1
     _tab(page, "KAN inspector")
-    page.get_by_text("partial dependence curves", exact=False).first.wait_for(timeout=90_000)
+    page.get_by_text("partial dependence of p on each covariate", exact=False).first.wait_for(timeout=90_000)
     page.wait_for_function(f"({TITLES})().filter(t => t.includes(' · imp ')).length >= 2", timeout=90_000)
     _shot(page, "mlp_kan", size, full=True)
     picker = _select_with(page, "cannot be opened")
