@@ -8,31 +8,58 @@ Importable: ``build_app(runs)`` returns the template, ``Dashboard`` is the top-l
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
 import panel as pn
 import param
+from panel.theme.fast import Fast
 
 from socmap.resources import shipped_file
 
-from dashboards.run import find_runs, load_run
+from dashboards.compare import CompareView
+from dashboards.run import find_runs, load_run, open_error
 from dashboards.views import KanInspector, MapExplorer, ParameterFields, RunSummary, SiteView
 
-TABS = ("Map", "Parameters", "KAN inspector", "Sites", "Run summary")
+log = logging.getLogger(__name__)
+
+# Panel's Fast design links Google's Open Sans on every page (its ``_resources["font"]``): the
+# same design without that link. Named ``Fast`` on purpose: Panel resolves the design's bundled
+# files under the lower-cased class name (``fast/js/...``).
+OfflineFast = type("Fast", (Fast,), {"_resources": {**Fast._resources, "font": {}},
+                                      "__doc__": "The Fast design without web fonts (system fonts only)."})
+
+TABS = ("Map", "Compare", "Parameters", "KAN inspector", "Sites", "Run summary")
+#: served at /socmap-assets/ by `socmap serve`; fonts are the system's (no request leaves the machine)
+ASSETS_ROUTE = "socmap-assets"
+FONT = "system-ui, 'DejaVu Sans', 'Liberation Sans', Arial, sans-serif"
 
 
 class Dashboard(pn.viewable.Viewer):
-    """Run picker + the five views; the sidebar holds the map's widgets and the GeoTIFF export."""
+    """Run picker + the views; the sidebar holds the map's widgets and the GeoTIFF export.
+
+    Only the Map tab is built with the page; the other tabs are built when first opened (a
+    visitor pays for what they look at). A run that cannot be opened shows an error panel
+    naming the file and the fix instead of the views.
+    """
 
     run = param.Selector(doc="Run")
 
     def __init__(self, runs: list[str | Path], **params):
         if not runs:
             raise ValueError("no runs given: pass --run runs/NAME (a run folder with run.json and maps.zarr)")
-        self.runs = {load_run(r).name: str(Path(r).resolve()) for r in runs}
+        self.errors: dict[str, str] = {}
+        self.runs: dict[str, str] = {}
+        for r in runs:
+            path = str(Path(r).resolve())
+            err = open_error(path)
+            name = load_run(path).name if err is None else f"{Path(path).name} (cannot be opened)"
+            self.runs[name] = path
+            if err is not None:
+                self.errors[name] = err
         self.param.run.objects = list(self.runs)
-        params.setdefault("run", next(iter(self.runs)))
+        params.setdefault("run", next((n for n in self.runs if n not in self.errors), next(iter(self.runs))))
         super().__init__(**params)
         self.sidebar = pn.Column(sizing_mode="stretch_width")
         self.main = pn.Column(sizing_mode="stretch_width")
@@ -40,39 +67,60 @@ class Dashboard(pn.viewable.Viewer):
         self._build()
         self.param.watch(lambda e: self._build(), "run")
 
+    def _picker(self, text: str):
+        if len(self.runs) > 1:
+            return pn.widgets.Select.from_param(self.param.run, name="Run", css_classes=["run-picker"])
+        return pn.pane.Markdown(text)
+
     def _build(self) -> None:
+        if self.run in self.errors:
+            self.map = None
+            self.sidebar[:] = [self._picker(f"**Run** {self.run}")]
+            self.main[:] = [pn.pane.Alert(f"### Run {Path(self.runs[self.run]).name} cannot be opened\n\n{self.errors[self.run]}", alert_type="danger",
+                                          sizing_mode="stretch_width", css_classes=["run-error"])]
+            return
         data = load_run(self.runs[self.run])
-        others = {n: load_run(p) for n, p in self.runs.items() if n != self.run}
+        others = {n: load_run(p) for n, p in self.runs.items() if n != self.run and n not in self.errors}
         self.map = MapExplorer(data, compare_runs=others)
-        self.fields = ParameterFields(data)
+        self.compare = CompareView(data, others)
+        self.fields = ParameterFields(data, map_view=self.map)
         self.kan = KanInspector(data, map_view=self.map)
         self.site = SiteView(data, map_view=self.map)
         self.summary = RunSummary(data)
         self.download = pn.widgets.FileDownload(
-            callback=self._geotiff, filename=self._filename(), button_type="primary", label="⤓ GeoTIFF of the shown layer",
+            callback=self._geotiff, filename=self._filename(), color="primary", label="⤓ GeoTIFF of the shown layer",
             sizing_mode="stretch_width", css_classes=["export-geotiff"])
         self.map.param.watch(lambda e: setattr(self.download, "filename", self._filename()), ["layer", "soc_layer", "compare"])
-        picker = [pn.widgets.Select.from_param(self.param.run, name="Run")] if len(self.runs) > 1 else [
-            pn.pane.Markdown(f"**Run** {data.name} ({data.encoder}, {data.layers.resolution_deg:g}°)")]
-        self.sidebar[:] = [*picker, self.map.widgets(), pn.layout.Divider(), self.download,
+        picker = self._picker(f"**Run** {data.name} ({data.encoder}, {data.layers.resolution_deg:g}°)")
+        self.sidebar[:] = [picker, self.map.widgets(), pn.layout.Divider(), self.download,
                            pn.pane.Markdown("Exports the layer on the Map tab (EPSG:4326, NaN = no data).", styles={"font-size": "11px"})]
         active = self.tabs.active if self.tabs is not None else 0
-        self.tabs = pn.Tabs(*zip(TABS, [self.map, self.fields, self.kan, self.site, self.summary]), dynamic=True, active=active,
-                            sizing_mode="stretch_width")
-        # a tapped site opens nothing by itself; the Map tab's side panel and the Sites tab follow it
+        views = [self.map, self.compare, self.fields, self.kan, self.site, self.summary]
+        self._views = views
+        slots = [pn.Column(sizing_mode="stretch_width") for _ in views]
+        self.tabs = pn.Tabs(*zip(TABS, slots), dynamic=True, active=active, sizing_mode="stretch_width")
+        self._slots = slots
+        self._fill(active)
+        self.tabs.param.watch(lambda e: self._fill(e.new), "active")
         self.main[:] = [self.tabs]
         threading.Thread(target=data.warm, daemon=True).start()
+
+    def _fill(self, i: int) -> None:
+        """Build tab ``i`` the first time it is opened."""
+        slot = self._slots[i]
+        if not len(slot):
+            slot[:] = [self._views[i]]
 
     def _filename(self) -> str:
         layer = self.map.layer
         suffix = f"_layer{self.map.soc_layer:02d}" if self.map.run.layers.has_layers(layer) else ""
-        cmp_ = f"_minus_{self.map.compare}" if self.map.compare else ""
+        cmp_ = f"_minus_{self.map.compared}" if self.map.compared else ""
         return f"{self.map.run.name}_{layer}{suffix}{cmp_}.tif"
 
     def _geotiff(self):
         layers = self.map.run.layers
         layer = self.map.soc_layer if layers.has_layers(self.map.layer) else None
-        values = None if self.map.compare is None else self.map.current_array()
+        values = None if self.map.compared is None else self.map.current_array()
         return layers.geotiff_bytes(self.map.layer, layer, values=values)
 
     def __panel__(self):
@@ -86,6 +134,8 @@ def build_app(runs: list[str | Path]) -> pn.template.FastListTemplate:
         title="socmap — soil organic carbon", sidebar=[dash.sidebar], main=[dash.main], sidebar_width=300,
         accent="#3b6e4f", header_background="#2f5640", raw_css=[shipped_file("assets/dashboard.css").read_text()],
         theme_toggle=False, main_layout=None,
+        # no web fonts: the template's default pulls Open Sans from Google on every page
+        font=FONT, font_url=f"/{ASSETS_ROUTE}/fonts.css", design=OfflineFast,
     )
     template.dashboard = dash  # for tests
     return template
@@ -104,11 +154,14 @@ def serve(runs: list[str | Path], *, port: int = 5006, address: str = "127.0.0.1
     if not runs or missing:
         raise FileNotFoundError(f"no run store at {', '.join(missing) or 'runs/*'}: train and map a run first "
                                 "(`socmap train`, `socmap map`)")
-    for r in runs:  # open the stores once, before the first visitor
-        load_run(r)
+    for r in runs:  # open the stores once, before the first visitor (a damaged run: an error panel)
+        err = open_error(r)
+        if err is not None:
+            log.warning("run %s cannot be opened; the dashboard shows why: %s", r, err)
     pn.extension("tabulator", sizing_mode="fixed", notifications=False)
     pn.serve(
         lambda: build_app(runs),
         port=port, address=address, show=show, threaded=False, title="socmap",
+        static_dirs={ASSETS_ROUTE: str(shipped_file("assets/fonts.css").parent)},
         websocket_origin=[f"localhost:{port}", f"127.0.0.1:{port}", f"{address}:{port}"],
     )

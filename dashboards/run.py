@@ -19,6 +19,19 @@ from dashboards.site_tables import SiteTables
 
 RUN_RECORD = "run.json"
 TRUTH = "truth.json"
+MAP_RECORD = "map.json"
+
+
+class RunOpenError(RuntimeError):
+    """A run folder the dashboard cannot open; ``str()`` names the file and the fix."""
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RunOpenError(f"{path} cannot be read ({exc}): it is damaged or incomplete; re-run the command that "
+                           f"wrote it (`socmap train --resume` for run.json, `socmap map` for map.json)") from exc
 
 
 class RunData:
@@ -30,7 +43,10 @@ class RunData:
         if not record_path.is_file():
             raise FileNotFoundError(f"{record_path} not found: {self.path} is not a finished socmap run "
                                     "(`socmap train --out RUN`, then `socmap map --run RUN`)")
-        self.record: dict = json.loads(record_path.read_text())
+        self.record: dict = _read_json(record_path)
+        map_path = self.path / MAP_RECORD
+        #: map.json written by `socmap map` (CONUS totals, timing), or None
+        self.map_record: dict | None = _read_json(map_path) if map_path.is_file() else None
         self.layers = MapLayers(self.path)
         attrs = self.layers.ds.attrs
         self.name = str(attrs.get("run_name") or self.record.get("name") or self.path.name)
@@ -38,7 +54,7 @@ class RunData:
         #: the parameters the encoder predicts (the others stay at their fixed value)
         self.parameters: list[str] = [p for p in (attrs.get("parameters") or self.record.get("parameters") or []) if p in INDEX]
         truth_path = self.path / TRUTH
-        self.truth: dict | None = json.loads(truth_path.read_text()) if truth_path.is_file() else None
+        self.truth: dict | None = _read_json(truth_path) if truth_path.is_file() else None
         self.sites = SiteTables(self.path, self.layers.ds)
         covariates = list(attrs.get("covariates") or self.record.get("data", {}).get("covariates") or [])
         inputs = self.sites.inputs
@@ -63,6 +79,21 @@ def load_run(run_dir: str | Path) -> RunData:
 def find_runs(root: str | Path = "runs") -> list[Path]:
     """Run folders under ``root`` that have been trained and mapped."""
     return sorted(p.parent for p in Path(root).glob("*/maps.zarr") if (p.parent / RUN_RECORD).exists())
+
+
+def open_error(run_dir: str | Path) -> str | None:
+    """Why the dashboard cannot open ``run_dir`` (one readable message), or None if it opens.
+
+    Catches broadly on purpose: this is the boundary where a damaged run becomes an error
+    panel instead of a blank page (``socmap.runs`` raises its own clear errors inside).
+    """
+    try:
+        load_run(run_dir)
+    except Exception as exc:  # noqa: BLE001 - any failure to open is shown, not raised
+        text = str(exc) or type(exc).__name__
+        where = str(Path(run_dir).resolve())
+        return text if where in text else f"{where}: {text}"
+    return None
 
 
 def parameter_unit(name: str) -> str:

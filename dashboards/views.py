@@ -4,6 +4,8 @@ are functions of those parameters. They read one :class:`dashboards.run.RunData`
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pandas as pd
 import panel as pn
@@ -11,9 +13,11 @@ import param
 import holoviews as hv
 from holoviews.operation.datashader import rasterize
 
+from dashboards import kan_figure
 from dashboards.layers import KIND_LABEL
 from dashboards.outlines import state_outlines
 from dashboards.run import RunData, load_run, parameter_unit
+from socmap import interpret
 from socmap.clm5.parameters import INDEX, LOWER, NAMES, PARAMETERS, UPPER
 
 hv.extension("bokeh", logo=False)
@@ -23,8 +27,12 @@ CMAPS = {
     "covariate": "kbc_r", "difference": "RdBu_r", "uncertainty": "magma", "mask": "gray", "other": "viridis",
 }
 CMAP_CHOICES = ["auto", "viridis", "cividis", "plasma", "inferno", "magma", "kbc_r", "fire", "YlGnBu", "RdBu_r", "coolwarm", "PuOr"]
-MAP_W, MAP_H = 680, 340
-PROFILE_W = 380
+MAP_W, MAP_H = 560, 290
+PROFILE_W = 360
+RASTERIZE_CELLS = 250_000  # grids larger than this are rasterized per view (datashader); smaller go as they are
+NO_COMPARE = "(none)"  # the Map tab's "Compare with run" when nothing is subtracted
+CURVE_W, CURVE_H = 440, 280  # KAN curves: readable at 1366 px with 2 per row
+NEGLIGIBLE = 0.01  # a curve varying by < 1 % of the strongest one is listed, not drawn
 
 
 def _layer_options(run: RunData) -> dict[str, str]:
@@ -57,39 +65,52 @@ class MapExplorer(pn.viewable.Viewer):
     log_colour = param.Boolean(default=False, doc="Logarithmic colour scale")
     show_sites = param.Boolean(default=True, doc="Show observation sites")
     site_colour = param.Selector(default="observed SOC", objects=["observed SOC", "residual (log sim/obs)"])
-    compare = param.Selector(default=None, objects=[None], allow_None=True, doc="Show this run minus another run")
+    compare = param.Selector(default=NO_COMPARE, objects=[NO_COMPARE], doc="Show this run minus another run")
     tap_x = param.Number(default=None, allow_None=True)
     tap_y = param.Number(default=None, allow_None=True)
     tapped_site = param.String(default=None, allow_None=True)
+    #: the map's current (x0, x1, y0, y1) in degrees; the Parameters tab opens at this view
+    view_range = param.Tuple(default=None, allow_None=True, length=4)
 
     def __init__(self, run: RunData, compare_runs: dict[str, RunData] | None = None, **params):
         self.run = run
         self.compare_runs = compare_runs or {}
         opts = _layer_options(run)
         self.param.layer.objects = opts
-        self.param.compare.objects = [None, *self.compare_runs]
+        self.param.compare.objects = [NO_COMPARE, *self.compare_runs]
         params.setdefault("layer", _default_layer(run))
         super().__init__(**params)
         self.param.soc_layer.bounds = (0, max(run.layers.n_layers - 1, 0))
         self._tap = hv.streams.Tap(x=None, y=None)
         self._tap.add_subscriber(self._on_tap)
+        self._range = hv.streams.RangeXY()
+        self._range.add_subscriber(self._on_range)
         self._plot = None
+
+    def _on_range(self, x_range=None, y_range=None, **_):
+        if x_range is not None and y_range is not None and None not in (*x_range, *y_range):
+            self.view_range = (float(x_range[0]), float(x_range[1]), float(y_range[0]), float(y_range[1]))
 
     # ---------------------------------------------------------- data
     @property
+    def compared(self) -> str | None:
+        """The run subtracted from this one on the map, or None."""
+        return None if self.compare == NO_COMPARE else self.compare
+
+    @property
     def is_difference(self) -> bool:
-        return self.compare is not None or self.run.layers.kind(self.layer) == "difference"
+        return self.compared is not None or self.run.layers.kind(self.layer) == "difference"
 
     def current_array(self) -> np.ndarray:
         arr = self.run.layers.array(self.layer, self.soc_layer)
-        if self.compare is not None:
-            other = self.compare_runs[self.compare]
+        if self.compared is not None:
+            other = self.compare_runs[self.compared]
             if self.layer in other.layers and other.layers.array(self.layer, self.soc_layer).shape == arr.shape:
                 arr = arr - other.layers.array(self.layer, self.soc_layer)
         return arr
 
     def current_clim(self) -> tuple[float, float]:
-        if self.compare is None:
+        if self.compared is None:
             return self.run.layers.clim(self.layer, self.soc_layer)
         a = self.current_array()
         finite = np.abs(a[np.isfinite(a)])
@@ -99,7 +120,7 @@ class MapExplorer(pn.viewable.Viewer):
     def title(self) -> str:
         label = self.run.layers.label(self.layer, self.soc_layer if self.run.layers.has_layers(self.layer) else None)
         unit = self.run.layers.units(self.layer)
-        prefix = f"{self.run.name} − {self.compare}: " if self.compare else ""
+        prefix = f"{self.run.name} − {self.compared}: " if self.compared else ""
         return f"{prefix}{label}" + (f" [{unit}]" if unit else "")
 
     def colorbar_title(self) -> str:
@@ -150,13 +171,17 @@ class MapExplorer(pn.viewable.Viewer):
     def plot(self) -> hv.DynamicMap:
         if self._plot is None:
             l, b, r, t = self.run.layers.bounds
-            img = rasterize(hv.DynamicMap(self.image), precompute=True, dynamic=True).apply(self._restyle).opts(
+            img = hv.DynamicMap(self.image)
+            if self.run.layers.x.size * self.run.layers.y.size > RASTERIZE_CELLS:  # big grids: send screen pixels only
+                img = rasterize(img, precompute=True, dynamic=True)
+            img = img.apply(self._restyle).opts(
                 hooks=[self._colorbar_hook],
                 colorbar=True, tools=["hover", "tap"], frame_width=MAP_W, frame_height=MAP_H, xlim=(l, r), ylim=(b, t),
                 xlabel="longitude (°E)", ylabel="latitude (°N)", active_tools=["wheel_zoom"],
                 colorbar_position="right", toolbar="above", clipping_colors={"NaN": (0, 0, 0, 0)}, bgcolor="#eef1f4",
             )
             self._tap.source = img
+            self._range.source = img
             overlay = img * outlines() * hv.DynamicMap(self.sites) * hv.DynamicMap(self.marker)
             self._plot = overlay
         return self._plot
@@ -229,20 +254,30 @@ class MapExplorer(pn.viewable.Viewer):
     def widgets(self) -> pn.Column:
         return pn.Column(
             pn.widgets.Select.from_param(self.param.layer, name="Layer", size=1),
-            pn.widgets.IntSlider.from_param(self.param.soc_layer, name="Soil layer (SOC)",
-                                            visible=self.param.layer.rx.pipe(lambda v: self.run.layers.has_layers(v))),
-            pn.pane.Markdown(self.param.soc_layer.rx.pipe(self.run.layers.depth_text), margin=(0, 10),
+            pn.pane.Markdown(self.param.soc_layer.rx.pipe(lambda i: f"Depth: {self.run.layers.depth_text(i)} (slider above the map)"),
+                             margin=(0, 10), styles={"font-size": "12px"},
                              visible=self.param.layer.rx.pipe(lambda v: self.run.layers.has_layers(v))),
             pn.widgets.Select.from_param(self.param.cmap, name="Colours"),
             pn.widgets.Checkbox.from_param(self.param.log_colour, name="log colour scale"),
             pn.widgets.Checkbox.from_param(self.param.show_sites, name="observation sites"),
-            pn.widgets.RadioButtonGroup.from_param(self.param.site_colour, button_type="default", button_style="outline"),
+            pn.widgets.RadioButtonGroup.from_param(self.param.site_colour, color="default", variant="outline"),
             *( [pn.widgets.Select.from_param(self.param.compare, name="Compare with run")] if self.compare_runs else []),
         )
 
+    def depth_slider(self) -> pn.widgets.DiscreteSlider:
+        """The soil layer as a depth slider (labels: node depth in m), shown for SOC by layer."""
+        depth = self.run.layers.depth_m
+        options = {f"{d:.2f} m": i for i, d in enumerate(depth)} if depth is not None else {"layer 0": 0}
+        slider = pn.widgets.DiscreteSlider(label="Depth (SOC by layer)", options=options, value=self.soc_layer, width=MAP_W,
+                                           css_classes=["depth-slider"],
+                                           visible=self.param.layer.rx.pipe(lambda v: self.run.layers.has_layers(v)))
+        slider.param.watch(lambda e: setattr(self, "soc_layer", int(e.new)), "value")
+        self.param.watch(lambda e: setattr(slider, "value", int(e.new)), "soc_layer")
+        return slider
+
     def __panel__(self):
-        return pn.Row(
-            pn.Column(self.caption, pn.pane.HoloViews(self.plot(), linked_axes=False), sizing_mode="fixed"),
+        return pn.FlexBox(
+            pn.Column(self.caption, self.depth_slider(), pn.pane.HoloViews(self.plot(), linked_axes=False), sizing_mode="fixed"),
             self.location_panel,
         )
 
@@ -251,10 +286,11 @@ class ParameterFields(pn.viewable.Viewer):
     """Small multiples of the learned parameter maps (the predicted ones first)."""
 
     which = param.Selector(default="predicted", objects=["predicted", "all 21"])
-    ncols = param.Integer(default=3, bounds=(1, 6))
+    ncols = param.Integer(default=2, bounds=(1, 4))
 
-    def __init__(self, run: RunData, **params):
+    def __init__(self, run: RunData, map_view: MapExplorer | None = None, **params):
         self.run = run
+        self.map_view = map_view
         super().__init__(**params)
 
     def names(self) -> list[str]:
@@ -263,40 +299,53 @@ class ParameterFields(pn.viewable.Viewer):
             return pred
         return pred + [p for p in NAMES if p in self.run.layers and p not in pred]
 
+    def frame_width(self) -> int:
+        """Map width in px: two maps per row fill ~1000 px (1366-px screen less the sidebar)."""
+        return max(220, int(960 / self.ncols) - 120)
+
     @param.depends("which", "ncols")
     def layout(self):
         plots = []
-        w = max(180, int(1000 / self.ncols) - 90)
+        w = self.frame_width()
+        l, b, r, t = self.run.layers.bounds
+        vr = self.map_view.view_range if self.map_view is not None else None
+        xlim, ylim = ((vr[0], vr[1]), (vr[2], vr[3])) if vr else ((l, r), (b, t))
         for name in self.names():
-            arr, (l, b, r, t) = self.run.layers.coarse(name)
+            arr, (l, b, r, t) = self.run.layers.coarse(name, max_px=2 * w)
             prm = PARAMETERS[INDEX[name]]
             lo, hi = self.run.layers.clim(name)
             fixed = name not in self.run.parameters
             img = hv.Image(arr, bounds=(l, b, r, t), kdims=["x", "y"], vdims=[hv.Dimension(name, unit=prm.unit)]).opts(
                 cmap="cividis", clim=(lo, hi) if hi > lo else (prm.lower, prm.upper), colorbar=True, frame_width=w,
-                frame_height=int(w * 0.5), xaxis=None, yaxis=None, tools=["hover"], clabel=prm.unit,
-                title=f"{name}{' (fixed)' if fixed else ''} — {prm.description}"[:60], fontsize={"title": 9},
-                clipping_colors={"NaN": (0, 0, 0, 0)})
-            plots.append(img * outlines().opts(line_width=0.4))
+                frame_height=int(w * 0.5), xaxis=None, yaxis=None, tools=["hover"], active_tools=["wheel_zoom"],
+                clabel=prm.unit, xlim=xlim, ylim=ylim,
+                title=f"{name}{' (fixed)' if fixed else ''} — {prm.description}"[:70], fontsize={"title": 10},
+                clipping_colors={"NaN": (0, 0, 0, 0)}, bgcolor="#eef1f4")
+            plots.append(img * outlines().opts(line_width=0.5))
         if not plots:
-            return pn.pane.Markdown("No parameter layers in this store.")
-        return pn.pane.HoloViews(hv.Layout(plots).cols(self.ncols).opts(shared_axes=False), linked_axes=False)
+            return pn.pane.Alert(f"Run {self.run.name} has no parameter layers (a {self.run.encoder} run maps SOC only).",
+                                 alert_type="info", sizing_mode="stretch_width")
+        # shared axes: the maps pan and zoom together; they open at the Map tab's current view
+        return pn.pane.HoloViews(hv.Layout(plots).cols(self.ncols).opts(shared_axes=True), linked_axes=False)
 
     def __panel__(self):
         return pn.Column(
-            pn.Row(pn.widgets.RadioButtonGroup.from_param(self.param.which), pn.widgets.IntSlider.from_param(self.param.ncols, name="columns", width=200)),
-            pn.pane.Markdown("Learned parameter fields in physical units (colour bar: units). "
-                             "Parameters the run did not predict stay at their fixed value."),
-            self.layout,
+            pn.FlexBox(pn.widgets.RadioButtonGroup.from_param(self.param.which), pn.widgets.IntSlider.from_param(self.param.ncols, name="columns", width=200)),
+            pn.pane.Markdown("Learned parameter fields in physical units (colour bar: units), at the Map tab's zoom; the maps pan and zoom together. "
+                             "Parameters the run did not predict stay at their fixed value.", sizing_mode="stretch_width"),
+            self.layout, sizing_mode="stretch_width",
         )
 
 
 class KanInspector(pn.viewable.Viewer):
-    """Edge curves (KAN) or partial dependence (MLP) of one parameter, one plot per covariate."""
+    """Edge curves (KAN) or partial dependence (MLP) of one parameter: the active edges as a grid
+    of readable plots (most important first), the inactive ones in one line, downloads."""
 
     parameter = param.Selector(doc="Parameter")
-    max_curves = param.Integer(default=12, bounds=(1, 30), doc="Curves shown (most important first)")
+    max_curves = param.Integer(default=8, bounds=(1, 30), doc="Curves shown (most important first)")
+    ncols = param.Integer(default=2, bounds=(1, 4), doc="Curves per row")
     show_truth = param.Boolean(default=True, doc="Overlay the true curves (synthetic runs)")
+    download_curve = param.Selector(doc="Curve to download")
 
     def __init__(self, run: RunData, map_view: MapExplorer | None = None, **params):
         self.run = run
@@ -304,6 +353,9 @@ class KanInspector(pn.viewable.Viewer):
         pred = run.parameters or list(NAMES)
         self.param.parameter.objects = pred
         params.setdefault("parameter", pred[0])
+        names = list(run.analysis.covariate_names)
+        self.param.download_curve.objects = names or [None]
+        params.setdefault("download_curve", names[0] if names else None)
         super().__init__(**params)
 
     def location_values(self) -> dict[str, float] | None:
@@ -316,32 +368,64 @@ class KanInspector(pn.viewable.Viewer):
         iy, ix = cell
         return {c: self.run.layers.value(c, iy, ix) for c in self.run.analysis.covariate_names if c in self.run.layers}
 
+    def units(self) -> dict[str, str]:
+        return {c: self.run.layers.units(c) if c in self.run.layers else "" for c in self.run.analysis.covariate_names}
+
+    def classify(self) -> tuple[list[str], list[str], list[str]]:
+        """(active, pruned, negligible) covariates of the parameter, each in importance order.
+
+        Pruned: the edge is zero in every fold's model (KAN). Negligible: the fold-mean curve
+        varies by less than :data:`NEGLIGIBLE` of the strongest curve's range (or < 1e-6 p).
+        """
+        cv = self.run.analysis.curves(self.parameter)
+        amp = {c: float(np.ptp(cv.mean[c])) for c in cv.covariates}
+        top = max(amp.values(), default=0.0)
+        active, pruned, negligible = [], [], []
+        for c in cv.covariates:
+            if self.run.analysis.is_kan and not np.any(cv.lo[c]) and not np.any(cv.hi[c]):
+                pruned.append(c)
+            elif amp[c] < max(NEGLIGIBLE * top, 1e-6):
+                negligible.append(c)
+            else:
+                active.append(c)
+        return active, pruned, negligible
+
+    def inactive_line(self) -> str:
+        """One line: the edges not drawn (pruned in every fold, or negligible)."""
+        _, pruned, negligible = self.classify()
+        parts = []
+        if pruned:
+            parts.append(f"pruned in every fold: {', '.join(pruned)}")
+        if negligible:
+            parts.append(f"negligible (< {NEGLIGIBLE:.0%} of the strongest curve): {', '.join(negligible)}")
+        return (f"**{self.parameter}, not drawn** — " + "; ".join(parts) + ".") if parts else f"**{self.parameter}**: every covariate has a visible effect (none pruned or negligible)."
+
     def curve_plots(self, values: dict[str, float] | None = None) -> list:
-        """One overlay per covariate (learned curve, fold band, truth, distribution, location)."""
+        """One overlay per active covariate (learned curve, fold band, truth, distribution, location)."""
         if not self.run.analysis.models:
             return []
         cv = self.run.analysis.curves(self.parameter)
         X = self.run.analysis.sample
         names = self.run.analysis.covariate_names
+        active, _, _ = self.classify()
         plots = []
-        unit = parameter_unit(self.parameter)
-        for c, imp in list(zip(cv.covariates, cv.importance))[: self.max_curves]:
+        w = CURVE_W if self.ncols <= 2 else int(CURVE_W * 2 / self.ncols) + 40
+        for c in active[: self.max_curves]:
+            imp = float(cv.importance[cv.covariates.index(c)])
             xs, m = cv.xs[c], cv.mean[c]
             cunit = self.run.layers.units(c) if c in self.run.layers else ""
             xlabel = f"{c} ({cunit})" if cunit and cunit != "1" else c
-            ylab = f"Δp {self.parameter}"
-            xdim, ydim = hv.Dimension(c, label=xlabel), hv.Dimension("p", label=ylab)
+            xdim, ydim = hv.Dimension(c, label=xlabel), hv.Dimension("p", label=f"Δp {self.parameter}")
             span = float(max(np.ptp(np.concatenate([cv.lo[c], cv.hi[c]])), 1e-6))
             base = float(min(cv.lo[c].min(), (cv.truth.get(c) if cv.truth.get(c) is not None else m).min())) - 0.05 * span
             # data distribution: histogram of the land-grid values, scaled into the bottom 25 %
             col = X[:, names.index(c)]
             counts, edges = np.histogram(col, bins=30, range=(xs[0], xs[-1]))
             h = counts / max(counts.max(), 1) * 0.25 * span
-            hist = hv.Histogram((edges, h + base), kdims=[xdim], vdims=[ydim]).opts(
-                fill_color="#bbbbbb", line_color=None, alpha=0.6)
             hist = hv.Area((0.5 * (edges[1:] + edges[:-1]), np.full(len(h), base), h + base), kdims=[xdim], vdims=[ydim, "p2"]).opts(
                 color="#c8c8c8", line_alpha=0, alpha=0.7)
-            band = hv.Area((xs, cv.lo[c], cv.hi[c]), kdims=[xdim], vdims=[ydim, "p_hi"]).opts(color="#1f77b4", alpha=0.2, line_alpha=0)
+            band = hv.Area((xs, cv.lo[c], cv.hi[c]), kdims=[xdim], vdims=[ydim, "p_hi"], label="fold range").opts(
+                color="#1f77b4", alpha=0.2, line_alpha=0)
             curve = hv.Curve((xs, m), kdims=[xdim], vdims=[ydim], label="learned").opts(color="#1f77b4", line_width=2.5)
             layers = [hist, band, curve]
             if self.show_truth and cv.truth.get(c) is not None:
@@ -350,12 +434,12 @@ class KanInspector(pn.viewable.Viewer):
             if values is not None and c in values and np.isfinite(values[c]):
                 layers.append(hv.VLine(values[c]).opts(color="black", line_width=1.5, line_dash="dotted"))
             fit = cv.symbolic.get(c)
-            pruned = self.run.analysis.is_kan and not np.any(cv.lo[c]) and not np.any(cv.hi[c])  # zero in every fold
-            sym = f"{fit.kind} R²={fit.r2:.2f}" if fit is not None else ("pruned" if pruned else "flat")
-            title = f"{c} · imp {imp:.2f} · {sym}"
+            sym = f"{fit.kind} R²={fit.r2:.2f}" if fit is not None else "flat"
             plots.append(hv.Overlay(layers).opts(
-                title=title, width=290, height=210, fontsize={"title": 9, "labels": 8, "xticks": 7, "yticks": 7},
-                show_legend=len(plots) == 0, legend_position="top_left", toolbar=None, legend_opts={"label_text_font_size": "8pt", "padding": 2, "spacing": 0}))
+                title=f"{c} · imp {imp:.2f} · {sym}", width=w, height=CURVE_H,
+                fontsize={"title": 11, "labels": 10, "xticks": 9, "yticks": 9},
+                show_legend=len(plots) == 0, legend_position="top_left", toolbar=None,
+                legend_opts={"label_text_font_size": "9pt", "padding": 2, "spacing": 0}))
         return plots
 
     def contribution_bars(self, values: dict[str, float]) -> hv.Bars:
@@ -364,43 +448,102 @@ class KanInspector(pn.viewable.Viewer):
         data = pd.DataFrame({"covariate": order, "contribution": [contrib[k] for k in order]})
         data["sign"] = np.where(data["contribution"] >= 0, "+", "−")
         return hv.Bars(data, kdims=["covariate"], vdims=[hv.Dimension("contribution", label=f"contribution to p {self.parameter}"), "sign"]).opts(
-            color="sign", cmap={"+": "#d6604d", "−": "#4393c3"}, invert_axes=True, width=360, height=320, show_legend=False,
-            title=f"contributions at the clicked location", tools=["hover"], fontsize={"title": 10})
+            color="sign", cmap={"+": "#d6604d", "−": "#4393c3"}, invert_axes=True, width=380, height=300, show_legend=False,
+            title="contributions at the clicked location", tools=["hover"], fontsize={"title": 10})
 
-    @param.depends("parameter", "max_curves", "show_truth", "map_view.tap_x", "map_view.tap_y")
+    def symbolic_table(self) -> pd.DataFrame:
+        """Active edges: importance, the parsimonious symbolic form in physical units, its R²."""
+        cv = self.run.analysis.curves(self.parameter)
+        active, _, _ = self.classify()
+        units = self.units()
+        rows = []
+        for c in active:
+            fit = cv.symbolic.get(c)
+            rows.append({"covariate": c, "unit": units.get(c, "") or "—", "importance": f"{cv.importance[cv.covariates.index(c)]:.3f}",
+                         f"Δp {self.parameter} ≈ (x in its unit)": fit.formula_physical(c) if fit else "—",
+                         "form": fit.kind if fit else "—", "R²": f"{fit.r2:.3f}" if fit else "—"})
+        return pd.DataFrame(rows)
+
+    # ---------------------------------------------------------- downloads
+    def _samples(self) -> dict[str, np.ndarray]:
+        X = self.run.analysis.sample
+        return {c: X[:, i] for i, c in enumerate(self.run.analysis.covariate_names)}
+
+    def png_grid(self) -> io.BytesIO:
+        active, _, _ = self.classify()
+        cv = self.run.analysis.curves(self.parameter)
+        return io.BytesIO(kan_figure.curves_png(cv, active[: self.max_curves], self.units(), self._samples(), self.location_values()))
+
+    def png_curve(self) -> io.BytesIO:
+        cv = self.run.analysis.curves(self.parameter)
+        return io.BytesIO(kan_figure.curves_png(cv, [self.download_curve], self.units(), self._samples(), self.location_values(), ncols=1))
+
+    def csv_grid(self) -> io.BytesIO:
+        cv = self.run.analysis.curves(self.parameter)
+        return io.BytesIO(kan_figure.curves_csv(cv, list(cv.covariates), self.units()))
+
+    def csv_curve(self) -> io.BytesIO:
+        cv = self.run.analysis.curves(self.parameter)
+        return io.BytesIO(kan_figure.curves_csv(cv, [self.download_curve], self.units()))
+
+    def downloads(self) -> pn.Column:
+        def fn(kind: str, ext: str) -> str:
+            what = self.download_curve if kind == "curve" else "curves"
+            return f"{self.run.name}_{self.parameter}_{what}.{ext}"
+
+        buttons = []
+        for label, cb, kind, ext in [("⤓ PNG, all curves", self.png_grid, "grid", "png"), ("⤓ CSV, all curves", self.csv_grid, "grid", "csv"),
+                                     ("⤓ PNG, this curve", self.png_curve, "curve", "png"), ("⤓ CSV, this curve", self.csv_curve, "curve", "csv")]:
+            b = pn.widgets.FileDownload(callback=cb, filename=fn(kind, ext), label=label, width=170,
+                                        css_classes=[f"kan-download-{kind}-{ext}"])
+            self.param.watch(lambda e, b=b, kind=kind, ext=ext: setattr(b, "filename", fn(kind, ext)), ["parameter", "download_curve"])
+            buttons.append(b)
+        return pn.Column(pn.pane.Markdown("**Download** (PNG rendered on the server; CSV: x in physical units, p fold mean/min/max, truth)",
+                                          sizing_mode="stretch_width"),
+                         pn.FlexBox(*buttons[:2], pn.widgets.Select.from_param(self.param.download_curve, name="", width=170), *buttons[2:]),
+                         sizing_mode="stretch_width")
+
+    @param.depends("parameter", "max_curves", "ncols", "show_truth", "map_view.tap_x", "map_view.tap_y")
     def view(self):
         if not self.run.analysis.models:
-            return pn.pane.Markdown(f"Run {self.run.name} has no fold models (encoder {self.run.encoder}): no curves to show.")
+            return pn.pane.Alert(f"Run {self.run.name} has no fold models (encoder {self.run.encoder}): no curves to show.",
+                                 alert_type="info", sizing_mode="stretch_width")
         values = self.location_values()
         plots = self.curve_plots(values)
         cv = self.run.analysis.curves(self.parameter)
         prm = PARAMETERS[INDEX[self.parameter]]
         head = (f"### {self.parameter} — {prm.description} ({prm.unit}; bounds {prm.lower:g}–{prm.upper:g})\n"
-                f"{cv.method} curves, fold mean (line) and range (band), ordered by importance; x in physical units, "
-                f"y = contribution to the normalised parameter p. Grey: distribution over the land grid."
+                + (f"{cv.method} curves of the active edges, fold mean (line) and range (band), most important first; "
+                   "x in physical units, y = the edge's contribution to the normalised parameter p."
+                   if self.run.analysis.is_kan else
+                   f"{cv.method} of p on each covariate (the {self.run.encoder} has no edges), fold mean (line) and range (band), "
+                   "most important first; x in physical units, y = the normalised parameter p averaged over the sites.")
+                + " Grey: distribution over the land grid."
                 + (" Red dashed: true curve (synthetic twin, shifted to the learned mean)." if self.run.truth else "")
-                + (" Titles: best symbolic form and its R²." ))
-        grid = pn.GridBox(*[pn.pane.HoloViews(pl, linked_axes=False, width=300, height=220, sizing_mode="fixed") for pl in plots],
-                          ncols=3, css_classes=["kan-curves"], sizing_mode="fixed", width=3 * 305)
-        side = []
+                + f" Titles: the simplest symbolic form within R² {interpret.PARSIMONY_R2_TOLERANCE:g} of the best.")
         if values is not None:
-            side.append(pn.pane.Markdown(f"**Location** {self.map_view.tap_y:.2f}°N, {self.map_view.tap_x:.2f}°E (dotted lines)"))
-            side.append(pn.pane.HoloViews(self.contribution_bars(values), linked_axes=False))
+            where = pn.pane.Markdown(f"**Location** {self.map_view.tap_y:.2f}°N, {self.map_view.tap_x:.2f}°E: dotted lines on every curve; "
+                                     "its contributions are below the curves.", sizing_mode="stretch_width")
         else:
-            side.append(pn.pane.Markdown("*Click a location on the Map tab: its covariate values are marked on every curve "
-                                         "and its contributions appear here.*", width=300))
-        sym_rows = [(c, f"{cv.importance[i]:.3f}", cv.symbolic[c].formula if cv.symbolic.get(c) else "—",
-                     f"{cv.symbolic[c].r2:.3f}" if cv.symbolic.get(c) else "—") for i, c in enumerate(cv.covariates)]
-        table = pn.pane.DataFrame(pd.DataFrame(sym_rows, columns=["covariate", "importance", "symbolic suggestion (x' = scaled x)", "R²"]),
-                                  index=False, sizing_mode="stretch_width")
-        return pn.Column(pn.pane.Markdown(head), pn.Row(grid, pn.Column(*side)), table)
+            where = pn.pane.Markdown("*Click a location on the Map tab to mark its covariate values on every curve and see its contributions.*",
+                                     sizing_mode="stretch_width", css_classes=["kan-hint"])
+        w = plots[0].opts.get("plot").kwargs["width"] if plots else CURVE_W
+        grid = pn.GridBox(*[pn.pane.HoloViews(pl, linked_axes=False, sizing_mode="fixed") for pl in plots],
+                          ncols=self.ncols, css_classes=["kan-curves"], sizing_mode="fixed", width=self.ncols * (w + 12))
+        below = [pn.pane.DataFrame(self.symbolic_table(), index=False, sizing_mode="stretch_width", css_classes=["kan-symbolic"])]
+        if values is not None:
+            below.append(pn.pane.HoloViews(self.contribution_bars(values), linked_axes=False))
+        return pn.Column(pn.pane.Markdown(head, sizing_mode="stretch_width"), where,
+                         pn.pane.Markdown(self.inactive_line(), sizing_mode="stretch_width", css_classes=["kan-inactive"]),
+                         grid, pn.FlexBox(*below), self.downloads(), sizing_mode="stretch_width")
 
     def __panel__(self):
         return pn.Column(
-            pn.Row(pn.widgets.Select.from_param(self.param.parameter, name="Parameter", width=200),
-                   pn.widgets.IntSlider.from_param(self.param.max_curves, name="curves", width=200),
-                   pn.widgets.Checkbox.from_param(self.param.show_truth, name="true curves", disabled=self.run.truth is None)),
-            pn.panel(self.view, loading_indicator=True),
+            pn.FlexBox(pn.widgets.Select.from_param(self.param.parameter, name="Parameter", width=200),
+                       pn.widgets.IntSlider.from_param(self.param.max_curves, name="curves", width=180),
+                       pn.widgets.IntSlider.from_param(self.param.ncols, name="per row", width=140),
+                       pn.widgets.Checkbox.from_param(self.param.show_truth, name="true curves", disabled=self.run.truth is None)),
+            pn.panel(self.view, loading_indicator=True), sizing_mode="stretch_width",
         )
 
 
@@ -432,25 +575,37 @@ class SiteView(pn.viewable.Viewer):
         return self.run.sites.fold_profiles(self.site)
 
     def profile_plot(self) -> hv.Overlay:
-        """SOC (x) against depth (y, downwards): observations, held-out simulation, each fold model."""
+        """SOC (x) against depth (y, downwards): the fold models' range as a band, the held-out
+        simulation, and the observations as depth intervals (top–bottom bars) where the run
+        records sample tops and bottoms, otherwise as points at the sample depth."""
         obs = self.observations()
         xdim = hv.Dimension("soc", label="SOC (g C m-3)")
         ydim = hv.Dimension("depth", label="depth (m)")
         layers = []
         folds = self.fold_profiles()
         depth = self.run.layers.depth_m
-        max_depth = max(0.3, float(obs["depth_m"].max()) if len(obs) else 1.0) * 1.3
-        if folds is not None and depth is not None:
+        bottom_col = next((c for c in ("bottom_m", "depth_bottom_m") if c in obs), None)
+        top_col = next((c for c in ("top_m", "depth_top_m") if c in obs), None)
+        deepest = float(obs[bottom_col].max()) if bottom_col and len(obs) else (float(obs["depth_m"].max()) if len(obs) else 1.0)
+        max_depth = max(0.3, deepest) * 1.3
+        if folds is not None and depth is not None and np.isfinite(folds).any():
             keep = depth <= max_depth
-            for prof in folds:
-                layers.append(hv.Curve((prof[keep], depth[keep]), kdims=[xdim], vdims=[ydim], label="fold models").opts(
-                    color="#ff7f0e", alpha=0.7, line_width=1.5))
+            lo, hi = np.nanmin(folds[:, keep], 0), np.nanmax(folds[:, keep], 0)
+            ring = np.column_stack([np.concatenate([lo, hi[::-1]]), np.concatenate([depth[keep], depth[keep][::-1]])])
+            layers.append(hv.Polygons([ring], kdims=[xdim, ydim], label=f"fold models (range of {len(folds)})").opts(
+                color="#ff7f0e", alpha=0.3, line_alpha=0))
+            layers.append(hv.Curve((np.nanmean(folds[:, keep], 0), depth[keep]), kdims=[xdim], vdims=[ydim], label=f"fold mean (band: range of {len(folds)} folds)").opts(
+                color="#ff7f0e", line_width=1.5))
         layers.append(hv.Curve((obs["soc_sim_g_m3"].to_numpy(), obs["depth_m"].to_numpy()), kdims=[xdim], vdims=[ydim],
                                label="simulated (held-out fold)").opts(color="#d62728", line_width=2.5))
+        if top_col and bottom_col:
+            v = obs["soc_obs_g_m3"].to_numpy()
+            layers.append(hv.Segments((v, obs[top_col].to_numpy(), v, obs[bottom_col].to_numpy()),
+                                      kdims=[xdim, ydim, "soc_1", "depth_1"], label="observed layer").opts(color="black", line_width=4))
         layers.append(hv.Scatter((obs["soc_obs_g_m3"].to_numpy(), obs["depth_m"].to_numpy()), kdims=[xdim], vdims=[ydim],
-                                 label="observed").opts(color="black", size=8))
+                                 label="observed").opts(color="black", size=7 if top_col else 8))
         return hv.Overlay(layers).opts(
-            ylim=(max_depth, 0), width=460, height=420, legend_position="bottom_right", title=f"SOC profile at {self.site}",
+            ylim=(max_depth, 0), width=480, height=430, legend_position="bottom_right", title=f"SOC profile at {self.site}",
             tools=["hover"])
 
     def parameter_table(self) -> pd.DataFrame:
@@ -514,7 +669,34 @@ class RunSummary(pn.viewable.Viewer):
         if cv.get("pooled"):
             rows.append({"fold": "pooled", **{k: cv["pooled"].get(k) for k in ("nse", "nse_log", "rmse", "r")}})
         df = pd.DataFrame(rows)
-        return df.rename(columns={"nse": "NSE", "nse_log": "NSE (log)", "rmse": "RMSE (g C m-3)", "r": "r"}).round(3)
+        df = df.rename(columns={"nse": "NSE", "nse_log": "NSE (log)", "rmse": "RMSE (g C m-3)", "r": "r"}).round(3)
+        return _no_nan(df)
+
+    def totals(self) -> dict | None:
+        """CONUS totals written by `socmap map` (store attrs or map.json ``totals``), or None."""
+        t = self.run.layers.ds.attrs.get("totals")
+        if not t:
+            t = (self.run.map_record or {}).get("totals")
+        return t if isinstance(t, dict) and t else None
+
+    def totals_table(self) -> pd.DataFrame | None:
+        t = self.totals()
+        return None if t is None else pd.DataFrame(_flatten(t), columns=["quantity", "value"])
+
+    def load_report_tables(self) -> list:
+        """The profile load report of run.json (sources, totals, rows dropped by reason) as panes."""
+        rep = self.run.record.get("load_report")
+        if not isinstance(rep, dict) or not rep:
+            return []
+        out = [pn.pane.Markdown("**Profiles loaded** (the training data's load report)")]
+        src = rep.get("sources")
+        if isinstance(src, list) and src:
+            df = pd.DataFrame([r if isinstance(r, dict) else {"source": str(r)} for r in src])
+            out.append(pn.pane.DataFrame(_no_nan(df), index=False, width=620, sizing_mode="fixed"))
+        rows = _flatten({k: rep[k] for k in ("totals", "dropped_by_reason") if isinstance(rep.get(k), dict) and rep.get(k)})
+        if rows:
+            out.append(pn.pane.DataFrame(pd.DataFrame(rows, columns=["", "rows"]), index=False, width=620, sizing_mode="fixed"))
+        return out
 
     def recovery_table(self) -> pd.DataFrame | None:
         m = self.run.record.get("metrics", {})
@@ -548,12 +730,16 @@ class RunSummary(pn.viewable.Viewer):
     def __panel__(self):
         rec = self.record_md()
         rt = self.recovery_table()
-        return pn.Row(
-            pn.Column(pn.pane.Markdown(rec, width=640),
+        tt = self.totals_table()
+        return pn.FlexBox(
+            pn.Column(pn.pane.Markdown(rec, width=620),
+                      *( [pn.pane.Markdown("**CONUS totals** (from the map; fold spread where recorded)"),
+                          pn.pane.DataFrame(tt, index=False, width=620, sizing_mode="fixed")] if tt is not None else []),
                       pn.pane.Markdown("**Cross-validated skill** (held-out folds)"),
-                      pn.pane.DataFrame(self.metrics_table(), index=False, width=520, sizing_mode="fixed"),
+                      pn.pane.DataFrame(self.metrics_table(), index=False, width=620, sizing_mode="fixed"),
                       *( [pn.pane.Markdown("**Recovery of the truth** (synthetic twin, held-out sites)"),
-                          pn.pane.DataFrame(rt, index=False, width=620, sizing_mode="fixed")] if rt is not None else [])),
+                          pn.pane.DataFrame(_no_nan(rt), index=False, width=620, sizing_mode="fixed")] if rt is not None else []),
+                      *self.load_report_tables()),
             pn.Column(pn.widgets.RadioButtonGroup.from_param(self.param.colour_by), self.scatter),
         )
 
@@ -566,6 +752,27 @@ class RunSummary(pn.viewable.Viewer):
                 f"{cfg.get('folds')} folds ({cfg.get('split')}), {cfg.get('epochs')} epochs max · data **{data.get('entry')}** "
                 f"({data.get('n_sites')} sites, {data.get('n_obs', '?')} observations) · map resolution {self.run.layers.resolution_deg:g}° · "
                 f"git {str(r.get('git_revision') or '?')[:10]}" + (f" · trained in {t:.0f} s" if t else ""))
+
+
+def _no_nan(df: pd.DataFrame) -> pd.DataFrame:
+    """The table with every missing cell shown as "—" (a table never shows NaN)."""
+    return df.astype(object).where(df.notna(), "—")
+
+
+def _flatten(d: dict, prefix: str = "") -> list[tuple[str, str]]:
+    """Nested dict -> [(dotted key, value text)]; numbers to 4 significant digits."""
+    rows = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            rows.extend(_flatten(v, key + " · "))
+        elif isinstance(v, (list, tuple)):
+            rows.append((key, ", ".join(f"{x:.4g}" if isinstance(x, float) else str(x) for x in v)))
+        elif isinstance(v, float):
+            rows.append((key, f"{v:.4g}"))
+        else:
+            rows.append((key, str(v)))
+    return rows
 
 
 __all__ = ["MapExplorer", "ParameterFields", "KanInspector", "SiteView", "RunSummary", "load_run", "outlines"]

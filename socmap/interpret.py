@@ -97,6 +97,8 @@ def importance(model: HybridModel, covariates: np.ndarray, method: str | None = 
 # symbolic suggestions
 # ----------------------------------------------------------------------------------------
 
+#: The symbolic library, simplest first: this order is the parsimony order of
+#: :func:`suggest_symbolic` (linear has no inner shape; the others have the inner a·x' + b).
 _LIBRARY = {
     "linear": lambda x: x,
     "quadratic": lambda x: x**2,
@@ -107,13 +109,34 @@ _LIBRARY = {
     "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
 }
 
+#: A simpler form is preferred when its R² is within this of the best form's R².
+PARSIMONY_R2_TOLERANCE = 0.01
+
 
 @dataclass
 class SymbolicFit:
+    """``y ≈ c·f(a·x' + b) + d`` with x' = (x − x_lo)/(x_hi − x_lo); ``formula`` is written in x'."""
+
     formula: str
     kind: str
     r2: float
     coefficients: tuple[float, float, float, float]
+    x_lo: float = 0.0
+    x_hi: float = 1.0
+
+    def physical(self, name: str = "x") -> tuple[float, float, float, float]:
+        """(α, β, c, d) of ``c·f(α·x + β) + d`` with x in its physical units (α in 1/unit)."""
+        a, b, c, d = self.coefficients
+        span = self.x_hi - self.x_lo if self.x_hi > self.x_lo else 1.0
+        return a / span, b - a * self.x_lo / span, c, d
+
+    def formula_physical(self, name: str = "x") -> str:
+        """The fit with x in physical units, e.g. ``-0.0123·clay_pct +0.31`` or
+        ``0.2·sigmoid(0.15·mat_c -1.2) +0.05`` (linear: slope per unit and intercept)."""
+        alpha, beta, c, d = self.physical(name)
+        if self.kind == "linear":
+            return f"{c * alpha:.3g}·{name} {c * beta + d:+.3g}"
+        return f"{c:.3g}·{self.kind}({alpha:.3g}·{name} {beta:+.3g}) {d:+.3g}"
 
 
 def _symbolic_grid(kind: str) -> np.ndarray:
@@ -125,24 +148,36 @@ def _symbolic_grid(kind: str) -> np.ndarray:
     return ab[ab[:, 0] != 0]
 
 
-def suggest_symbolic(xs: np.ndarray, ys: np.ndarray) -> SymbolicFit:
-    """Best of a small library ``c·f(a·x' + b) + d`` fitted to a curve (x' = x scaled to [0, 1]).
+def suggest_symbolic(xs: np.ndarray, ys: np.ndarray, r2_tolerance: float = PARSIMONY_R2_TOLERANCE) -> SymbolicFit:
+    """The simplest form of a small library ``c·f(a·x' + b) + d`` that fits a curve about as
+    well as the best one (x' = x scaled to [0, 1]).
 
     For each f, (a, b) are searched on a coarse grid and (c, d) solved by least squares (in
-    closed form, all grid points at once); the candidate with the highest R² wins, scanning in
-    library and grid order and replacing the best only when R² is larger by more than 1e-9
-    (so ties favour the simpler, earlier entry).
+    closed form, all grid points at once); within one f the earliest grid point wins ties
+    (R² larger by more than 1e-9 replaces it). Parsimony rule: among the library's forms,
+    in the order of ``_LIBRARY`` (linear, quadratic, sqrt, log, exp, abs, sigmoid: simplest
+    first), the first whose R² is at least the best R² minus ``r2_tolerance`` is returned, so
+    a straight line is called linear, not a sigmoid of equal fit. ``r2_tolerance=0`` gives
+    the best fit (ties to the simpler form).
 
     Parameters
     ----------
     xs, ys : [G] the curve (x in any units; y the contribution, e.g. p units).
+    r2_tolerance : R² a simpler form may give up (default :data:`PARSIMONY_R2_TOLERANCE`).
+
+    Returns
+    -------
+    SymbolicFit with ``x_lo``/``x_hi`` set, so :meth:`SymbolicFit.formula_physical` writes
+    the formula in the covariate's units.
     """
+    if r2_tolerance < 0:
+        raise ValueError(f"r2_tolerance must be >= 0, got {r2_tolerance}")
     xs, ys = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
     lo, hi = xs.min(), xs.max()
     u = (xs - lo) / (hi - lo if hi > lo else 1.0)
     yc = ys - ys.mean()
     sst = float((yc**2).sum())
-    best: SymbolicFit | None = None
+    per_kind: list[SymbolicFit] = []
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for kind, f in _LIBRARY.items():
@@ -150,19 +185,29 @@ def suggest_symbolic(xs: np.ndarray, ys: np.ndarray) -> SymbolicFit:
             g = f(ab[:, :1] * u[None, :] + ab[:, 1:])  # [K, G]
             ok = np.isfinite(g).all(1) & (g.std(1) >= 1e-12)
             g, ab = g[ok], ab[ok]
+            if not len(ab):
+                continue
             gc = g - g.mean(1, keepdims=True)
             c = (gc @ yc) / (gc**2).sum(1)
             d = ys.mean() - c * g.mean(1)
             sse = ((ys[None, :] - (c[:, None] * g + d[:, None])) ** 2).sum(1)
-            r2 = 1.0 - sse / sst
-            for k in range(len(ab)):
-                if best is None or r2[k] > best.r2 + 1e-9:
-                    a, b = ab[k]
-                    inner = "x'" if kind == "linear" else f"{a:.2g}·x'{b:+.2g}"
-                    best = SymbolicFit(f"{c[k]:.3g}·{kind}({inner}) {d[k]:+.3g}", kind, float(r2[k]),
-                                       (float(a), float(b), float(c[k]), float(d[k])))
-    assert best is not None
-    return best
+            r2 = np.where(np.isfinite(1.0 - sse / sst), 1.0 - sse / sst, -np.inf)
+            k = 0
+            for j in range(1, len(r2)):  # earliest grid point within 1e-9 of the kind's best
+                if r2[j] > r2[k] + 1e-9:
+                    k = j
+            a, b = ab[k]
+            inner = "x'" if kind == "linear" else f"{a:.2g}·x'{b:+.2g}"
+            per_kind.append(SymbolicFit(f"{c[k]:.3g}·{kind}({inner}) {d[k]:+.3g}", kind, float(r2[k]),
+                                        (float(a), float(b), float(c[k]), float(d[k])), float(lo), float(hi)))
+    if r2_tolerance == 0:  # exhaustive: the best, replaced only by a larger R² (ties: simpler)
+        best = per_kind[0]
+        for fit in per_kind[1:]:
+            if fit.r2 > best.r2 + 1e-9:
+                best = fit
+        return best
+    top = max(fit.r2 for fit in per_kind)
+    return next(fit for fit in per_kind if fit.r2 >= top - r2_tolerance)
 
 
 # ----------------------------------------------------------------------------------------

@@ -314,3 +314,48 @@ def write_progress(partial: Path, progress: dict[str, Any]) -> None:
     from socmap.fsutil import write_atomic
 
     write_atomic(Path(partial) / PROGRESS_FILE, json.dumps(progress))
+
+
+# ----------------------------------------------------------------------------------------
+# comparing runs: one run's layer on another run's grid
+# ----------------------------------------------------------------------------------------
+
+def _nearest_index(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of the nearest ``src`` cell centre for each ``dst`` coordinate, and whether ``dst``
+    lies on the ``src`` grid (within half a cell of its outer centres). ``src`` monotonic."""
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    order = np.argsort(src)
+    s = src[order]
+    j = np.clip(np.searchsorted(s, dst), 1, len(s) - 1) if len(s) > 1 else np.zeros(len(dst), int)
+    if len(s) > 1:
+        j = np.where(np.abs(s[j - 1] - dst) <= np.abs(s[j] - dst), j - 1, j)
+    half = 0.5 * (float(np.median(np.diff(s))) if len(s) > 1 else 0.0)
+    inside = (dst >= s[0] - half - 1e-9) & (dst <= s[-1] + half + 1e-9)
+    return order[j], inside
+
+
+def align_layer(values: np.ndarray, src_x: np.ndarray, src_y: np.ndarray,
+                dst_x: np.ndarray, dst_y: np.ndarray) -> np.ndarray:
+    """A 2-D layer [y, x] on the grid (``src_y``, ``src_x``) resampled to (``dst_y``, ``dst_x``)
+    by the nearest cell centre (no interpolation: the values stay the source run's values).
+
+    Parameters
+    ----------
+    values : [len(src_y), len(src_x)] the layer (any units).
+    src_x, src_y, dst_x, dst_y : cell-centre longitudes / latitudes (degrees), monotonic.
+
+    Returns
+    -------
+    [len(dst_y), len(dst_x)] float array; NaN where the destination cell centre is off the
+    source grid (more than half a source cell beyond its outer centres). On the same grid the
+    values come back unchanged.
+    """
+    values = np.asarray(values)
+    if values.shape != (len(src_y), len(src_x)):
+        raise ValueError(f"values have shape {values.shape}, the source grid is {(len(src_y), len(src_x))} (y, x)")
+    ix, okx = _nearest_index(src_x, dst_x)
+    iy, oky = _nearest_index(src_y, dst_y)
+    out = values[iy[:, None], ix[None, :]].astype(np.float64 if values.dtype.kind != "f" else values.dtype, copy=True)
+    out[~(oky[:, None] & okx[None, :])] = np.nan
+    return out

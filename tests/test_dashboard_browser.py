@@ -1,23 +1,26 @@
 """The dashboard in a real browser: Playwright (sync API) driving Debian's Chromium.
 
-Serves the app with ``socmap serve`` on a free localhost port, then: the map canvas appears;
-switching the layer changes the plotted data (colour-bar title and colour limits read from the
-Bokeh document); a KAN-inspector parameter shows one curve plot per covariate; clicking a site on
-the map opens its profile; the export downloads a GeoTIFF that rasterio opens with EPSG:4326.
-Screenshots go to test-artifacts/ (look at them). Timings are printed, never asserted.
+Serves three runs with ``socmap serve`` on a free localhost port (a KAN run, an MLP run and a
+damaged run) and, at 1366×768 and 1920×1080: the first map; the depth slider on SOC by layer;
+a comparison (KAN vs MLP: A, B, A − B and the scatter); the KAN grid and a PNG download of it;
+the run picker to the MLP run (partial-dependence curves) and to the damaged run (an error
+panel naming the file); the layout (nothing wider than the window). Every request the pages
+make is routed: one whose host is not 127.0.0.1/localhost FAILS the test (no web fonts, no
+CDN). Then 1 and 5 concurrent sessions, time to first map for each.
 
-The fixture run is cached in test-artifacts/dash-fixtures (delete it to rebuild). Set
-SOCMAP_DASH_BIG=1 to serve a 0.05° store instead (built once, ~1 min) for the timing figures.
+Screenshots go to test-artifacts/ (look at them). Timings are printed, never asserted.
+The fixture runs are cached in test-artifacts/dash-fixtures (delete it to rebuild).
 """
 
 from __future__ import annotations
 
 import os
-import re
+import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -27,6 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"  # Debian's: apt-get install -y chromium
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+SIZES = {"1366x768": (1366, 768), "1920x1080": (1920, 1080)}
+LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (apt-get install -y chromium)")
 
@@ -38,41 +43,73 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def run_dir() -> Path:
-    from dashboard_fixtures import build_run, upsample_store
+def run_dirs() -> dict[str, Path]:
+    from dashboard_fixtures import build_run
 
     root = ARTIFACTS / "dash-fixtures"
-    run = build_run(root)
-    if os.environ.get("SOCMAP_DASH_BIG"):
-        run = upsample_store(run, root / "runs" / "kan-005", 0.05)
-    return run
+    kan = build_run(root)
+    mlp = build_run(root, name="mlp", encoder="mlp")
+    broken = root / "runs" / "broken"  # a truncated run.json, as a failed copy leaves it
+    if broken.exists():
+        shutil.rmtree(broken)
+    (broken / "maps.zarr").mkdir(parents=True)
+    (broken / "run.json").write_text((kan / "run.json").read_text()[:300])
+    return {"kan": kan, "mlp": mlp, "broken": broken}
 
 
 @pytest.fixture(scope="module")
-def server(run_dir):
+def server(run_dirs):
     port = _free_port()
     exe = Path(sys.executable).parent / "socmap"
-    cmd = [str(exe), "serve", "--run", str(run_dir), "--port", str(port), "--no-show"]
+    cmd = [str(exe), "serve", "--port", str(port), "--no-show"]
+    for r in run_dirs.values():
+        cmd += ["--run", str(r)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 60
+    deadline = time.time() + 90
     while time.time() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"socmap serve exited: {proc.stdout.read()[-3000:]}")
         try:
-            urllib.request.urlopen(url, timeout=30).read(100)  # also builds the first session (warm)
+            urllib.request.urlopen(url, timeout=30).read(100)  # also builds a first session (warm)
             break
         except OSError:
             time.sleep(0.5)
     else:
         proc.terminate()
-        pytest.fail("the dashboard server did not start in 60 s")
+        pytest.fail("the dashboard server did not start in 90 s")
     yield url
     proc.terminate()
     try:
         proc.wait(10)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield b
+        b.close()
+
+
+def _page(browser, size: tuple[int, int], off_host: list[str]):
+    """A page whose every request is routed: local ones go through, any other is recorded and aborted."""
+    ctx = browser.new_context(viewport={"width": size[0], "height": size[1]}, accept_downloads=True)
+
+    def route(r):
+        host = urllib.parse.urlparse(r.request.url).hostname
+        if r.request.url.startswith(("data:", "blob:")) or host in LOCAL_HOSTS:
+            r.continue_()
+        else:
+            off_host.append(r.request.url)
+            r.abort()
+
+    ctx.route("**/*", route)
+    return ctx, ctx.new_page()
 
 
 # JavaScript helpers reading the live Bokeh document of the page
@@ -82,128 +119,169 @@ COLORBARS = """() => { const out = [];
       out.push([m.title, m.color_mapper.low, m.color_mapper.high]);
   return out; }"""
 TITLES = """() => { const out = [];
+  if (typeof Bokeh === 'undefined') return out;
   for (const doc of Bokeh.documents) for (const m of doc.all_models)
     if (typeof m.text === 'string' && m.text && 'vertical_align' in m && 'standoff' in m) out.push(m.text);
   return out; }"""
-# page coordinates of (lon, lat) on the map figure (found by its title)
-MAP_XY = """([needle, lon, lat]) => {
-  function* walk(v, depth) { if (!v || depth > 60) return; yield v;
-    let kids = [];
-    try { if (typeof v.children === 'function') kids = [...v.children()]; } catch (e) {}
-    if (!kids.length && v.child_views) kids = [...v.child_views];
-    for (const k of kids) yield* walk(k, depth + 1); }
-  for (const root of Bokeh.index.roots) for (const v of walk(root, 0)) {
-    const m = v.model;
-    if (m && m.title && m.title.text && m.title.text.includes(needle) && v.frame && v.frame.x_scale) {
-      const r = (v.canvas_view || v.canvas).el.getBoundingClientRect();
-      return [r.left + v.frame.x_scale.compute(lon), r.top + v.frame.y_scale.compute(lat)];
-    } }
-  return null; }"""
+HAS_MAP = "() => typeof Bokeh !== 'undefined' && Bokeh.documents.length > 0 && (" + COLORBARS + ")().length > 0"
+# widest right edge of any rendered element (light DOM and open shadow roots), in CSS px
+RIGHT_EDGE = """() => { let worst = [0, ''];
+  function visit(root) { for (const el of root.querySelectorAll('*')) {
+      const r = el.getBoundingClientRect();
+      if (r.width > 0 && r.height > 0 && r.right > worst[0] && getComputedStyle(el).visibility !== 'hidden')
+        worst = [r.right, (el.className && el.className.baseVal === undefined ? el.className : el.tagName) + ''];
+      if (el.shadowRoot) visit(el.shadowRoot); } }
+  visit(document); return worst; }"""
 
 
-def test_dashboard_in_browser(server, run_dir, tmp_path):
-    from playwright.sync_api import sync_playwright
+def _tab(page, name: str) -> None:
+    page.locator(".bk-tab", has_text=name).first.click()
 
-    import pandas as pd
 
+def _wait_title(page, needle: str, timeout: int = 60_000) -> None:
+    page.wait_for_function(f"({TITLES})().some(t => t.includes({needle!r}))", timeout=timeout)
+
+
+def _shot(page, name: str, size: str, full: bool = False) -> None:
+    page.wait_for_timeout(600)
+    page.screenshot(path=str(ARTIFACTS / f"dashboard_{size}_{name}.png"), full_page=full)
+
+
+def _select_with(page, option_text: str):
+    return page.locator("select").filter(has=page.locator("option", has_text=option_text)).first
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+def test_dashboard_in_browser(server, run_dirs, browser, size, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
-    figures = {}
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1600, "height": 1000}, accept_downloads=True)
-        t0 = time.perf_counter()
-        page.goto(server, wait_until="domcontentloaded")
-        page.locator("canvas").first.wait_for(timeout=30_000)
-        page.wait_for_function(f"({COLORBARS})().length > 0", timeout=30_000)
-        figures["first map visible (s)"] = time.perf_counter() - t0
-        page.wait_for_timeout(800)
-        page.screenshot(path=str(ARTIFACTS / "dashboard_map.png"))
-        before = page.evaluate(COLORBARS)
-        assert any("soc_stock_0_30cm" in (t or "") for t, *_ in before), before
+    off_host: list[str] = []
+    figures: dict[str, float] = {}
+    ctx, page = _page(browser, SIZES[size], off_host)
+    width = SIZES[size][0]
+    t0 = time.perf_counter()
+    page.goto(server, wait_until="domcontentloaded")
+    page.wait_for_function(HAS_MAP, timeout=60_000)
+    figures["first map (s)"] = time.perf_counter() - t0
+    _shot(page, "map", size)
+    right, what = page.evaluate(RIGHT_EDGE)
+    assert right <= width + 1, f"{what} runs off the right edge ({right:.0f} px > {width} px)"
 
-        # switch the layer -> the colour bar follows (title, limits) and the caption changes
-        t1 = time.perf_counter()
-        layer_select = page.locator("select").nth(1)  # [run (only with several runs)], layer, colours, ...
-        options = layer_select.locator("option").all_text_contents()
-        if not any("tau4s3" in o for o in options):
-            layer_select = page.locator("select").nth(0)
-            options = layer_select.locator("option").all_text_contents()
-        label = next(o for o in options if "· tau4s3" in o)
-        layer_select.select_option(label=label)
-        page.wait_for_function(f"({COLORBARS})().some(c => (c[0] || '').includes('tau4s3'))", timeout=15_000)
-        figures["layer switch to tau4s3 (s)"] = time.perf_counter() - t1
-        after = page.evaluate(COLORBARS)
-        assert before != after
-        page.get_by_text("turnover time of passive SOM").first.wait_for(timeout=10_000)
-        page.wait_for_timeout(500)
-        page.screenshot(path=str(ARTIFACTS / "dashboard_map_tau4s3.png"))
+    # depth: SOC by layer, then the depth slider moves the map to a deeper layer
+    layer_select = _select_with(page, "· tau4s3")
+    label = next(o for o in layer_select.locator("option").all_text_contents() if "· soc [" in o)
+    layer_select.select_option(label=label)
+    _wait_title(page, "layer 0 (")
+    handle = page.locator(".depth-slider .noUi-handle").first
+    handle.focus()
+    for _ in range(3):
+        handle.press("ArrowRight")
+    _wait_title(page, "layer 3 (", timeout=20_000)
+    _shot(page, "map_depth", size)
 
-        # a difference layer: symmetric limits
-        t1 = time.perf_counter()
-        label = next(o for o in options if "· diff_default_soc_stock_0_30cm" in o)
-        layer_select.select_option(label=label)
-        page.wait_for_function(f"({COLORBARS})().some(c => (c[0] || '').includes('diff_default'))", timeout=15_000)
-        figures["layer switch to a difference (s)"] = time.perf_counter() - t1
-        cb = [c for c in page.evaluate(COLORBARS) if "diff_default" in (c[0] or "")][0]
-        assert cb[1] == pytest.approx(-cb[2])
-        page.wait_for_timeout(500)
-        page.screenshot(path=str(ARTIFACTS / "dashboard_map_difference.png"))
+    # compare: KAN run against the MLP run (same grid)
+    _tab(page, "Compare")
+    t1 = time.perf_counter()
+    _wait_title(page, "A − B")
+    figures["comparison (s)"] = time.perf_counter() - t1
+    titles = page.evaluate(TITLES)
+    assert any(t.startswith("A: kan") for t in titles) and any(t.startswith("B: mlp") for t in titles), titles
+    assert "B against A (cells)" in titles
+    cb = [c for c in page.evaluate(COLORBARS) if (c[0] or "").startswith("Δ ")]
+    assert cb and cb[0][1] == pytest.approx(-cb[0][2])  # diverging, centred on 0
+    _shot(page, "compare", size, full=True)
+    right, what = page.evaluate(RIGHT_EDGE)
+    assert right <= width + 1, f"Compare tab: {what} runs off the right edge ({right:.0f} px)"
 
-        # export the shown layer
-        with page.expect_download(timeout=30_000) as dl:
-            page.get_by_text("GeoTIFF of the shown layer").first.click()
-        target = tmp_path / dl.value.suggested_filename
-        dl.value.save_as(target)
-        import rasterio
+    # KAN inspector: the grid of active edges, the inactive ones in one line, a PNG download
+    _tab(page, "KAN inspector")
+    t1 = time.perf_counter()
+    page.wait_for_function(f"({TITLES})().filter(t => t.includes(' · imp ')).length >= 2", timeout=90_000)
+    figures["KAN grid (s)"] = time.perf_counter() - t1
+    _shot(page, "kan", size, full=True)
+    right, what = page.evaluate(RIGHT_EDGE)
+    assert right <= width + 1, f"KAN tab: {what} runs off the right edge ({right:.0f} px)"
+    with page.expect_download(timeout=60_000) as dl:
+        page.get_by_text("PNG, all curves").first.click()
+    target = tmp_path / dl.value.suggested_filename
+    dl.value.save_as(target)
+    assert target.suffix == ".png" and target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and target.stat().st_size > 10_000
+    if size == "1366x768":
+        shutil.copy(target, ARTIFACTS / "dashboard_kan_download.png")
 
-        with rasterio.open(target) as src:
-            assert src.crs.to_epsg() == 4326
-            assert src.count == 1 and src.width > 10
-        assert "diff_default_soc_stock_0_30cm" in target.name
+    for name, needle in [("Parameters", "tau4s3"), ("Sites", "SOC profile at"), ("Run summary", "held-out observations")]:
+        _tab(page, name)
+        _wait_title(page, needle)
+        _shot(page, name.lower().replace(" ", "_"), size, full=True)
+    page.get_by_text("Cross-validated skill").first.wait_for(timeout=10_000)
+    assert not page.get_by_text("NaN", exact=True).count()
 
-        # click a site on the map -> the Sites tab shows its profile
-        sites = pd.read_csv(run_dir / "predictions.csv").groupby("site_id").first().reset_index()
-        site = sites.iloc[len(sites) // 2]
-        xy = page.evaluate(MAP_XY, ["hybrid - CLM5 default", float(site["lon"]), float(site["lat"])])
-        assert xy is not None, "map figure not found"
-        t1 = time.perf_counter()
-        page.mouse.click(xy[0], xy[1])
-        page.get_by_text("Location", exact=True).first.wait_for(timeout=15_000)
-        page.wait_for_timeout(800)
-        page.screenshot(path=str(ARTIFACTS / "dashboard_map_clicked.png"))
-        page.locator(".bk-tab", has_text="Sites").first.click()
-        page.get_by_text(f"Site {site['site_id']}").first.wait_for(timeout=20_000)
-        page.wait_for_function(f"({TITLES})().some(t => t.includes('SOC profile at {site['site_id']}'))", timeout=20_000)
-        figures["site click -> profile (s)"] = time.perf_counter() - t1
-        page.wait_for_timeout(800)
-        page.screenshot(path=str(ARTIFACTS / "dashboard_site.png"))
-
-        # KAN inspector: choose a parameter -> one curve plot per covariate
-        page.locator(".bk-tab", has_text="KAN inspector").first.click()
-        t1 = time.perf_counter()
-        page.wait_for_function(f"({TITLES})().some(t => t.includes(' · imp '))", timeout=60_000)
-        figures["KAN inspector first curves (s)"] = time.perf_counter() - t1
-        kan_select = page.locator("select").filter(has=page.locator("option", has_text=re.compile(r"^w_scaling$"))).first
-        t1 = time.perf_counter()
-        kan_select.select_option("w_scaling")
-        page.get_by_text("w_scaling — multiplier").first.wait_for(timeout=60_000)
-        page.wait_for_function(f"({TITLES})().filter(t => t.includes(' · imp ')).length >= 5", timeout=60_000)
-        figures["KAN parameter switch (s)"] = time.perf_counter() - t1
-        n_curves = len([t for t in page.evaluate(TITLES) if " · imp " in t])
-        assert n_curves >= 5
-        page.wait_for_timeout(1000)
-        page.screenshot(path=str(ARTIFACTS / "dashboard_kan.png"), full_page=True)
-
-        page.locator(".bk-tab", has_text="Parameters").first.click()
-        page.wait_for_function(f"({TITLES})().some(t => t.startsWith('tau4s3'))", timeout=30_000)
-        page.wait_for_timeout(800)
-        page.screenshot(path=str(ARTIFACTS / "dashboard_parameters.png"), full_page=True)
-
-        page.locator(".bk-tab", has_text="Run summary").first.click()
-        page.get_by_text("Cross-validated skill").first.wait_for(timeout=20_000)
-        page.wait_for_timeout(800)
-        page.screenshot(path=str(ARTIFACTS / "dashboard_summary.png"), full_page=True)
-        browser.close()
-    print("\ndashboard timings (" + run_dir.name + "):")
+    # the run picker: the MLP run (partial dependence), then the damaged run (an error panel)
+    picker = _select_with(page, "mlp")
+    t1 = time.perf_counter()
+    picker.select_option(label="mlp")
+    page.get_by_text("Run mlp", exact=True).first.wait_for(timeout=60_000)  # the rebuilt tabs keep the open tab
+    _tab(page, "Map")
+    page.wait_for_function(f"({TITLES})().some(t => t.includes('SOC stock'))", timeout=60_000)
+    figures["run switch to mlp (s)"] = time.perf_counter() - t1
+    _tab(page, "KAN inspector")
+    page.get_by_text("partial dependence of p on each covariate", exact=False).first.wait_for(timeout=90_000)
+    page.wait_for_function(f"({TITLES})().filter(t => t.includes(' · imp ')).length >= 2", timeout=90_000)
+    _shot(page, "mlp_kan", size, full=True)
+    picker = _select_with(page, "cannot be opened")
+    picker.select_option(label=next(o for o in picker.locator("option").all_text_contents() if "cannot be opened" in o))
+    page.get_by_text("cannot be opened", exact=False).nth(1).wait_for(timeout=20_000)
+    assert page.get_by_text(str(run_dirs["broken"].resolve() / "run.json"), exact=False).count()
+    _shot(page, "error_panel", size)
+    ctx.close()
+    assert not off_host, f"requests left the machine: {sorted(set(off_host))}"
+    print(f"\ndashboard timings at {size}:")
     for k, v in figures.items():
         print(f"  {k}: {v:.2f}")
+
+
+def _time_to_first_map(browser, url: str, n: int) -> list[float]:
+    """Open ``n`` sessions at once; seconds from the start to each one's first map."""
+    off_host: list[str] = []
+    pages = [_page(browser, SIZES["1366x768"], off_host) for _ in range(n)]
+    t0 = time.perf_counter()
+    for _, page in pages:
+        page.goto(url, wait_until="commit")
+    done: dict[int, float] = {}
+    deadline = t0 + 120
+    while len(done) < n and time.perf_counter() < deadline:
+        for i, (_, page) in enumerate(pages):
+            if i not in done and page.evaluate(HAS_MAP):
+                done[i] = time.perf_counter() - t0
+        time.sleep(0.05)
+    for ctx, _ in pages:
+        ctx.close()
+    assert not off_host, f"requests left the machine: {sorted(set(off_host))}"
+    assert len(done) == n, f"only {len(done)} of {n} sessions showed a map within 120 s"
+    return sorted(done.values())
+
+
+def _time_to_page(url: str, n: int) -> list[float]:
+    """``n`` concurrent GETs of the page (the server builds one session per GET): seconds each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def get(_):
+        t = time.perf_counter()
+        urllib.request.urlopen(url, timeout=120).read()
+        return time.perf_counter() - t
+
+    with ThreadPoolExecutor(n) as pool:
+        return sorted(pool.map(get, range(n)))
+
+
+def test_concurrent_sessions_share_the_loaded_run(server, browser):
+    """Sessions share the opened run (store arrays, fold models, curves): a new session builds
+    only its own plots. Prints the browser's time to first map for 1 and 5 concurrent sessions
+    and the server's share (the page request, which builds the session)."""
+    one = _time_to_first_map(browser, server, 1)
+    five = _time_to_first_map(browser, server, 5)
+    http_one = _time_to_page(server, 1)
+    http_five = _time_to_page(server, 5)
+    print(f"\ntime to first map (browser): 1 session {one[0]:.2f} s; 5 concurrent sessions: "
+          f"median {five[2]:.2f} s, slowest {five[-1]:.2f} s ({five[-1] / one[0]:.2f}× one session)")
+    print(f"server share (page request, builds the session): 1 session {http_one[0]:.2f} s; 5 concurrent: "
+          f"slowest {http_five[-1]:.2f} s ({http_five[-1] / http_one[0]:.2f}×); machine: {os.cpu_count()} CPUs")

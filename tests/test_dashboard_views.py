@@ -58,7 +58,7 @@ def test_difference_layers_are_diverging_and_symmetric(run):
     assert 0 < lo < hi
 
 
-def test_kan_inspector_labels_edges_pruned_in_every_fold(run):
+def test_kan_inspector_lists_edges_pruned_in_every_fold_instead_of_drawing_them(run):
     from dashboards.views import KanInspector, MapExplorer
 
     j = run.analysis.covariate_names.index("clay_pct")
@@ -68,13 +68,45 @@ def test_kan_inspector_labels_edges_pruned_in_every_fold(run):
         for mdl, mk in zip(run.analysis.models, masks):
             mk[mdl.param_names.index("fs1s3"), j] = 0.0
         run.analysis.forget("fs1s3")
-        plots = KanInspector(run, map_view=MapExplorer(run), parameter="fs1s3").curve_plots()
-        titles = [p.opts.get("plot").kwargs["title"] for p in plots]
-        assert [t.split(" · ")[0] for t in titles if "pruned" in t] == ["clay_pct"]
+        k = KanInspector(run, map_view=MapExplorer(run), parameter="fs1s3", max_curves=30)
+        active, pruned, negligible = k.classify()
+        assert pruned == ["clay_pct"] and "clay_pct" not in active
+        titles = [p.opts.get("plot").kwargs["title"] for p in k.curve_plots()]
+        assert [t.split(" · ")[0] for t in titles] == active  # no empty plot for a pruned edge
+        line = k.inactive_line()
+        assert "pruned in every fold: clay_pct" in line and line.count("\n") == 0
+        assert "clay_pct" not in set(k.symbolic_table()["covariate"])
     finally:
         for mk, old in zip(masks, saved):
             mk.copy_(old)
         run.analysis.forget("fs1s3")
+
+
+def test_kan_inspector_downloads_png_and_csv(run):
+    import io
+
+    import pandas as pd
+
+    from dashboards.views import KanInspector, MapExplorer
+
+    m = MapExplorer(run)
+    k = KanInspector(run, map_view=m, parameter="tau4s3")
+    m.tap(-95.5, 40.5)
+    png = k.png_grid().getvalue()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    k.download_curve = run.analysis.covariate_names[0]
+    assert k.png_curve().getvalue()[:4] == b"\x89PNG"
+    table = pd.read_csv(io.BytesIO(k.csv_grid().getvalue()))
+    cv = run.analysis.curves("tau4s3")
+    assert set(table["covariate"]) == set(cv.covariates)
+    c = cv.covariates[0]
+    np.testing.assert_allclose(table.loc[table["covariate"] == c, "p_fold_mean"], cv.mean[c])
+    one = pd.read_csv(io.BytesIO(k.csv_curve().getvalue()))
+    assert set(one["covariate"]) == {k.download_curve}
+    # the symbolic table: formulas in physical units, one row per active edge
+    sym = k.symbolic_table()
+    assert list(sym["covariate"]) == k.classify()[0]
+    assert all(c in f for c, f in zip(sym["covariate"], sym.iloc[:, 3]) if f != "—")
 
 
 def test_kan_inspector_curves_ordered_by_importance(run):
@@ -82,17 +114,19 @@ def test_kan_inspector_curves_ordered_by_importance(run):
 
     m = MapExplorer(run)
     k = KanInspector(run, map_view=m, parameter="tau4s3")
+    k.max_curves = 30
     plots = k.curve_plots()
     names = run.analysis.covariate_names
-    assert len(plots) == len(names)
+    active, pruned, negligible = k.classify()
+    assert len(plots) == len(active) and sorted(active + pruned + negligible) == sorted(names)
     cv = run.analysis.curves("tau4s3")
     assert sorted(cv.covariates) == sorted(names)
     assert np.all(np.diff(cv.importance) <= 1e-12)
-    assert [p.get(0).kdims[0].name for p in plots] == cv.covariates
+    assert [p.get(0).kdims[0].name for p in plots] == [c for c in cv.covariates if c in active]
     titles = [p.opts.get("plot").kwargs["title"] for p in plots]
-    assert all("R²" in t or "flat" in t or "pruned" in t for t in titles) and titles[0].startswith(cv.covariates[0])
+    assert all("R²" in t for t in titles) and titles[0].startswith(active[0])
     # synthetic run: the true curves are overlaid for the true edges
-    true_covs = {e["covariate"] for e in run.truth["parameters"]["tau4s3"]["edges"]}
+    true_covs = {e["covariate"] for e in run.truth["parameters"]["tau4s3"]["edges"]} & set(active)
     with_truth = {p.get(0).kdims[0].name for p in plots if any(getattr(el, "label", "") == "true" for el in p)}
     assert with_truth == true_covs
     # a tap marks the location on every curve and gives one bar per covariate
@@ -115,10 +149,15 @@ def test_site_view_obs_and_sim(run):
     plot = s.profile_plot()
     labels = [el.label for el in plot]
     assert "observed" in labels and "simulated (held-out fold)" in labels
+    # the fold models as one band (min–max), not one line each
+    band = [el for el in plot if isinstance(el, hv.Polygons)]
+    assert len(band) == 1 and band[0].label.startswith("fold models (range of")
+    folds = s.fold_profiles()
+    xs = band[0].dimension_values(0)
+    assert xs.min() == pytest.approx(np.nanmin(folds[:, : len(xs) // 2])) and xs.max() == pytest.approx(np.nanmax(folds[:, : len(xs) // 2]))
     obs = s.observations()
     scat = [el for el in plot if el.label == "observed"][0]
     np.testing.assert_allclose(np.sort(scat.dimension_values(0)), np.sort(obs["soc_obs_g_m3"].to_numpy()))
-    assert labels.count("fold models") == len(run.analysis.models)
     table = s.parameter_table()
     assert list(table["parameter"]) == run.parameters and "learned" in table
 
@@ -131,6 +170,7 @@ def test_summary_fields_and_export(run, tmp_path):
     summary = RunSummary(run)
     t = summary.metrics_table()
     assert "NSE" in t and "mean" in set(t["fold"])
+    assert not t.isna().any().any() and not t.astype(str).apply(lambda col: col.str.contains("nan", case=False)).any().any()
     # per fold, what the KAN's sparsify/prune/refit phases left (or that the plain fit was kept)
     for f, label in zip(run.record["metrics"]["cv"]["folds"], t["KAN model"]):
         if f["selection"]["kept"] == "final":
@@ -199,10 +239,112 @@ def test_views_read_only_the_run_folder(run, tmp_path, monkeypatch):
     k = list(r.layers.ds["site_id"].values).index(site)
     np.testing.assert_allclose(folds, r.layers.ds["site_soc_fold"].values[k])
     assert folds.shape == (len(r.analysis.models), r.layers.n_layers) and np.isfinite(folds).all()
-    curves = [el for el in s.profile_plot() if el.label == "fold models"]
-    np.testing.assert_allclose(curves[0].dimension_values(0), folds[0][r.layers.depth_m <= curves[0].dimension_values(1).max()])
+    mean = [el for el in s.profile_plot() if el.label.startswith("fold mean")][0]
+    np.testing.assert_allclose(mean.dimension_values(0), folds.mean(0)[r.layers.depth_m <= mean.dimension_values(1).max()], rtol=1e-6)
     table = s.parameter_table()
     assert {"learned", "true"} <= set(table) and table["true"].notna().all()
-    assert len(KanInspector(r, map_view=m, parameter="tau4s3").curve_plots()) == len(r.analysis.covariate_names)
+    k = KanInspector(r, map_view=m, parameter="tau4s3", max_curves=30)
+    assert len(k.curve_plots()) == len(k.classify()[0]) > 0
     outside = [p for p in opened if copy.resolve() not in p.parents and "site-packages" not in str(p) and p.suffix != ".geojson"]
     assert opened and not outside, outside
+
+
+def test_compare_view_against_another_run_and_the_default_map(run, tmp_path):
+    from dashboards.compare import DEFAULT_SIDE, CompareView
+
+    # against the run's own CLM5-default map: A - B is the store's diff_default layer
+    c = CompareView(run, {})
+    assert c.against == DEFAULT_SIDE and c.layer == "soc_stock_0_30cm"
+    a, b, note = c.pair()
+    np.testing.assert_allclose(a - b, run.layers.array("diff_default_soc_stock_0_30cm"), atol=1e-4, equal_nan=True)
+    view = c.view()
+    assert isinstance(view, pn.Column)
+    maps = view[1][0].object
+    assert isinstance(maps, hv.Layout) and len(maps) == 3
+    c.layer = "tau4s3"  # no default map of a parameter: say so, no blank
+    assert c.pair()[1] is None and "default" in c.pair()[2]
+    assert isinstance(c.view(), pn.pane.Alert)
+    # against another run (here: the same run under another name): zero difference, r = 1
+    c2 = CompareView(run, {"twin": run}, layer="soc_stock_0_100cm")
+    a, b, note = c2.pair()
+    assert "same grid" in note
+    st = c2.stats(a, b)
+    assert st["mean A − B"] == 0 and st["r"] == pytest.approx(1.0)
+    assert isinstance(c2.scatter(a, b, "kg C m-2"), hv.Overlay)
+
+
+def test_compare_view_regrids_a_run_on_another_grid(run):
+    """A run on a coarser grid is brought onto this run's grid by the nearest cell, and the view says so."""
+    import types
+
+    from dashboards.compare import CompareView
+
+    lx = run.layers
+    coarse_x, coarse_y = lx.x[::2], lx.y[::2]
+    arr = lx.array("soc_stock_0_30cm")[::2, ::2]
+    class CoarseLayers:  # the MapLayers interface CompareView reads, on every other cell
+        x, y, resolution_deg = coarse_x, coarse_y, 2 * lx.resolution_deg
+        ds = types.SimpleNamespace(attrs={})
+
+        def __contains__(self, name):
+            return name == "soc_stock_0_30cm"
+
+        def units(self, name):
+            return lx.units(name)
+
+        def has_layers(self, name):
+            return False
+
+        def array(self, name, layer=None):
+            return arr
+
+    other = types.SimpleNamespace(name="coarse", layers=CoarseLayers())
+    c = CompareView(run, {"coarse": other})
+    a, b, note = c.pair()
+    assert b.shape == a.shape and "nearest cell" in note
+    np.testing.assert_array_equal(b[::2, ::2], arr)
+
+
+def test_dashboard_shows_an_error_panel_for_a_run_it_cannot_open(run, tmp_path):
+    from dashboards.app import build_app
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "run.json").write_text('{"name": "broken", "config": {')  # truncated
+    tpl = build_app([run.path, broken])
+    dash = tpl.dashboard
+    assert dash.run == run.name  # the readable run opens first
+    bad = next(n for n in dash.runs if n in dash.errors)
+    dash.run = bad
+    alert = dash.main[0]
+    assert isinstance(alert, pn.pane.Alert) and alert.alert_type == "danger"
+    assert str(broken / "run.json") in alert.object and "socmap train --resume" in alert.object
+    dash.run = run.name
+    assert dash.map is not None
+
+
+def test_summary_shows_totals_and_load_report_when_present(run, monkeypatch):
+    from dashboards.views import RunSummary
+
+    s = RunSummary(run)
+    assert s.totals_table() is None and s.load_report_tables() == []  # tolerated absence
+    monkeypatch.setitem(run.layers.ds.attrs, "totals", {"soc_stock_0_30cm_pg": {"mean": 61.2, "fold_min": 58.0, "fold_max": 64.1},
+                                                        "mean_stock_by_land_cover_kg_m2": {"grassland": 4.2}})
+    monkeypatch.setitem(run.record, "load_report", {"sources": [{"source": "a.csv", "rows": 10, "kept": 9}],
+                                                    "totals": {"rows": 10, "kept": 9}, "dropped_by_reason": {"negative SOC": 1}})
+    t = s.totals_table()
+    assert "soc_stock_0_30cm_pg · mean" in set(t["quantity"]) and "61.2" in set(t["value"])
+    panes = s.load_report_tables()
+    assert len(panes) == 3 and "negative SOC" in panes[2].object.to_string()
+
+
+def test_sessions_share_one_loaded_run(run):
+    """Two sessions (two app builds) use the same RunData, store arrays and fold models: a new
+    visitor builds only their own plots."""
+    from dashboards.app import build_app
+
+    a, b = build_app([run.path]).dashboard, build_app([run.path]).dashboard
+    assert a.map.run is b.map.run is run
+    assert a.map.run.layers.array("soc_stock_0_30cm") is b.map.run.layers.array("soc_stock_0_30cm")
+    assert a.kan.run.analysis.models is b.kan.run.analysis.models
+    assert a.map is not b.map  # but each session has its own widgets and plots
