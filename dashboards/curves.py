@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from socmap import interpret
-from socmap.runs import open_run
+from socmap.runs import RunError, open_run
+from socmap.store import PARTIAL_ENSEMBLE_ATTR
 from socmap.truth import truth_edge_function
 
 from dashboards.layers import MapLayers
@@ -65,9 +66,11 @@ class CurveAnalysis:
     @cached_property
     def models(self) -> list:
         """The fold models (HybridModel), or [] for baselines without any."""
+        # a store mapped with --allow-partial used the fold models that load: show those
+        partial = bool(self.layers.ds.attrs.get(PARTIAL_ENSEMBLE_ATTR)) if self.layers is not None else False
         try:
-            return open_run(self.path).models
-        except (FileNotFoundError, ValueError, KeyError):
+            return open_run(self.path, allow_partial=partial).models
+        except (RunError, FileNotFoundError, ValueError, KeyError):
             return []
 
     @cached_property
