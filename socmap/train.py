@@ -408,6 +408,9 @@ def _write_predictions(out: Path, data: SiteData, sim: np.ndarray, p: np.ndarray
         "site_id": data.site_id[si], "lon": data.lon[si], "lat": data.lat[si], "fold": fold_of[si],
         "depth_m": data.depth_m[si, li], "soc_obs_g_m3": data.soc_g_m3[si, li], "soc_sim_g_m3": sim[si, li],
     })
+    if data.top_m is not None and data.bottom_m is not None:  # the observed layer, for depth-interval plots
+        obs.insert(5, "top_m", data.top_m[si, li])
+        obs.insert(6, "bottom_m", data.bottom_m[si, li])
     if data.bd_estimated is not None:  # flagged per observation: the bulk density is a pedotransfer estimate
         obs["bd_estimated"] = data.bd_estimated[si, li]
     _write_csv(out / "predictions.csv", obs)

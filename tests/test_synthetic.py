@@ -12,7 +12,7 @@ import torch
 from socmap.clm5.parameters import LOWER, NAMES, SUBSETS, UPPER
 from socmap.data.cube import cell_forcing, open_cube, sample_grid
 from socmap.data.grid import conus_grid, grid_shape
-from socmap.data.sites import SiteData, load_synthetic, profiles_to_arrays
+from socmap.data.sites import SiteData, layer_bounds, load_synthetic, profiles_to_arrays
 from socmap.data.synthetic import (
     NUMERIC_COVARIATES,
     SynthConfig,
@@ -244,6 +244,20 @@ def test_profiles_to_arrays_ragged():
     np.testing.assert_array_equal(d[0], [0.1, 0.3])
     np.testing.assert_array_equal(s[1], [4.0, 1.0])
     assert np.all(np.isnan(d[2]))
+
+
+def test_layer_bounds_follow_the_depth_order():
+    prof = pd.DataFrame({
+        "site_id": ["b", "a", "a", "b"],
+        "top_m": [0.3, 0.2, 0.0, 0.0], "bottom_m": [0.7, 0.4, 0.2, 0.1],
+        "soc_g_m3": [1.0, 2.0, 3.0, 4.0],
+    })
+    d, _ = profiles_to_arrays(prof, ["a", "b"])
+    top, bottom = layer_bounds(prof, ["a", "b"])
+    np.testing.assert_array_equal(top, [[0.0, 0.2], [0.0, 0.3]])
+    np.testing.assert_array_equal(bottom, [[0.2, 0.4], [0.1, 0.7]])
+    np.testing.assert_allclose(d, 0.5 * (top + bottom))
+    assert layer_bounds(prof.drop(columns=["top_m"]), ["a", "b"]) == (None, None)
 
 
 def test_simulate_reports_nonfinite_as_nan(result):

@@ -60,6 +60,8 @@ class SiteData:
     truth: dict | None = None  # truth.json content (synthetic only)
     covariate_range: dict[str, tuple[float, float]] | None = None  # min/max over the land grid
     bd_estimated: np.ndarray | None = None  # [N, L] bool: the observation's bulk density is a pedotransfer estimate
+    top_m: np.ndarray | None = None  # [N, L] NaN-padded observed layer tops (m), where the table has them
+    bottom_m: np.ndarray | None = None  # [N, L] NaN-padded observed layer bottoms (m)
 
     def __post_init__(self) -> None:
         n = len(self.site_id)
@@ -158,6 +160,16 @@ def profiles_to_arrays(profiles: pd.DataFrame, site_ids) -> tuple[np.ndarray, np
     return d, s
 
 
+def layer_bounds(profiles: pd.DataFrame, site_ids) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """NaN-padded ``(top_m, bottom_m)`` [N, L] in the order of :func:`profiles_to_arrays`, or
+    ``(None, None)`` when the table has no ``top_m``/``bottom_m`` columns."""
+    if not {"top_m", "bottom_m"} <= set(profiles.columns):
+        return None, None
+    _, top = profiles_to_arrays(profiles.assign(soc_g_m3=profiles["top_m"].to_numpy(np.float64)), site_ids)
+    _, bottom = profiles_to_arrays(profiles.assign(soc_g_m3=profiles["bottom_m"].to_numpy(np.float64)), site_ids)
+    return top, bottom
+
+
 def load_synthetic(directory: str | Path) -> SiteData:
     """Load a ``socmap synth`` output folder as :class:`SiteData`.
 
@@ -191,6 +203,7 @@ def load_synthetic(directory: str | Path) -> SiteData:
                          f"(e.g. {sites['site_id'].iloc[bad[0]]}: {where.status[bad[0]]}); the folder is inconsistent")
     forcing = cell_forcing(cube, where.iy, where.ix, lat)
     depth, soc = profiles_to_arrays(profiles, sites["site_id"].to_numpy())
+    top, bottom = layer_bounds(profiles, sites["site_id"].to_numpy())
     p_cols = [f"true_p_{n}" for n in NAMES]
     true_p = sites[p_cols].to_numpy(np.float64) if all(c in sites for c in p_cols) else None
     return SiteData(
@@ -207,6 +220,8 @@ def load_synthetic(directory: str | Path) -> SiteData:
         true_p=true_p,
         truth=truth,
         covariate_range={k: (float(v[0]), float(v[1])) for k, v in ranges.items()},
+        top_m=top,
+        bottom_m=bottom,
     )
 
 
@@ -391,6 +406,7 @@ def load_real(directory: str | Path, *, sources: list[str] | None = None, bulk_d
     cov = np.column_stack([cube[n].values[iy, ix].astype(np.float64) for n in names])
     forcing = cell_forcing(cube, iy, ix, sites["lat"].to_numpy(np.float64))
     depth, soc = profiles_to_arrays(table, sites["site_id"].to_numpy())
+    top, bottom = layer_bounds(table, sites["site_id"].to_numpy())
     # per observation: the bulk density came from the pedotransfer function (any merged repeat estimated)
     _, est = profiles_to_arrays(table.assign(soc_g_m3=np.asarray(table["bd_estimated"], dtype=np.float64)),
                                 sites["site_id"].to_numpy())
@@ -408,6 +424,8 @@ def load_real(directory: str | Path, *, sources: list[str] | None = None, bulk_d
         soc_g_m3=soc,
         covariate_range={k: (float(v[0]), float(v[1])) for k, v in ranges.items()},
         bd_estimated=np.where(np.isfinite(est), est > 0, False),
+        top_m=top,
+        bottom_m=bottom,
     )
     return RealSites(data=data, profiles=table.reset_index(drop=True), report=report)
 
