@@ -16,7 +16,7 @@ from holoviews.operation.datashader import rasterize
 from dashboards import kan_figure
 from dashboards.layers import KIND_LABEL
 from dashboards.outlines import state_outlines
-from dashboards.run import RunData, load_run, parameter_unit
+from dashboards.run import RunData, load_run
 from socmap import interpret
 from socmap.clm5.parameters import INDEX, LOWER, NAMES, PARAMETERS, UPPER
 

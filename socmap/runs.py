@@ -179,7 +179,7 @@ def read_record(path: str | Path) -> dict:
         record = json.loads(record_path.read_text())
     except (ValueError, UnicodeDecodeError) as exc:
         raise RunError(record_path, f"is not valid JSON ({exc}): the file is truncated or damaged",
-                       f"re-train the run (`socmap train --out NEW`) or restore run.json") from None
+                       "re-train the run (`socmap train --out NEW`) or restore run.json") from None
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict) or not isinstance(record.get("data"), dict):
         raise RunError(record_path, "lacks the 'config' or 'data' entry of a socmap run record",
                        "re-train the run (`socmap train --out NEW`) or restore run.json")
