@@ -184,6 +184,7 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progres
         },
         "encoder": config.encoder,
         "parameters": list(resolve_subset(config.params)) if encoder.hybrid else [],
+        "fixed_parameters": _fixed_record(config, data) if encoder.hybrid else None,
         "fold_models": [f"folds/fold{f.index}/model.pt" for f in run_folds if (out / "folds" / f"fold{f.index}" / "model.pt").exists()],
         "versions": software_versions(),
         "git_revision": git_revision(),
@@ -205,6 +206,17 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progres
         shutil.copyfile(data_dir / "truth.json", out / "truth.json")
     _write_json(out / "run.json", record)
     return record
+
+
+def _fixed_record(config: TrainConfig, data: SiteData) -> dict:
+    """What the parameters that are not learned held: the resolved ``fixed_params`` choice and θ."""
+    from socmap.clm5.parameters import to_physical
+    from socmap.trainer import fixed_parameters
+
+    choice, p = fixed_parameters(config, data)
+    learned = set(resolve_subset(config.params))
+    theta = to_physical(torch.as_tensor(p, dtype=torch.float64)).tolist()
+    return {"choice": choice, "theta": {n: v for n, v in zip(NAMES, theta) if n not in learned}}
 
 
 def _write_predictions(out: Path, data: SiteData, sim: np.ndarray, p: np.ndarray, fold_of: np.ndarray) -> None:
