@@ -110,14 +110,21 @@ def source_path(entry: str) -> Path:
                               f"Install the real-data extra: {INSTALL_HINT}") from None
 
 
-def missing_sources() -> list[str]:
-    """Catalog entries of the real cube whose files are not installed."""
+def missing_sources(covariates: list[str] | tuple[str, ...] | None = None) -> list[str]:
+    """Catalog entries of the real cube, and vegetation covariates among ``covariates`` (default
+    :data:`DEFAULT_REAL_COVARIATES`), whose files are not installed."""
     out = []
     for entry in SOURCES:
         try:
             source_path(entry)
         except RealDataMissing:
             out.append(entry)
+    for name in DEFAULT_REAL_COVARIATES if covariates is None else covariates:
+        if name in VEGETATION_FILES:
+            try:
+                vegetation_path(name)
+            except RealDataMissing:
+                out.append(f"{name} ({VEGETATION_FILES[name][2]})")
     return out
 
 
@@ -404,10 +411,10 @@ def build_real_cube(resolution_deg: float = 0.25, progress: bool = False, covari
     from socmap.climate_forcing import miami_npp_g_m2_yr, pet_thornthwaite_mm
     from socmap.land_cover import IGBP_CLASSES
 
-    missing = missing_sources()
+    names = list(DEFAULT_REAL_COVARIATES if covariates is None else covariates)
+    missing = missing_sources(names + (["ndvi_max", "ndvi_min"] if (npp_method or DEFAULT_NPP_METHOD) == "lue" else []))
     if missing:
         raise RealDataMissing(f"real covariate source(s) not installed: {', '.join(missing)}. Install: {INSTALL_HINT}")
-    names = list(DEFAULT_REAL_COVARIATES if covariates is None else covariates)
     unknown = [k for k in names if k not in REAL_COVARIATES]
     if unknown:
         raise ValueError(f"unknown real-cube covariate(s) {unknown}; choose among {', '.join(REAL_COVARIATES)}")
