@@ -39,7 +39,7 @@ def test_prior_centre_stays_off_the_bounds():
 @pytest.mark.parametrize("choice, truth, kind, value", [
     ("auto", {"fixed_p": 0.5}, "truth", 0.5),
     ("auto", {"fixed_p": 0.3}, "truth", 0.3),
-    ("auto", None, "clm5", None),
+    ("auto", None, "midrange", 0.5),
     ("midrange", None, "midrange", 0.5),
     ("clm5", {"fixed_p": 0.5}, "clm5", None),
 ])
