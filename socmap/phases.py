@@ -123,6 +123,9 @@ class Polish(Phase):
         self.iterations = iterations
 
     def run_epoch(self, fit: Fitting, state: ScheduleState) -> list[float]:
+        check = fit.config.polish_check_iters
+        if check and check < self.iterations:
+            return [monitored_polish(fit, self.iterations, check)]
         return [lbfgs_polish(fit, self.iterations)]
 
 
@@ -196,6 +199,34 @@ def lbfgs_polish(fit: Fitting, iterations: int) -> float:
     opt.step(closure)
     with torch.no_grad():
         return float(sum(w * fit.batch_loss(c) for c, w in zip(chunks, weights)))
+
+
+def monitored_polish(fit: Fitting, iterations: int, check: int, patience: int = 2) -> float:
+    """L-BFGS polish in segments of ``check`` iterations, validated after each; ends on the best state.
+
+    On noisy real profiles an unmonitored polish follows the training loss into states that
+    validate worse than the fit it started from (docs/model.md §7.4): the segments stop after
+    ``patience`` segments without a better validation loss, and the state with the lowest
+    validation loss, the starting one included, is kept. Returns the training loss of the last
+    segment.
+    """
+    best_val = fit.val_loss()
+    best = {k: v.detach().clone() for k, v in fit.model.state_dict().items()}
+    bad, done, loss = 0, 0, float("nan")
+    while done < iterations and bad < patience:
+        step = min(check, iterations - done)
+        loss = lbfgs_polish(fit, step)
+        done += step
+        val = fit.val_loss()
+        if np.isfinite(val) and val < best_val - 1e-6:
+            best_val, bad = val, 0
+            best = {k: v.detach().clone() for k, v in fit.model.state_dict().items()}
+        else:
+            bad += 1
+    fit.model.load_state_dict(best)
+    log.info("fold %d: polish kept the state with validation loss %.4g after %d L-BFGS iterations",
+             fit.fold.index, best_val, done)
+    return loss
 
 
 def select_final(fit: Fitting, state: ScheduleState, phases: list[Phase]) -> None:

@@ -361,6 +361,7 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progres
         },
         "encoder": config.encoder,
         "parameters": list(resolve_subset(config.params)) if encoder.hybrid else [],
+        "fixed_parameters": _fixed_record(config, data) if encoder.hybrid else None,
         "fold_models": [fold_model_file(config.encoder, f.index) for f in run_folds if (out / fold_model_file(config.encoder, f.index)).exists()],
         "versions": software_versions(),
         "git_revision": git_revision(),
@@ -400,6 +401,17 @@ def _measured_bd_skill(data: SiteData, sim: np.ndarray, fold_of: np.ndarray, run
         if folds:
             out["mean"] = {k: float(np.mean([r[k] for r in folds])) for k in ("nse", "nse_log", "rmse", "r")}
     return out
+
+
+def _fixed_record(config: TrainConfig, data: SiteData) -> dict:
+    """What the parameters that are not learned held: the resolved ``fixed_params`` choice and θ."""
+    from socmap.clm5.parameters import to_physical
+    from socmap.trainer import fixed_parameters
+
+    choice, p = fixed_parameters(config, data)
+    learned = set(resolve_subset(config.params))
+    theta = to_physical(torch.as_tensor(p, dtype=torch.float64)).tolist()
+    return {"choice": choice, "theta": {n: v for n, v in zip(NAMES, theta) if n not in learned}}
 
 
 def _write_predictions(out: Path, data: SiteData, sim: np.ndarray, p: np.ndarray, fold_of: np.ndarray) -> None:

@@ -41,6 +41,9 @@ class TrainConfig(BaseModel):
     bound: Literal["hardsigmoid", "sigmoid"] = "hardsigmoid"
     lambda_violation: float = Field(1.0, ge=0)
     lambda_param_reg: float = Field(0.0, ge=0)
+    fixed_params: Literal["auto", "clm5", "midrange"] = Field("auto", description="Value of the parameters that are not learned: clm5 (CLM5 defaults, efolding and fs1s2 at their upper bounds) | midrange (p = 0.5) | auto (the twin's truth value on synthetic data, midrange otherwise: it measured better than clm5 on the real profiles)")
+    lambda_prior: float = Field(0.0, ge=0, description="Weight of the prior penalty mean((p - p_clm5)^2) pulling learned parameters towards their CLM5 defaults")
+    polish_check_iters: int = Field(0, ge=0, description="KAN: validate the L-BFGS polish every this many iterations and keep its best state (0: one unmonitored polish)")
     kan_grid_size: int = Field(4, ge=1)
     kan_hidden: list[int] = Field(default_factory=list)
     kan_base: Literal["identity", "silu", "zero"] = "identity"

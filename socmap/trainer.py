@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from socmap import metrics
 from socmap.checkpoint import CHECKPOINT_NAME, LoopState, read_checkpoint, save_checkpoint
 from socmap.clm5.operators import prepare_forcing
-from socmap.clm5.parameters import resolve_subset
+from socmap.clm5.parameters import N_PARAMS, default_p, prior_centre_p, resolve_subset
 from socmap.data.sites import SiteData
 from socmap.encoders import HybridEncoder, get_encoder
 from socmap.nets.hybrid import HybridModel, HybridSpec
@@ -37,6 +37,31 @@ def data_loss(sim: torch.Tensor, obs: torch.Tensor, kind: str) -> torch.Tensor:
     return torch.nn.functional.smooth_l1_loss(sim[ok], obs[ok])
 
 
+def fixed_parameters(config: TrainConfig, data: SiteData) -> tuple[str, list[float]]:
+    """What the parameters that are not learned hold: ``(choice, p [21])``.
+
+    ``auto`` follows the data: a synthetic twin's truth holds its non-target parameters at its
+    ``fixed_p`` (the retrieval test must see the same value); other data hold p = 0.5, which
+    validated better on the real profiles than the CLM5 defaults (``clm5``,
+    :data:`socmap.clm5.parameters.DEFAULT_P`; docs/model.md §4.3).
+    """
+    choice = config.fixed_params
+    if choice == "auto":
+        choice = "truth" if data.truth is not None else "midrange"
+    if choice == "truth":
+        from socmap.truth import P_FIXED
+
+        return choice, [float(data.truth.get("fixed_p", P_FIXED))] * N_PARAMS
+    if choice == "midrange":
+        return choice, [0.5] * N_PARAMS
+    return choice, [float(v) for v in default_p()]
+
+
+def prior_penalty(p_sub: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+    """``mean((p - p0)^2)`` over sites and learned parameters: the pull towards the CLM5 defaults ``p0`` [k]."""
+    return ((p_sub - centre.to(p_sub.dtype)) ** 2).mean()
+
+
 def build_model(config: TrainConfig, data: SiteData) -> HybridModel:
     """An untrained hybrid model for ``data``'s covariates with the config's encoder, parameters and bound."""
     entry = get_encoder(config.encoder)
@@ -51,6 +76,7 @@ def build_model(config: TrainConfig, data: SiteData) -> HybridModel:
         params=list(resolve_subset(config.params)),
         bound=config.bound,
         encoder_kwargs=entry.network_kwargs(config),
+        fixed_p=fixed_parameters(config, data)[1],
     )
     return HybridModel(spec)
 
@@ -74,6 +100,7 @@ class HybridTrainer:
         self.depth = torch.as_tensor(data.depth_m, dtype=torch.float64, device=device)
         self.obs = torch.as_tensor(data.soc_g_m3, dtype=torch.float64, device=device)
         self.prepared = prepare_forcing(data.forcing.to(torch.float64, device))
+        self.prior_centre = torch.as_tensor(prior_centre_p(self.model.param_names), dtype=torch.float32, device=device)
         self.loop = LoopState(phase=self.phases[0].name)
         self.state = ScheduleState()
 
@@ -112,7 +139,10 @@ class HybridTrainer:
         if found is None:
             return False
         raw, self.loop, self.state = found
-        self.model.load_state_dict(raw["model"])
+        state = dict(raw["model"])
+        for key in ("p_lo", "p_hi"):  # checkpoints written before the output range was held
+            state.setdefault(key, getattr(self.model, key))
+        self.model.load_state_dict(state)
         current = self._current()
         if current is not None and current is not self.phases[0]:  # later phases run their own optimiser
             self.opt = current.optimizer(self.model, self.config)
@@ -135,6 +165,8 @@ class HybridTrainer:
         loss = loss + cfg.lambda_violation * self.model.bound.violation(u) / len(idx)
         if cfg.lambda_param_reg:
             loss = loss + cfg.lambda_param_reg * self.model.bound.param_reg(p_sub)
+        if cfg.lambda_prior:
+            loss = loss + cfg.lambda_prior * prior_penalty(p_sub, self.prior_centre)
         if self.model.is_kan and (cfg.kan_l1 or cfg.kan_entropy or cfg.kan_curvature):
             loss = loss + self.model.encoder.regularization(
                 self.model.scaler(self.x[t]), l1=cfg.kan_l1, entropy=cfg.kan_entropy, curvature=cfg.kan_curvature
@@ -240,5 +272,7 @@ class HybridTrainer:
             bar.update(1)
             bar.set_postfix(phase=phase.name, loss=f"{np.mean(losses):.4f}", val_nse_log=f"{val['nse_log']:.3f}", val_nse=f"{val['nse']:.3f}")
         bar.close()
+        self.model.eval()
+        self.model.hold_output_range(self.x[torch.as_tensor(self.fold.train, device=self.device)])
         self.save_checkpoint()
         torch.save(self.model.to_checkpoint(), self.dir / "model.pt")

@@ -68,6 +68,8 @@ def test_kan_sparsify_prune_refit_phases(tiny_twin, tmp_path, final_validates_be
     else:  # the pruned model validates worse: the fit's model is kept, unpruned
         assert trainer.selection["kept"] == "fit"
         for key, value in trainer.state.fit_state.items():
+            if key in ("p_lo", "p_hi"):  # the training-site parameter range, set after the selection
+                continue
             torch.testing.assert_close(saved[key], value, rtol=0, atol=0)
         assert int(mask.sum()) == mask.numel()
 

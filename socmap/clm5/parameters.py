@@ -132,6 +132,31 @@ def default_theta(batch: int = 1, dtype: torch.dtype = torch.float64) -> torch.T
     return torch.as_tensor(DEFAULT, dtype=dtype).expand(batch, N_PARAMS).clone()
 
 
+#: CLM5 defaults in normalised units, clipped to [0, 1]: the value a parameter that is not learned
+#: holds on real data. Two CLM5 defaults lie above BINN's upper bounds and are held at p = 1:
+#: ``efolding`` (10 m, i.e. almost no decrease of decomposition with depth; held at 1 m) and
+#: ``fs1s2`` (0.554 at 40 % sand; held at 0.4). Every other default lies inside its bounds
+#: (docs/model.md §4.3).
+DEFAULT_P = np.clip((DEFAULT - LOWER) / (UPPER - LOWER), 0.0, 1.0)
+
+#: Margin that keeps the centre of the prior penalty inside the range: at p = 0 or 1 the
+#: hard-sigmoid bound has no gradient, so a prior centred there would pin a parameter to a bound.
+PRIOR_MARGIN = 0.05
+
+
+def default_p(names: tuple[str, ...] | list[str] | None = None) -> np.ndarray:
+    """CLM5 defaults in normalised units (:data:`DEFAULT_P`) of ``names`` (default all 21), [k]."""
+    if names is None:
+        return DEFAULT_P.copy()
+    return np.array([DEFAULT_P[parameter(n).index] for n in names])
+
+
+def prior_centre_p(names: tuple[str, ...] | list[str]) -> np.ndarray:
+    """Centre of the prior penalty of learned parameters ``names``: the CLM5 default in normalised
+    units, kept :data:`PRIOR_MARGIN` inside [0, 1] (``efolding`` and ``fs1s2``: 0.95), [k]."""
+    return np.clip(default_p(names), PRIOR_MARGIN, 1.0 - PRIOR_MARGIN)
+
+
 def midrange_theta(batch: int = 1, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Parameters at p = 0.5 for every entry, shape ``[batch, 21]``."""
     return to_physical(torch.full((batch, N_PARAMS), 0.5, dtype=dtype))

@@ -76,6 +76,22 @@ _TABLE = (
     Covariate("aridity_index", "1", "aridity index P/PET (Thornthwaite PET)", "scalar", (0.0, math.inf),
               "annual precipitation over annual Thornthwaite PET; the cube producers floor PET at "
               "50 mm yr-1 and clip the index to 0-5"),
+    Covariate("ndvi_max", "1", "maximum NDVI of the year", "scalar", (-1.0, 1.0),
+              "MODIS climatological annual maximum NDVI (BESS-JPL NDVI_maximum.tif), mean of the 0.05 deg "
+              "land pixels of the cell (MODIS water masked)"),
+    Covariate("ndvi_min", "1", "minimum NDVI of the year", "scalar", (-1.0, 1.0),
+              "MODIS climatological annual minimum NDVI (BESS-JPL NDVI_minimum.tif), mean of the 0.05 deg "
+              "land pixels of the cell (MODIS water masked)"),
+    Covariate("fapar_max", "1", "maximum fraction of absorbed PAR", "scalar", (0.0, 1.0),
+              "MODIS mean annual maximum fAPAR (PT-JPL fAPARmax_mean_CMG_int16.tif x 1e-4), mean of the "
+              "0.05 deg land pixels of the cell (MODIS water masked)"),
+    Covariate("c4_frac", "1", "C4 share of the vegetation", "scalar", (0.0, 1.0),
+              "C4 plant fraction of the vegetation (BESS-JPL C4_fraction.tif in %, / 100; 1 deg, bilinear to the grid)"),
+    *(Covariate(f"{g}_frac", "1", f"area fraction of {label}", "scalar", (0.0, 1.0),
+                f"share of the cell's 0.05 deg MODIS MCD12C1 pixels in {label} (IGBP {codes})")
+      for g, label, codes in (("forest", "forest", "1-5"), ("shrub_savanna", "shrubland and savanna", "6-9"),
+                              ("grass", "grassland", "10"), ("wetland", "permanent wetland", "11"),
+                              ("crop", "cropland", "12, 14"), ("water", "water", "0"))),
 )
 
 #: Every known covariate, by name.

