@@ -101,7 +101,7 @@ CASES = [
     Case("config-unknown-key", _train_config("unknown_key.yaml"), ("unknown_key.yaml", "learning_rate", "unknown option")),
     Case("config-bad-yaml", _train_config("bad_yaml.yaml"), ("bad_yaml.yaml", "not valid YAML")),
     Case("train-missing-data", lambda c: ["train", "--data-dir", str(c.out / "nowhere"), "--out", str(c.out / "run")],
-         ("nowhere", "not a complete socmap synth output")),
+         ("nowhere", "does not exist", "socmap synth --out")),
     # data catalogs (./data_catalog.yaml)
     Case("catalog-bad-yaml", lambda c: ["train", "--data", "synthetic", "--out", str(c.out / "run")],
          ("data_catalog.yaml", "malformed YAML", "line 7"), cwd_catalog="bad_yaml.yaml"),

@@ -268,7 +268,7 @@ def test_failed_start_writes_nothing_and_resume_refuses_a_changed_config(tiny_tw
     out = tmp_path / "run"
     with pytest.raises(ValueError, match="epochs"):
         train(load_config(data_dir=str(tiny_twin), epochs=-5), out, progress=False)
-    with pytest.raises(FileNotFoundError, match="not a complete socmap synth output"):
+    with pytest.raises(FileNotFoundError, match="does not exist; create the twin with `socmap synth"):
         train(load_config(data_dir=str(tmp_path / "nowhere"), folds=3), out, progress=False)
     assert not out.exists()
     out.mkdir()
