@@ -476,13 +476,23 @@ def serve(
     allow_partial: bool = _allow_partial_option(),
 ) -> None:
     """Serve the Panel dashboard (maps, differences, parameter fields, KAN curves, sites, run summary)."""
+    from rich.markup import escape
+
     from socmap.runs import RunError, open_run
 
-    try:  # a damaged run is one clear error before the server starts, not a blank page per visitor
-        for r in run:
+    # A damaged run is never a blank page: when every run given is damaged, one clear error before
+    # the server starts; otherwise a warning here and an error panel for that run in the dashboard.
+    damaged = []
+    for r in run:
+        try:
             open_run(r, allow_partial=allow_partial)
-    except RunError as exc:
-        raise _fail(exc) from None
+        except RunError as exc:
+            damaged.append(exc)
+    if damaged and len(damaged) == len(run):
+        raise _fail(damaged[0]) from None
+    for exc in damaged:
+        console.print(f"[yellow]warning:[/yellow] {escape(str(exc))} (the dashboard shows this run as an error panel)",
+                      highlight=False, soft_wrap=True)
     try:
         from dashboards.app import serve as serve_dashboard
     except ImportError as exc:
