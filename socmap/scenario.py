@@ -172,7 +172,7 @@ def scenario_forcing(climate: dict[str, np.ndarray], scenario: Scenario, fractio
     """CLM5 forcing of the cells of :func:`cell_climate` under ``fraction`` of the scenario.
 
     ``fraction = 0`` (or a zero scenario) gives exactly the present forcing of
-    :func:`socmap.cube.cell_forcing`. With ``hold_inputs`` the inputs are the present ones.
+    :func:`socmap.data.cube.cell_forcing`. With ``hold_inputs`` the inputs are the present ones.
     """
     t, p = shift_climate(climate["air_temp_c"], climate["precip_mm"], scenario, fraction)
     npp = climate["npp_g_m2_yr"]

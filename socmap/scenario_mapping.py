@@ -177,7 +177,7 @@ class _Inputs:
 
 
 def _open_inputs(run_dir: Path, scenario: Scenario, opts: ScenarioOptions) -> _Inputs:
-    from socmap.cube import CubeError, check_cube, cube_resolution, open_cube, regrid_cube
+    from socmap.data.cube import CubeError, check_cube, cube_resolution, open_cube, regrid_cube
     from socmap.runs import open_run
 
     try:
@@ -386,7 +386,7 @@ class WindowJob:
 
 @lru_cache(maxsize=8)
 def _open_lazy(path: str):
-    from socmap.cube import open_cube
+    from socmap.data.cube import open_cube
 
     return open_cube(path, lazy_numpy=True)
 
@@ -413,7 +413,7 @@ def scenario_window(job: WindowJob) -> dict[str, Any]:
 def _window(job: WindowJob) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Arrays of one window and its statistics (per-fold CONUS sums, counts, timings)."""
     from socmap.clm5.parameters import NAMES
-    from socmap.cube import CLIMATE_VARS, cell_forcing, climate_ok
+    from socmap.data.cube import CLIMATE_VARS, cell_forcing, climate_ok
     from socmap.mapping import load_models
     from socmap.scenario import cell_climate
     from socmap.sensitivity import PROCESS_NAMES, dominant_process

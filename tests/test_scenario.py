@@ -106,7 +106,7 @@ def scen_run(run_copy, map_chunks):
 
 def test_zero_scenario_equals_present_map_and_cell_forcing(scen_run, map_chunks):
     from socmap import store as S
-    from socmap.cube import cell_forcing, open_cube
+    from socmap.data.cube import cell_forcing, open_cube
     from socmap.runs import open_run
     from socmap.scenario import cell_climate
     from socmap.scenario_mapping import ScenarioOptions, run_scenario
