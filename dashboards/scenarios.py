@@ -217,8 +217,8 @@ class ScenarioView(pn.viewable.Viewer):
         return dict(cmap=CMAPS.get(layers.kind(self.layer), "viridis"), clim=(lo, hi), clabel=clabel, colorbar=True)
 
     def title(self) -> str:
-        unit = self.data.layers.units(self.layer)
-        return f"{self.scenario}: {self.data.layers.label(self.layer)}" + (f" [{unit}]" if unit and unit != "1" else "")
+        """``scenario: long name`` (the units are on the colour bar)."""
+        return f"{self.scenario}: {self.data.layers.label(self.layer)}"
 
     # ---------------------------------------------------------- map
     @param.depends("scenario", "layer")
@@ -361,8 +361,8 @@ class ScenarioView(pn.viewable.Viewer):
 
     def __panel__(self):
         return pn.Column(
-            self.widgets(), self.summary,
+            self.widgets(),
             pn.FlexBox(pn.Column(pn.pane.HoloViews(self.plot(), linked_axes=False, css_classes=["scenario-map"]), self.legend,
                                  sizing_mode="fixed"),
                        pn.Column(self.location_panel, self.conus_plot, width=PLOT_W + 20)),
-            sizing_mode="stretch_width")
+            self.summary, sizing_mode="stretch_width")
