@@ -20,6 +20,7 @@ from socmap.resources import shipped_file
 
 from dashboards.compare import CompareView
 from dashboards.run import find_runs, load_run, open_error
+from dashboards.scenarios import ScenarioView, find_scenarios
 from dashboards.views import KanInspector, MapExplorer, ParameterFields, RunSummary, SiteView
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ OfflineFast = type("Fast", (Fast,), {"_resources": {**Fast._resources, "font": {
                                       "__doc__": "The Fast design without web fonts (system fonts only)."})
 
 TABS = ("Map", "Compare", "Parameters", "KAN inspector", "Sites", "Run summary")
+SCENARIO_TAB = "Scenarios"  # shown after TABS when the run has scenarios (runs/R/scenarios/NAME)
 #: served at /socmap-assets/ by `socmap serve`; fonts are the system's (no request leaves the machine)
 ASSETS_ROUTE = "socmap-assets"
 FONT = "system-ui, 'DejaVu Sans', 'Liberation Sans', Arial, sans-serif"
@@ -94,16 +96,32 @@ class Dashboard(pn.viewable.Viewer):
         picker = self._picker(f"**Run** {data.name} ({data.encoder}, {data.layers.resolution_deg:g}°)")
         self.sidebar[:] = [picker, self.map.widgets(), pn.layout.Divider(), self.download,
                            pn.pane.Markdown("Exports the layer on the Map tab (EPSG:4326, NaN = no data).", styles={"font-size": "11px"})]
-        active = self.tabs.active if self.tabs is not None else 0
         views = [self.map, self.compare, self.fields, self.kan, self.site, self.summary]
+        names = list(TABS)
+        self.scenarios = self._scenario_view(self.runs[self.run])
+        if self.scenarios is not None:
+            views.append(self.scenarios)
+            names.append(SCENARIO_TAB)
+        active = min(self.tabs.active, len(views) - 1) if self.tabs is not None else 0
         self._views = views
         slots = [pn.Column(sizing_mode="stretch_width") for _ in views]
-        self.tabs = pn.Tabs(*zip(TABS, slots), dynamic=True, active=active, sizing_mode="stretch_width")
+        self.tabs = pn.Tabs(*zip(names, slots), dynamic=True, active=active, sizing_mode="stretch_width")
         self._slots = slots
         self._fill(active)
         self.tabs.param.watch(lambda e: self._fill(e.new), "active")
         self.main[:] = [self.tabs]
         threading.Thread(target=data.warm, daemon=True).start()
+
+    @staticmethod
+    def _scenario_view(run_dir: str):
+        """The Scenarios tab's view, None without scenarios, or an error panel for a damaged one."""
+        if not find_scenarios(run_dir):
+            return None
+        try:
+            return ScenarioView(run_dir)
+        except Exception as exc:  # noqa: BLE001 - a damaged scenario store is shown, not raised
+            return pn.pane.Alert(f"### The scenarios of this run cannot be opened\n\n{exc}\n\nRe-run `socmap scenario` for it.",
+                                 alert_type="danger", sizing_mode="stretch_width", css_classes=["scenario-error"])
 
     def _fill(self, i: int) -> None:
         """Build tab ``i`` the first time it is opened."""

@@ -20,10 +20,11 @@ import xarray as xr
 from socmap.clm5.parameters import INDEX
 from socmap.store import open_store
 
-KIND_ORDER = ("stock", "soc", "parameter", "diagnostic", "difference", "uncertainty", "covariate", "mask")
+KIND_ORDER = ("stock", "soc", "parameter", "diagnostic", "difference", "sensitivity", "uncertainty", "covariate", "mask")
 KIND_LABEL = {
     "stock": "SOC stocks", "soc": "SOC by layer", "parameter": "Parameters", "diagnostic": "Diagnostics",
-    "difference": "Differences", "uncertainty": "Uncertainty", "covariate": "Covariates", "mask": "Masks",
+    "difference": "Differences", "sensitivity": "Sensitivity", "uncertainty": "Uncertainty", "covariate": "Covariates",
+    "mask": "Masks",
 }
 
 
@@ -125,7 +126,7 @@ class MapLayers:
             elif self.kind(name) == "difference":
                 m = float(np.percentile(np.abs(finite), 98)) or float(np.abs(finite).max()) or 1.0
                 lim = (-m, m)
-            elif name in ("land_cover", "land_mask"):
+            elif name in ("land_cover", "land_mask") or "flag_values" in self.ds[name].attrs:
                 lim = (float(finite.min()), float(finite.max()))
             else:
                 lo, hi = np.percentile(finite, [2, 98])

@@ -5,6 +5,9 @@ Choices (documented for users of the files):
 * Layers are the store's 2-D ``(y, x)`` variables; ``--layers all`` exports all of them. Layered
   variables export one depth layer at a time by name: ``soc_layer7`` (layer 7, node depth in the
   tags), ``soc_std_layer0`` …; ``soc`` alone expands to ``soc_layer0`` … ``soc_layer19``.
+* Time series ``(time, y, x)`` (a scenario store's ``transient_*``) export by name as one file with
+  one band per year, band description ``year N`` (N the store's ``time`` coordinate, years since the
+  start of the transient); ``all`` leaves them out.
 * Float layers are float32 with nodata = NaN (off land / not computed). ``land_cover`` is int16
   with nodata 0 (water / outside land); ``land_mask`` is uint8 with nodata 255 (0 = water is data).
   A multi-band file holds float32 bands (integer layers converted), nodata NaN.
@@ -57,6 +60,12 @@ class Layer:
     categorical: bool
     dtype: str
     nodata: float | int
+    #: band descriptions of a (time, y, x) layer (one band per year); None for a 2-D layer
+    band_names: list[str] | None = None
+
+    def bands(self) -> list[np.ndarray]:
+        """The [ny, nx] band(s) of the layer."""
+        return list(self.data) if self.data.ndim == 3 else [self.data]
 
 
 def _nodata(name: str, dtype: str) -> float | int:
@@ -75,11 +84,14 @@ def resolve_layers(ds, layers: str | list[str]) -> list[str]:
     def layered(v: str) -> bool:  # a (y, x, layer) grid variable (not a per-site one)
         return v in ds.data_vars and ds[v].dims[:2] == ("y", "x") and "layer" in ds[v].dims
 
+    def series(v: str) -> bool:  # a (time, y, x) variable: one band per year
+        return v in ds.data_vars and set(ds[v].dims) == {"time", "y", "x"}
+
     out: list[str] = []
     for n in names:
         if n == "all":
             out.extend(v for v in ds.data_vars if ds[v].dims == ("y", "x"))
-        elif n in ds.data_vars and ds[n].dims == ("y", "x"):
+        elif (n in ds.data_vars and ds[n].dims == ("y", "x")) or series(n):
             out.append(n)
         elif layered(n):
             out.extend(f"{n}_layer{j}" for j in range(ds.sizes["layer"]))
@@ -88,7 +100,7 @@ def resolve_layers(ds, layers: str | list[str]) -> list[str]:
                 raise ExportError(f"{n}: layer index must be 0..{ds.sizes['layer'] - 1}")
             out.append(n)
         else:
-            two_d = [v for v in ds.data_vars if ds[v].dims == ("y", "x")]
+            two_d = [v for v in ds.data_vars if ds[v].dims == ("y", "x") or series(v)]
             raise ExportError(f"{n!r} is not a layer of this store; known: {', '.join(two_d)}, "
                               f"soc / soc_layer0..soc_layer{ds.sizes.get('layer', 20) - 1}, or 'all'")
     seen: set[str] = set()
@@ -99,7 +111,13 @@ def load_layer(ds, name: str) -> Layer:
     from socmap.clm5.parameters import INDEX, PARAMETERS
 
     m = _LAYER_RE.match(name)
-    if name in ds.data_vars:
+    band_names = None
+    if name in ds.data_vars and "time" in ds[name].dims:
+        var = ds[name].transpose("time", "y", "x")
+        data = var.values
+        band_names = [f"year {int(t)}" for t in ds["time"].values]
+        long_name = var.attrs.get("long_name", name)
+    elif name in ds.data_vars:
         var = ds[name]
         data = var.values
         long_name = var.attrs.get("long_name", name)
@@ -113,7 +131,7 @@ def load_layer(ds, name: str) -> Layer:
     categorical = name in CATEGORICAL
     dtype = str(data.dtype) if categorical else "float32"
     return Layer(name, data.astype(dtype), var.attrs.get("units", "1"), long_name, var.attrs.get("kind", ""),
-                 categorical, dtype, _nodata(name, dtype))
+                 categorical, dtype, _nodata(name, dtype), band_names)
 
 
 def grid_transform(ds):
@@ -134,15 +152,18 @@ def _reproject(layers: list[Layer], ds, crs: str):
     out = []
     transform = shape = None
     for L in layers:
-        da = xr.DataArray(L.data, dims=("y", "x"), coords={"y": ds["y"].values, "x": ds["x"].values})
-        da = da.rio.write_crs(S.CRS).rio.set_spatial_dims(x_dim="x", y_dim="y").rio.write_nodata(L.nodata)
-        kw = {"resampling": Resampling.nearest if L.categorical else Resampling.bilinear}
-        if transform is not None:
-            kw.update(transform=transform, shape=shape)
-        r = da.rio.reproject(crs, **kw)
-        if transform is None:
-            transform, shape = r.rio.transform(), r.shape
-        out.append(np.asarray(r.values).astype(L.dtype))
+        bands = []
+        for band in L.bands():
+            da = xr.DataArray(band, dims=("y", "x"), coords={"y": ds["y"].values, "x": ds["x"].values})
+            da = da.rio.write_crs(S.CRS).rio.set_spatial_dims(x_dim="x", y_dim="y").rio.write_nodata(L.nodata)
+            kw = {"resampling": Resampling.nearest if L.categorical else Resampling.bilinear}
+            if transform is not None:
+                kw.update(transform=transform, shape=shape)
+            r = da.rio.reproject(crs, **kw)
+            if transform is None:
+                transform, shape = r.rio.transform(), r.shape
+            bands.append(np.asarray(r.values).astype(L.dtype))
+        out.append(np.stack(bands) if L.data.ndim == 3 else bands[0])
     return out, transform
 
 
@@ -160,19 +181,26 @@ def _write(path: Path, bands: list[np.ndarray], layers: list[Layer], transform, 
     import rasterio.shutil
     from rasterio.enums import Resampling
 
-    h, w = bands[0].shape
+    # a (time, y, x) layer is several bands, each described by its year
+    flat = [(b, L, name) for arr, L in zip(bands, layers)
+            for b, name in zip(list(arr) if arr.ndim == 3 else [arr], L.band_names or [None])]
+    h, w = flat[0][0].shape
     dtype = "float32" if multiband else layers[0].dtype
     nodata = float("nan") if multiband else layers[0].nodata
     tmpdir = Path(tempfile.mkdtemp(prefix=".export-", dir=path.parent))
     try:
         gtiff = tmpdir / "tiled.tif"
-        profile = dict(driver="GTiff", height=h, width=w, count=len(bands), dtype=dtype, crs=crs, transform=transform,
+        profile = dict(driver="GTiff", height=h, width=w, count=len(flat), dtype=dtype, crs=crs, transform=transform,
                        nodata=nodata, tiled=True, blockxsize=BLOCK, blockysize=BLOCK, compress="deflate")
         with rasterio.open(gtiff, "w", **profile) as dst:
-            for i, (arr, L) in enumerate(zip(bands, layers), start=1):
+            for i, (arr, L, band_name) in enumerate(flat, start=1):
                 dst.write(arr.astype(dtype), i)
-                dst.set_band_description(i, f"{L.name}: {L.long_name}")
-                dst.update_tags(i, name=L.name, units=L.units, long_name=L.long_name, kind=L.kind)
+                if band_name is None:
+                    dst.set_band_description(i, f"{L.name}: {L.long_name}")
+                    dst.update_tags(i, name=L.name, units=L.units, long_name=L.long_name, kind=L.kind)
+                else:
+                    dst.set_band_description(i, band_name if not multiband else f"{L.name}: {band_name}")
+                    dst.update_tags(i, name=L.name, units=L.units, long_name=L.long_name, kind=L.kind, time=band_name)
             dst.update_tags(**tags)
             if fmt == "cog":
                 categorical = all(L.categorical for L in layers)

@@ -12,6 +12,9 @@ depend on it. Training may already write the run.json fields; they are only fill
 ``upsample_store`` writes a larger store (e.g. 0.05°) from a small one by nearest-neighbour
 resampling onto the CONUS land mask at that resolution: realistic sizes for timing the browser.
 
+``build_scenario`` runs ``socmap scenario`` (+2 °C, a 5-year transient ramped over 3 years, with
+sensitivities) on such a run: ``runs/R/scenarios/warm2`` for the Scenarios tab.
+
 By hand: ``python tests/dashboard_fixtures.py /tmp/dash`` → /tmp/dash/runs/{kan,kan-005}.
 """
 
@@ -206,6 +209,22 @@ def build_run(root: str | Path, name: str = "kan", encoder: str = "kan", sites: 
     return run_dir
 
 
+def build_scenario(run_dir: str | Path, name: str = "warm2", warming_c: float = 2.0, years: int = 5,
+                   ramp_years: int = 3) -> Path:
+    """``socmap scenario`` on a fixture run (in this process, no progress bar); returns the scenario folder.
+
+    Cached: a folder with ``scenario.json`` is reused (delete it to rebuild).
+    """
+    from socmap.scenario import Scenario
+    from socmap.scenario_mapping import ScenarioOptions, run_scenario, scenario_dir
+
+    out = scenario_dir(run_dir, name)
+    if not (out / "scenario.json").exists():
+        run_scenario(run_dir, Scenario(name=name, warming_c=warming_c, years=years, ramp_years=ramp_years),
+                     ScenarioOptions(sensitivity=True, scheduler="synchronous", progress=False))
+    return out
+
+
 def upsample_store(src_run: str | Path, dst_run: str | Path, resolution: float = 0.05) -> Path:
     """Copy a run and resample its store to ``resolution`` on the CONUS land mask (timing tests)."""
     import rioxarray  # noqa: F401
@@ -279,6 +298,7 @@ if __name__ == "__main__":  # pragma: no cover
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/dash")
     run = build_run(root)
     print(run)
+    print(build_scenario(run))
     if "--mlp" in sys.argv:
         print(build_run(root, name="mlp", encoder="mlp"))
     if "--big" in sys.argv:

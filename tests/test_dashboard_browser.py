@@ -1,10 +1,12 @@
 """The dashboard in a real browser: Playwright (sync API) driving Debian's Chromium.
 
-Serves three runs with ``socmap serve`` on a free localhost port (a KAN run, an MLP run and a
+Serves three runs with the dashboard's server (``dashboards.app.serve``, what ``socmap serve`` calls;
+the CLI itself refuses a damaged run before serving) on a free localhost port (a KAN run, an MLP run and a
 damaged run) and, at 1366×768 and 1920×1080: the first map; the depth slider on SOC by layer;
 a comparison (KAN vs MLP: A, B, A − B and the scatter); the KAN grid and a PNG download of it;
-the run picker to the MLP run (partial-dependence curves) and to the damaged run (an error
-panel naming the file); the layout (nothing wider than the window). Every request the pages
+the Scenarios tab (a +2 °C ΔSOC map with a diverging colour bar centred on 0; a click on the map
+shows the trajectory at that cell); the run picker to the MLP run (partial-dependence curves) and
+to the damaged run (an error panel naming the file); the layout (nothing wider than the window). Every request the pages
 make is routed: one whose host is not 127.0.0.1/localhost FAILS the test (no web fonts, no
 CDN). Then 1 and 5 concurrent sessions, time to first map for each.
 
@@ -44,10 +46,11 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def run_dirs() -> dict[str, Path]:
-    from dashboard_fixtures import build_run
+    from dashboard_fixtures import build_run, build_scenario
 
     root = ARTIFACTS / "dash-fixtures"
     kan = build_run(root)
+    build_scenario(kan)  # runs/kan/scenarios/warm2: +2 °C, 5-year transient
     mlp = build_run(root, name="mlp", encoder="mlp")
     broken = root / "runs" / "broken"  # a truncated run.json, as a failed copy leaves it
     if broken.exists():
@@ -60,10 +63,9 @@ def run_dirs() -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def server(run_dirs):
     port = _free_port()
-    exe = Path(sys.executable).parent / "socmap"
-    cmd = [str(exe), "serve", "--port", str(port), "--no-show"]
-    for r in run_dirs.values():
-        cmd += ["--run", str(r)]
+    # the dashboard's own server: `socmap serve` stops at the damaged run, the dashboard shows an error panel
+    runs = [str(r) for r in run_dirs.values()]
+    cmd = [sys.executable, "-c", f"from dashboards.app import serve; serve({runs!r}, port={port}, show=False)"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 90
@@ -214,6 +216,23 @@ def test_dashboard_in_browser(server, run_dirs, browser, size, tmp_path):
         _shot(page, name.lower().replace(" ", "_"), size, full=True)
     page.get_by_text("Cross-validated skill").first.wait_for(timeout=10_000)
     assert not page.get_by_text("NaN", exact=True).count()
+
+    # Scenarios: the +2 °C ΔSOC map (diverging, centred on 0), then a click shows the trajectory there
+    _tab(page, "Scenarios")
+    t1 = time.perf_counter()
+    _wait_title(page, "warm2: ")
+    figures["scenario map (s)"] = time.perf_counter() - t1
+    cb = [c for c in page.evaluate(COLORBARS) if (c[0] or "").startswith("delta_soc_stock_0_100cm")]
+    assert cb and cb[0][1] == pytest.approx(-cb[0][2]) and cb[0][2] > 0, page.evaluate(COLORBARS)
+    assert "(kg C m-2)" in cb[0][0]
+    box = page.locator(".scenario-map").first.bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.55)  # the plains: land
+    t1 = time.perf_counter()
+    _wait_title(page, "soc_stock_0_100cm at ", timeout=20_000)
+    figures["trajectory after a click (s)"] = time.perf_counter() - t1
+    _shot(page, "scenarios", size, full=True)
+    right, what = page.evaluate(RIGHT_EDGE)
+    assert right <= width + 1, f"Scenarios tab: {what} runs off the right edge ({right:.0f} px)"
 
     # the run picker: the MLP run (partial dependence), then the damaged run (an error panel)
     picker = _select_with(page, "mlp")
