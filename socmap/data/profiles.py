@@ -768,6 +768,12 @@ def load_profiles(sources=("nwca2011", "sodah"), *, bulk_density: str = "fill", 
         for rep in ps.report.sources.values():
             report.add(rep)
         tables.append(ps.table)
+    return merge_profile_sets(tables, report)
+
+
+def merge_profile_sets(tables: list[pd.DataFrame], report: LoadReport) -> ProfileSet:
+    """One tidy table from the sources' tables (flags filled, sites at the same coordinates in two
+    sources flagged ``dup_coords_other_source``); ``report`` already holds every source's report."""
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=TIDY_COLUMNS)
     for flag in FLAG_COLUMNS:
         if flag in table:

@@ -463,8 +463,7 @@ def load_profile_sources(spec: str, columns: str | Path | None = None, *, bulk_d
     """
     from socmap.data.catalog import load_catalog
     from socmap.data.intake import ColumnMap, ProfileDataError
-    from socmap.data.profiles import (FLAG_COLUMNS, LOADERS, TIDY_COLUMNS, LoadReport, flag_cross_source_duplicates,
-                                      load_profile_table, load_profiles)
+    from socmap.data.profiles import LOADERS, LoadReport, load_profile_table, load_profiles, merge_profile_sets
 
     items = [x.strip() for x in str(spec).split(",") if x.strip()]
     if not items:
@@ -494,16 +493,7 @@ def load_profile_sources(spec: str, columns: str | Path | None = None, *, bulk_d
                                        "(site ids are <source>:<site>)")
             report.add(rep)
         tables.append(ps.table)
-    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=TIDY_COLUMNS)
-    for flag in FLAG_COLUMNS:
-        if flag in table:
-            table[flag] = table[flag].fillna(False).astype(bool)
-    if len(tables) > 1:
-        table, report.cross_source_duplicate_sites = flag_cross_source_duplicates(table)
-    report.check()
-    from socmap.data.profiles import ProfileSet
-
-    return ProfileSet(table, report)
+    return merge_profile_sets(tables, report)
 
 
 def load_real_sites(directory: str | Path, **kwargs: Any) -> SiteData:
