@@ -158,6 +158,12 @@ def test_site_view_obs_and_sim(run):
     obs = s.observations()
     scat = [el for el in plot if el.label == "observed"][0]
     np.testing.assert_allclose(np.sort(scat.dimension_values(0)), np.sort(obs["soc_obs_g_m3"].to_numpy()))
+    # the observed layers as depth intervals: training records each sample's top and bottom
+    assert {"top_m", "bottom_m"} <= set(obs.columns)
+    seg = [el for el in plot if isinstance(el, hv.Segments)]
+    assert len(seg) == 1 and seg[0].label == "observed layer"
+    np.testing.assert_allclose(np.sort(seg[0].dimension_values("depth")), np.sort(obs["top_m"].to_numpy()))
+    np.testing.assert_allclose(np.sort(seg[0].dimension_values("depth_1")), np.sort(obs["bottom_m"].to_numpy()))
     table = s.parameter_table()
     assert list(table["parameter"]) == run.parameters and "learned" in table
 
