@@ -26,6 +26,9 @@ from socmap.clm5 import grid
 from socmap.clm5.forcing import Forcing
 from socmap.clm5.operators import TRANSFER_EDGES, BedrockRule, Operators, PreparedForcing, build_operators, prepare_forcing
 from socmap.clm5.parameters import N_PARAMS, check_bounds
+from socmap import allocator
+
+allocator.configure()  # big temporaries reused from the heap, not mmapped per op (socmap/allocator.py)
 
 
 Method = Literal["structured", "dense"]
