@@ -51,14 +51,14 @@ def _thomas(lower: list[torch.Tensor], diag: list[torch.Tensor], upper: list[tor
     cps.append(cp)
     dps.append(dp)
     for j in range(1, NL):
-        denom = diag[j] - lower[j] * cp
+        denom = torch.addcmul(diag[j], lower[j], cp, value=-1.0)  # fused a - b·c: the sweeps are bound by op count
         cp = upper[j] / denom
-        dp = (rhs[j] - lower[j] * dp) / denom
+        dp = torch.addcmul(rhs[j], lower[j], dp, value=-1.0).div_(denom)
         cps.append(cp)
         dps.append(dp)
     x = [dps[-1]]
     for j in range(NL - 2, -1, -1):
-        x.append(dps[j] - cps[j] * x[-1])
+        x.append(torch.addcmul(dps[j], cps[j], x[-1], value=-1.0))
     return x[::-1]
 
 
@@ -103,13 +103,13 @@ def _block_thomas(lower: list[torch.Tensor], diag: list[torch.Tensor], upper: li
     dps.append(dp)
     for j in range(1, NL):
         # S_j = D_j - lower_j * upper_{j-1} * S_{j-1}^-1  (off-diagonal blocks are scalars)
-        inv = _inv3(diag[j] - (lower[j] * upper[j - 1]) * inv)
-        dp = _matvec3(inv, rhs[j] - lower[j] * dp)
+        inv = _inv3(torch.addcmul(diag[j], lower[j] * upper[j - 1], inv, value=-1.0))
+        dp = _matvec3(inv, torch.addcmul(rhs[j], lower[j], dp, value=-1.0))
         invs.append(inv)
         dps.append(dp)
     x = [dps[-1]]
     for j in range(NL - 2, -1, -1):
-        x.append(dps[j] - upper[j] * _matvec3(invs[j], x[-1]))
+        x.append(torch.addcmul(dps[j], upper[j], _matvec3(invs[j], x[-1]), value=-1.0))
     return x[::-1]
 
 
