@@ -5,13 +5,18 @@ mapping do once per site) and include everything θ-dependent: operator construc
 assembly (dense) and the solve. Forward+backward adds the backward pass of a scalar loss to θ.
 The dense path runs in chunks of ``--dense-chunk`` sites to bound its memory (~5 GB per 16k).
 
-    python benchmarks/solver.py [--json] [--sizes 1000 16000] [--threads 2]
+Each stage also reports the user and system CPU seconds it cost (``resource.getrusage`` of this
+process, including warm-up and every repetition), so allocation churn — system time comparable
+to user time — shows per stage.
+
+    python benchmarks/solver.py [--json] [--sizes 1000 16000] [--threads 2] [--skip-dense]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -21,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _forcing import benchmark_inputs  # noqa: E402
 
+from socmap import allocator  # noqa: E402
 from socmap.clm5.operators import build_operators, prepare_forcing  # noqa: E402
 from socmap.clm5.solver import solve_dense, solve_structured  # noqa: E402
 
@@ -37,7 +43,15 @@ def _run(theta, prepared_chunks, method: str, backward: bool) -> torch.Tensor:
     return torch.cat(outs, -1)
 
 
-def _rate(n: int, fn, min_time: float = 1.0) -> float:
+def _cpu() -> tuple[float, float]:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime, r.ru_stime
+
+
+def _rate(n: int, fn, min_time: float = 1.0) -> tuple[float, dict[str, float]]:
+    """Sites per second of ``fn`` and the CPU seconds (user, sys) of the whole measurement."""
+    u0, s0 = _cpu()
+    w0 = time.perf_counter()
     fn()  # warm-up
     reps, start = 0, time.perf_counter()
     while True:
@@ -45,7 +59,8 @@ def _rate(n: int, fn, min_time: float = 1.0) -> float:
         reps += 1
         elapsed = time.perf_counter() - start
         if elapsed >= min_time:
-            return n * reps / elapsed
+            u1, s1 = _cpu()
+            return n * reps / elapsed, {"wall_s": round(time.perf_counter() - w0, 3), "user_s": round(u1 - u0, 3), "sys_s": round(s1 - s0, 3)}
 
 
 def main() -> None:
@@ -53,6 +68,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 16000])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dense-chunk", type=int, default=2000)
+    ap.add_argument("--skip-dense", action="store_true", help="structured path only (the dense rates come out as NaN)")
     ap.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -60,24 +76,29 @@ def main() -> None:
     rows, max_rel = [], 0.0
     for n in args.sizes:
         theta, forcing = benchmark_inputs(n, seed=n)
+        u0, s0 = _cpu()
         t0 = time.perf_counter()
         fast_chunks = [(slice(0, n), prepare_forcing(forcing))]
         prepare_s = time.perf_counter() - t0
+        u1, s1 = _cpu()
+        cpu = {"prepare": {"wall_s": round(prepare_s, 3), "user_s": round(u1 - u0, 3), "sys_s": round(s1 - s0, 3)}}
         step = min(n, args.dense_chunk)
-        dense_chunks = [(slice(i, i + step), prepare_forcing(forcing.subset(slice(i, i + step)))) for i in range(0, n, step)]
+        dense_chunks = [] if args.skip_dense else [(slice(i, i + step), prepare_forcing(forcing.subset(slice(i, i + step)))) for i in range(0, n, step)]
         x_fast = _run(theta, fast_chunks, "structured", False)
-        x_dense = _run(theta, dense_chunks, "dense", False)
+        x_dense = x_fast if args.skip_dense else _run(theta, dense_chunks, "dense", False)
         rel = float(((x_fast - x_dense).abs().amax(1) / x_dense.abs().amax(1).clamp_min(1e-300)).max())
         max_rel = max(max_rel, rel)
-        row = {
-            "sites": n,
-            "fast_fwd": _rate(n, lambda: _run(theta, fast_chunks, "structured", False)),
-            "fast_fwdbwd": _rate(n, lambda: _run(theta, fast_chunks, "structured", True)),
-            "dense_fwd": _rate(n, lambda: _run(theta, dense_chunks, "dense", False), min_time=0.5),
-            "dense_fwdbwd": _rate(n, lambda: _run(theta, dense_chunks, "dense", True), min_time=0.5),
-            "prepare": n / prepare_s,
-            "max_rel_diff": rel,
-        }
+        row = {"sites": n, "prepare": n / prepare_s, "max_rel_diff": rel, "cpu_s": cpu}
+        for key, chunks, method, bwd, min_time in (
+            ("fast_fwd", fast_chunks, "structured", False, 1.0),
+            ("fast_fwdbwd", fast_chunks, "structured", True, 1.0),
+            ("dense_fwd", dense_chunks, "dense", False, 0.5),
+            ("dense_fwdbwd", dense_chunks, "dense", True, 0.5),
+        ):
+            if args.skip_dense and method == "dense":
+                row[key], cpu[key] = float("nan"), {"wall_s": 0.0, "user_s": 0.0, "sys_s": 0.0}
+                continue
+            row[key], cpu[key] = _rate(n, lambda: _run(theta, chunks, method, bwd), min_time=min_time)
         rows.append(row)
 
     print(f"CLM5 steady state, float64, {args.threads} threads (sites per second; higher is better)")
@@ -89,6 +110,9 @@ def main() -> None:
             f"{r['prepare']:>10.0f} {r['max_rel_diff']:>13.1e}"
         )
     print("max rel diff: max over sites and pools of the max-norm relative difference of the depth profile")
+    print(f"\nCPU seconds per stage (user / sys / wall), {allocator.describe()}")
+    for r in rows:
+        print(f"{r['sites']:>7} " + "  ".join(f"{k} {v['user_s']:.2f}/{v['sys_s']:.2f}/{v['wall_s']:.2f}" for k, v in r["cpu_s"].items()))
     big = max(rows, key=lambda r: r["sites"])
     if args.json:
         print(json.dumps({
@@ -101,6 +125,8 @@ def main() -> None:
             "speedup_fwdbwd": round(big["fast_fwdbwd"] / big["dense_fwdbwd"], 1),
             "prepare_sites_per_s": round(big["prepare"], 1),
             "max_rel_diff": max_rel,
+            "cpu_s": big["cpu_s"],
+            "allocator": allocator.describe(),
             "by_size": rows,
         }))
 

@@ -26,6 +26,9 @@ from socmap.clm5 import grid
 from socmap.clm5.forcing import Forcing
 from socmap.clm5.operators import TRANSFER_EDGES, BedrockRule, Operators, PreparedForcing, build_operators, prepare_forcing
 from socmap.clm5.parameters import N_PARAMS, check_bounds
+from socmap import allocator
+
+allocator.configure()  # big temporaries reused from the heap, not mmapped per op (socmap/allocator.py)
 
 
 Method = Literal["structured", "dense"]
@@ -48,27 +51,41 @@ def _thomas(lower: list[torch.Tensor], diag: list[torch.Tensor], upper: list[tor
     cps.append(cp)
     dps.append(dp)
     for j in range(1, NL):
-        denom = diag[j] - lower[j] * cp
+        denom = torch.addcmul(diag[j], lower[j], cp, value=-1.0)  # fused a - b·c: the sweeps are bound by op count
         cp = upper[j] / denom
-        dp = (rhs[j] - lower[j] * dp) / denom
+        dp = torch.addcmul(rhs[j], lower[j], dp, value=-1.0).div_(denom)
         cps.append(cp)
         dps.append(dp)
     x = [dps[-1]]
     for j in range(NL - 2, -1, -1):
-        x.append(dps[j] - cps[j] * x[-1])
+        x.append(torch.addcmul(dps[j], cps[j], x[-1], value=-1.0))
     return x[::-1]
+
+
+# Adjugate of a row-major 3×3 matrix m[0..8]: adj[r] = m[P][r] * m[Q][r] - m[P][9 + r] * m[Q][9 + r].
+_ADJ_P = [4, 2, 1, 5, 0, 2, 3, 1, 0, 5, 1, 2, 3, 2, 0, 4, 0, 1]
+_ADJ_Q = [8, 7, 5, 6, 8, 3, 7, 6, 4, 7, 8, 4, 8, 6, 5, 6, 7, 3]
+_index_cache: dict[tuple[str, torch.device], torch.Tensor] = {}
+
+
+def _index(name: str, values: list[int], device: torch.device) -> torch.Tensor:
+    key = (name, device)
+    if key not in _index_cache:
+        _index_cache[key] = torch.tensor(values, dtype=torch.long, device=device)
+    return _index_cache[key]
 
 
 def _inv3(m: torch.Tensor) -> torch.Tensor:
     """Inverse of 3×3 matrices stored row-major as [9, B], by the adjugate.
 
+    All nine cofactors come from two gathers and one product over [18, B] (a handful of large
+    ops instead of ~35 small ones: the sweeps are bound by per-op overhead, docs/model.md §2.3).
     Explicit cofactors beat ``torch.linalg.inv`` on [B, 3, 3] by 2–3× here (sites innermost).
     """
-    a, b, c, d, e, f, g, h, i = m.unbind(0)
-    c00, c01, c02 = e * i - f * h, f * g - d * i, d * h - e * g
-    rdet = 1.0 / (a * c00 + b * c01 + c * c02)
-    adj = torch.stack([c00, c * h - b * i, b * f - c * e, c01, a * i - c * g, c * d - a * f, c02, b * g - a * h, a * e - b * d])
-    return adj * rdet
+    prod = m.index_select(0, _index("P", _ADJ_P, m.device)) * m.index_select(0, _index("Q", _ADJ_Q, m.device))
+    adj = prod[:9] - prod[9:]
+    det = m[0] * adj[0] + m[1] * adj[3] + m[2] * adj[6]
+    return adj / det
 
 
 def _matvec3(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -86,13 +103,13 @@ def _block_thomas(lower: list[torch.Tensor], diag: list[torch.Tensor], upper: li
     dps.append(dp)
     for j in range(1, NL):
         # S_j = D_j - lower_j * upper_{j-1} * S_{j-1}^-1  (off-diagonal blocks are scalars)
-        inv = _inv3(diag[j] - (lower[j] * upper[j - 1]) * inv)
-        dp = _matvec3(inv, rhs[j] - lower[j] * dp)
+        inv = _inv3(torch.addcmul(diag[j], lower[j] * upper[j - 1], inv, value=-1.0))
+        dp = _matvec3(inv, torch.addcmul(rhs[j], lower[j], dp, value=-1.0))
         invs.append(inv)
         dps.append(dp)
     x = [dps[-1]]
     for j in range(NL - 2, -1, -1):
-        x.append(dps[j] - upper[j] * _matvec3(invs[j], x[-1]))
+        x.append(torch.addcmul(dps[j], upper[j], _matvec3(invs[j], x[-1]), value=-1.0))
     return x[::-1]
 
 
