@@ -165,8 +165,7 @@ def demo(
             _demo_step("real 3/3: mapping CONUS (fold ensemble)", (real_run / "maps.zarr").exists(), steps,
                        lambda: map_step(real_run))
         except (ValueError, FileNotFoundError, FileExistsError) as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(2) from exc
+            raise _fail(exc) from None
         runs.append(real_run)
 
     def synth_step() -> None:
@@ -181,8 +180,7 @@ def demo(
         _demo_step("synthetic 3/3: mapping CONUS (fold ensemble)", (run / "maps.zarr").exists(), steps,
                    lambda: map_step(run))
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        raise _fail(exc) from None
     runs.append(run)
 
     table = Table(title=f"socmap demo: ready in {_time.perf_counter() - t0:.0f} s ({_cpu_s():.0f} CPU s)")

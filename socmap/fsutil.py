@@ -28,6 +28,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def probe_writable(folder: str | Path) -> None:
+    """Raise ``OSError`` unless a file can be created in ``folder`` (checked before long work starts).
+
+    A real write is the only reliable test (``os.access`` misses read-only mounts and ACLs).
+    """
+    import tempfile
+
+    fd, probe = tempfile.mkstemp(prefix=".socmap-write-test-", dir=folder)
+    os.close(fd)
+    os.unlink(probe)
+
+
 def write_atomic(path: str | Path, data: str | bytes) -> Path:
     """Write ``data`` (text as UTF-8, or bytes) to ``path`` atomically (see :func:`atomic_path`)."""
     with atomic_path(path) as tmp:

@@ -54,7 +54,7 @@ from socmap.data.cube import (
     regrid_cube,
     sample_grid,
 )
-from socmap.fsutil import swap_into_place, write_atomic
+from socmap.fsutil import probe_writable, swap_into_place, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -525,14 +525,10 @@ def _fingerprint(run_dir: Path, cube_path: Path, opts: MapOptions, covariates: l
 
 
 def _check_writable(folder: Path) -> None:
-    import tempfile
-
     if not folder.is_dir():
         raise MappingError(f"output folder {folder} does not exist")
     try:
-        fd, probe = tempfile.mkstemp(prefix=".socmap-write-test-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
+        probe_writable(folder)
     except OSError as exc:
         raise MappingError(f"cannot write to {folder} ({exc.strerror or exc}); choose a writable run folder") from exc
 

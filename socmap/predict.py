@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +26,7 @@ import pandas as pd
 from socmap.cells import SOC_AT_DEPTH, predict_cells
 from socmap.clm5.parameters import NAMES
 from socmap.data.cube import cell_forcing, cell_values, open_cube, sample_grid
+from socmap.fsutil import atomic_path, probe_writable
 from socmap.runs import Run, open_run
 from socmap.store import STOCKS
 
@@ -166,9 +165,7 @@ def check_output(path: str | Path) -> Path:
     if not folder.is_dir():
         raise PointsError(f"--out {path}: the folder {folder} does not exist; create it first (mkdir -p {folder})")
     try:
-        fd, probe = tempfile.mkstemp(prefix=".socmap-write-test-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
+        probe_writable(folder)
     except OSError as exc:
         raise PointsError(f"--out {path}: cannot write to {folder} ({exc.strerror or exc}); choose a writable folder") from None
     return path
@@ -212,21 +209,17 @@ def predict_file(run_dir: str | Path, points: str | Path, out: str | Path, *, ba
     if n_rows == 0:
         raise PointsError(f"{points}: no points (only a header); add rows lon,lat,depth_m")
     counts: dict[str, int] = {}
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     bar = tqdm(total=n_rows, desc="socmap predict", unit="pt", disable=None if progress else True)
     try:
-        for k, block in enumerate(_blocks(points, batch)):
-            for c in REQUIRED:
-                block[c] = pd.to_numeric(block[c], errors="coerce")
-            res = _predict_block(run, cube, block)
-            for s, n in res["status"].value_counts().items():
-                counts[str(s)] = counts.get(str(s), 0) + int(n)
-            res.to_csv(tmp, mode="w" if k == 0 else "a", header=k == 0, index=False)
-            bar.update(len(block))
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        with atomic_path(out) as tmp:  # streamed into a temporary file, renamed when complete
+            for k, block in enumerate(_blocks(points, batch)):
+                for c in REQUIRED:
+                    block[c] = pd.to_numeric(block[c], errors="coerce")
+                res = _predict_block(run, cube, block)
+                for s, n in res["status"].value_counts().items():
+                    counts[str(s)] = counts.get(str(s), 0) + int(n)
+                res.to_csv(tmp, mode="w" if k == 0 else "a", header=k == 0, index=False)
+                bar.update(len(block))
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
