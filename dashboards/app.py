@@ -14,6 +14,7 @@ from pathlib import Path
 
 import panel as pn
 import param
+from panel.io import resources as pn_resources
 from panel.theme.fast import Fast
 
 from socmap.resources import shipped_file
@@ -24,6 +25,11 @@ from dashboards.scenarios import ScenarioView, find_scenarios
 from dashboards.views import KanInspector, MapExplorer, ParameterFields, RunSummary, SiteView
 
 log = logging.getLogger(__name__)
+
+# Panel 1.9 sends MathJax (bokeh-mathjax.min.js, 1.8 MB, the largest script of the page) to every
+# page that holds a Markdown/HTML pane, whether or not it has any TeX. The dashboard has none, and
+# every visitor's browser would parse it before the first map: ask Bokeh's own test instead.
+pn_resources._panel_use_mathjax = lambda roots: False
 
 # Panel's Fast design links Google's Open Sans on every page (its ``_resources["font"]``): the
 # same design without that link. Named ``Fast`` on purpose: Panel resolves the design's bundled
@@ -176,7 +182,7 @@ def serve(runs: list[str | Path], *, port: int = 5006, address: str = "127.0.0.1
         err = open_error(r)
         if err is not None:
             log.warning("run %s cannot be opened; the dashboard shows why: %s", r, err)
-    pn.extension("tabulator", sizing_mode="fixed", notifications=False)
+    pn.extension(sizing_mode="fixed", notifications=False)
     pn.serve(
         lambda: build_app(runs),
         port=port, address=address, show=show, threaded=False, title="socmap",

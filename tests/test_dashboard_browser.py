@@ -164,6 +164,9 @@ def test_dashboard_in_browser(server, run_dirs, browser, size, tmp_path):
     page.goto(server, wait_until="domcontentloaded")
     page.wait_for_function(HAS_MAP, timeout=60_000)
     figures["first map (s)"] = time.perf_counter() - t0
+    scripts = page.evaluate("() => performance.getEntriesByType('resource').map(r => r.name)")
+    # MathJax (1.8 MB) and Tabulator are unused: each visitor's browser would parse them before the map
+    assert not [u for u in scripts if "mathjax" in u or "tabulator" in u], scripts
     _shot(page, "map", size)
     right, what = page.evaluate(RIGHT_EDGE)
     assert right <= width + 1, f"{what} runs off the right edge ({right:.0f} px > {width} px)"
