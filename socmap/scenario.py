@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from socmap.clm5.forcing import N_MONTHS, Forcing
 from socmap.clm5.operators import PreparedForcing, prepare_forcing
 from socmap.climate_forcing import derive_forcing, miami_npp_g_m2_yr
+from socmap.yaml_file import load_model
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 
@@ -120,21 +121,8 @@ class Scenario(BaseModel):
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> "Scenario":
         """Read a scenario file (module docstring); ``overrides`` that are not None replace its values."""
-        import yaml
-        from pydantic import ValidationError
-
-        path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ScenarioError(f"cannot read the scenario file {path}: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise ScenarioError(f"{path} must hold a mapping (name, warming_c, precip_pct, ...)")
-        raw.update({k: v for k, v in overrides.items() if v is not None})
-        try:
-            return cls(**raw)
-        except ValidationError as exc:
-            raise ScenarioError(f"{path}: {exc}") from exc
+        return load_model(cls, path, overrides, error=ScenarioError, what="scenario file",
+                          help_hint="`socmap scenario --help`")
 
 
 def shift_climate(air_temp_c: np.ndarray, precip_mm: np.ndarray, scenario: Scenario,

@@ -11,11 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from socmap.clm5.parameters import resolve_subset
 from socmap.encoders import ENCODERS, get_encoder
+from socmap.yaml_file import load_model
 
 
 class TrainConfig(BaseModel):
@@ -130,30 +130,4 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig
     Overrides that are None are ignored, so a CLI flag that was not given keeps the file's
     value or the default.
     """
-    base: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} not found")
-        try:
-            base = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"config file {path} is not valid YAML: {exc}") from exc
-        if not isinstance(base, dict):
-            raise ValueError(f"config file {path} must hold a mapping of options")
-    base.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return TrainConfig(**base)
-    except ValidationError as exc:  # one readable line per problem, naming the option
-        where = f" in {path}" if path else ""
-        def problem(e: dict) -> str:
-            if e["type"] == "extra_forbidden":
-                return f"{'.'.join(map(str, e['loc']))}: unknown option (see `socmap train --help`)"
-            msg = e["msg"].removeprefix("Value error, ")
-            if not e["loc"]:  # a check across fields names them itself
-                return msg
-            given = f" (given: {e['input']!r})" if not isinstance(e.get("input"), dict) else ""
-            return f"{'.'.join(map(str, e['loc']))}: {msg}{given}"
-
-        problems = "; ".join(problem(e) for e in exc.errors())
-        raise ValueError(f"invalid training config{where}: {problems}") from None
+    return load_model(TrainConfig, path, overrides, what="training config", help_hint="`socmap train --help`")

@@ -104,7 +104,7 @@ CASES = [
          ("nowhere", "does not exist", "socmap synth --out")),
     # data catalogs (./data_catalog.yaml)
     Case("catalog-bad-yaml", lambda c: ["train", "--data", "synthetic", "--out", str(c.out / "run")],
-         ("data_catalog.yaml", "malformed YAML", "line 7"), cwd_catalog="bad_yaml.yaml"),
+         ("data_catalog.yaml", "not valid YAML", "line 7"), cwd_catalog="bad_yaml.yaml"),
     Case("catalog-unknown-kind", lambda c: ["train", "--data", "synthetic", "--out", str(c.out / "run")],
          ("data_catalog.yaml", "entry 'synthetic'", "'kind'", "'satellite'"), cwd_catalog="unknown_kind.yaml"),
     Case("catalog-missing-key", lambda c: ["train", "--data", "synthetic", "--out", str(c.out / "run")],

@@ -116,7 +116,7 @@ def test_missing_file_names_entry_and_field(tmp_path):
 
 def test_malformed_yaml(tmp_path):
     path = write(tmp_path, "entries:\n  mine: {kind: profiles\n  uri: [\n")
-    with pytest.raises(CatalogError, match=r"malformed YAML at line \d+"):
+    with pytest.raises(CatalogError, match=r"not valid YAML at line \d+"):
         load_catalog(path)
     with pytest.raises(CatalogError, match="YAML mapping"):
         parse_catalog(["not", "a", "mapping"], "x.yaml")

@@ -43,11 +43,11 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from socmap.data.covariates import COVARIATES
 from socmap.resources import shipped_file
+from socmap.yaml_file import read_yaml
 
 CATALOG_FILENAME = "data_catalog.yaml"
 REAL_DATA_ENV = "SOCMAP_REAL_DATA"
@@ -448,14 +448,7 @@ def parse_catalog(raw: Any, path: Path | str | None = None) -> Catalog:
 
 
 def _read_yaml(path: Path) -> Any:
-    if not path.is_file():
-        raise CatalogError(f"{path}: catalog file not found")
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise CatalogError(f"{path}: malformed YAML{where}: {getattr(exc, 'problem', exc)}; fix the syntax") from None
+    return read_yaml(path, CatalogError, what="catalog file")
 
 
 def overlay(base: Catalog, path: str | Path) -> Catalog:
