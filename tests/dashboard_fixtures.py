@@ -206,6 +206,11 @@ def build_run(root: str | Path, name: str = "kan", encoder: str = "kan", sites: 
         train(load_config(data_dir=str(data_dir), epochs=epochs, folds=3, encoder=encoder, mlp_hidden=[16], kan_polish_iters=5, kan_sparsify_epochs=2, kan_refit_epochs=2), run_dir, progress=False)
     if not (run_dir / "maps.zarr").exists() or not (run_dir / "sites.csv").exists():
         write_store_from_model(run_dir)
+    if not (run_dir / "kan_curves.nc").exists():  # what `socmap map` writes beside the store
+        from socmap.kan_curves import write_kan_curves
+        from socmap.runs import open_run
+
+        write_kan_curves(open_run(run_dir))
     return run_dir
 
 

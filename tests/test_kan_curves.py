@@ -158,3 +158,18 @@ def test_baseline_run_has_no_curves(tmp_path, monkeypatch):
     run = open_run(_run_folder(tmp_path, [_kan(np.ones((2, 3)), np.ones((2, 3)))], "kan"))
     monkeypatch.setattr(run, "models", [])
     assert kan_curves.compute_kan_curves(run) is None
+
+
+def test_socmap_map_stores_the_curves_of_the_fold_models(mapped_run):
+    """`socmap map` writes kan_curves.nc beside the store, of the same fold models, not stale."""
+    from socmap.store import open_store
+
+    ds = kan_curves.read_kan_curves(mapped_run)
+    assert ds is not None and ds.attrs["method"] == kan_curves.KAN_EDGE
+    attrs = open_store(mapped_run).attrs
+    assert [str(f) for f in ds["fold"].values] == list(attrs["fold_models"])
+    assert [str(p) for p in ds["parameter"].values] == list(attrs["parameters"])
+    assert [str(c) for c in ds["covariate"].values] == list(attrs["covariates"])
+    run = open_run(mapped_run)
+    p, c = str(ds["parameter"].values[0]), str(ds["covariate"].values[0])
+    np.testing.assert_allclose(ds["curve"].values[0, 0, 0], interpret.edge_curve(run.models[0], p, c, ds["x"].values[0]))
