@@ -242,6 +242,9 @@ class KanInspector(pn.viewable.Viewer):
         self._inactive.object = self.inactive_line()
         self._table.object = self.symbolic_table()
         self._bars.show(self.contribution_table(values) if values is not None else None, self.parameter)
+        below = [self._table, self._bars.pane] if self._bars.pane.visible else [self._table]
+        if len(self._below.objects) != len(below):  # a hidden figure would still hold its place in the row
+            self._below.objects = below
 
     def page(self) -> pn.Column:
         """The inspector's page, made once per session (:meth:`refresh` fills it on every change)."""
@@ -254,8 +257,9 @@ class KanInspector(pn.viewable.Viewer):
             self._where = pn.pane.Markdown("", sizing_mode="stretch_width", css_classes=["kan-hint"])
             self._inactive = pn.pane.Markdown("", sizing_mode="stretch_width", css_classes=["kan-inactive"])
             self._table = pn.pane.DataFrame(pd.DataFrame(), index=False, sizing_mode="stretch_width", css_classes=["kan-symbolic"])
-            self._page = pn.Column(self._heading, self._where, self._inactive, self._grid,
-                                   pn.FlexBox(self._table, self._bars.pane), self.downloads(), sizing_mode="stretch_width")
+            self._below = pn.FlexBox(self._table)
+            self._page = pn.Column(self._heading, self._where, self._inactive, self._grid, self._below, self.downloads(),
+                                   sizing_mode="stretch_width")
             self.param.watch(self.refresh, ["parameter", "max_curves", "ncols", "show_truth", "show_pruned", "show_folds"])
             if self.map_view is not None:
                 self.map_view.param.watch(self.refresh, ["tap_x", "tap_y"])

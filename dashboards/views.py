@@ -13,6 +13,7 @@ from holoviews.operation.datashader import rasterize
 
 from dashboards.kan_inspector import KanInspector  # noqa: F401 - re-exported (its own module since issue 17)
 from dashboards.layers import KIND_LABEL
+from dashboards.map_style import MAP_H, MAP_W
 from dashboards.outlines import state_outlines
 from dashboards.run import RunData, load_run
 from socmap.clm5.parameters import INDEX, LOWER, NAMES, PARAMETERS, UPPER
@@ -24,7 +25,6 @@ CMAPS = {
     "covariate": "kbc_r", "difference": "RdBu_r", "uncertainty": "magma", "mask": "gray", "other": "viridis",
 }
 CMAP_CHOICES = ["auto", "viridis", "cividis", "plasma", "inferno", "magma", "kbc_r", "fire", "YlGnBu", "RdBu_r", "coolwarm", "PuOr"]
-MAP_W, MAP_H = 560, 290
 PROFILE_W = 360
 RASTERIZE_CELLS = 250_000  # grids larger than this are rasterized per view (datashader); smaller go as they are
 NO_COMPARE = "(none)"  # the Map tab's "Compare with run" when nothing is subtracted
