@@ -82,7 +82,12 @@ def curves_from_dataset(ds, param: str) -> Curves:
 
 class CurveAnalysis:
     """A run's stored curves (loaded once per process, shared by sessions) and each parameter's
-    :class:`Curves`."""
+    :class:`Curves`.
+
+    ``covariates`` are shown before the curves load; ``truth`` and ``site_covariates`` are
+    accepted for older callers and not used (the stored curves carry the truth and the site
+    histograms).
+    """
 
     def __init__(self, run_dir: str | Path, layers: MapLayers | None, covariates: list[str], truth: dict | None = None,
                  site_covariates: np.ndarray | None = None) -> None:
@@ -93,6 +98,8 @@ class CurveAnalysis:
         self._ds = None
         self._loaded = False
         self._curves: dict[str, Curves] = {}
+        #: why the run has no curves (its fold models cannot be read), or None
+        self.error: str | None = None
 
     @property
     def dataset(self):
@@ -102,8 +109,8 @@ class CurveAnalysis:
                 partial = bool(self.layers.ds.attrs.get(PARTIAL_ENSEMBLE_ATTR)) if self.layers is not None else False
                 try:
                     self._ds = kan_curves.load_or_compute(self.path, allow_partial=partial)
-                except (OSError, RuntimeError, ValueError, KeyError):  # RunError is a RuntimeError
-                    self._ds = None
+                except (OSError, RuntimeError, ValueError, KeyError) as exc:  # RunError is a RuntimeError
+                    self._ds, self.error = None, str(exc) or type(exc).__name__
                 self._loaded = True
             return self._ds
 

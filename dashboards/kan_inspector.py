@@ -268,6 +268,9 @@ class KanInspector(pn.viewable.Viewer):
 
     def __panel__(self):
         if not self.analysis.available:
+            if self.analysis.error:
+                return pn.pane.Alert(f"The curves of run {self.run.name} cannot be computed: {self.analysis.error}",
+                                     alert_type="danger", sizing_mode="stretch_width")
             return pn.pane.Alert(f"Run {self.run.name} has no fold models (encoder {self.run.encoder}): no curves to show.",
                                  alert_type="info", sizing_mode="stretch_width")
         kan = self.analysis.is_kan

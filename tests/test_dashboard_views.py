@@ -188,6 +188,22 @@ def test_a_run_mapped_before_the_curves_were_stored_gets_them_once(run, tmp_path
     assert again.analysis.curves("tau4s3").covariates == cv.covariates
 
 
+def test_kan_inspector_says_why_a_run_without_stored_curves_has_none(run, tmp_path):
+    """No kan_curves.nc and a damaged fold model: an error panel naming the file, not a blank tab."""
+    from dashboards.run import RunData
+    from dashboards.views import KanInspector
+
+    copy = tmp_path / "damaged" / "kan"
+    shutil.copytree(run.path, copy)
+    (copy / "kan_curves.nc").unlink()
+    model = copy / run.record["fold_models"][1]
+    model.write_bytes(model.read_bytes()[:100])
+    k = KanInspector(RunData(copy))
+    panel = k.__panel__()
+    assert isinstance(panel, pn.pane.Alert) and panel.alert_type == "danger"
+    assert run.record["fold_models"][1] in panel.object and not (copy / "kan_curves.nc").exists()
+
+
 def test_kan_inspector_downloads_png_and_csv(run):
     import io
 
