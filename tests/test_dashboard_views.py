@@ -100,7 +100,9 @@ def test_kan_inspector_lists_edges_pruned_in_every_fold_instead_of_drawing_them(
     # the toggle draws the pruned edge after the active ones, grey and dashed, flat at 0, and says so
     k.show_pruned = True
     panels = k.curve_panels()
-    assert panels[-1].pruned and panels[-1].title == f"clay_pct · imp {k.analysis.curves('fs1s3').importance[-1]:.2f} · pruned in every fold"
+    cvp = k.analysis.curves("fs1s3")
+    assert cvp.importance[cvp.covariates.index("clay_pct")] == 0.0  # a masked edge scores nothing
+    assert panels[-1].pruned and panels[-1].title == "clay_pct · imp 0.00 · pruned in every fold"
     assert len(panels) == len(active) + 1 and "drawn in grey" in k.inactive_line()
     np.testing.assert_array_equal(panels[-1].mean, 0.0)
     shown = k._figures.shown()
