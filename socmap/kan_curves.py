@@ -51,6 +51,7 @@ a re-trained run makes the file stale), ``histogram_of``, ``n_sites``, ``pd_rows
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 from datetime import datetime, timezone
@@ -152,7 +153,8 @@ def compute_kan_curves(run: "Run", *, store: str | Path | None = None, grid_poin
     from socmap.clm5.parameters import INDEX
     from socmap.truth import truth_edge_function
 
-    models = list(run.models)
+    # on the CPU (a run mapped on a GPU may hold its models there; the grids are small)
+    models = [m if next(m.parameters()).device.type == "cpu" else copy.deepcopy(m).cpu() for m in run.models]
     if not models:
         return None
     params = list(models[0].param_names)
@@ -179,9 +181,7 @@ def compute_kan_curves(run: "Run", *, store: str | Path | None = None, grid_poin
                 for i, c in enumerate(names):
                     pd_all = interpret.partial_dependence_all(m, rows, c, xs[i], max_rows=PD_ROWS)  # [G, 21]
                     curve[:, i, k] = pd_all[:, [INDEX[p] for p in params]].T
-                s = curve[:, :, k].std(-1)
-                imp[:, :, k] = s / np.clip(s.sum(1, keepdims=True), 1e-12, None)
-    if not kan or not len(X):  # KAN without sites: score edges by their curves' spread too
+    if not kan or not len(X):  # partial dependence, or a KAN without sites: the curves' spread
         s = curve.std(-1)
         imp = s / np.clip(s.sum(1, keepdims=True), 1e-12, None)
     mean = curve.mean(2)
