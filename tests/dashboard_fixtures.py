@@ -5,7 +5,8 @@ then the run folder in the layout of the run-folder contract (schema version 2):
 with ``schema_version``, the absolute ``data.dir``, ``parameters``, ``encoder`` and ``fold_models``;
 the run's ``sites.csv`` and ``truth.json``; ``maps.zarr`` with the version-2 attrs, the gridded
 variables (dims (y, x[, layer]), y descending, float32, NaN off land, ``kind`` attributes) and the
-per-site fold profiles ``site_soc_fold`` [site, model, layer]; ``site_residuals.csv``. The store
+per-site fold profiles ``site_soc_fold`` [site, model, layer]; ``site_residuals.csv``; and
+``kan_curves.nc`` (:func:`socmap.kan_curves.write_kan_curves`, as ``socmap map`` writes it). The store
 is written here directly, on purpose without ``socmap.mapping``: the dashboard tests must not
 depend on it. Training may already write the run.json fields; they are only filled when absent.
 
