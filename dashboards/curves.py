@@ -1,39 +1,35 @@
-"""What the encoder learned, per parameter: edge curves (1-layer KAN) or partial dependence
-(other encoders), importances, symbolic suggestions and the true curves of the synthetic twin.
+"""What the encoder learned, per parameter, as the KAN inspector shows it: read from the run's
+stored curves (``kan_curves.nc``, :mod:`socmap.kan_curves`), never computed per switch.
 
-The science lives in :mod:`socmap.interpret`; this module picks the covariate sample and the
-grids, averages over the fold models and caches the result per parameter.
+A run mapped before the curves were stored gets them computed once (the fold models are loaded
+then, and only then) and cached in its folder (:func:`socmap.kan_curves.load_or_compute`). After
+that, a parameter switch slices arrays: no model evaluation, no symbolic fitting.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from socmap import interpret
-from socmap.runs import RunError, open_run
+from socmap import interpret, kan_curves
 from socmap.store import PARTIAL_ENSEMBLE_ATTR
-from socmap.truth import truth_edge_function
 
 from dashboards.layers import MapLayers
-
-KAN_GRID_POINTS = 81
-PD_GRID_POINTS = 31
-PD_ROWS = 256          # sites averaged in a partial-dependence curve
-IMPORTANCE_ROWS = 300  # sites the KAN edge importances are scored on
-SAMPLE_CELLS = 1500    # land cells drawn for the covariate distribution
 
 
 @dataclass
 class Curves:
     """One parameter's curves, one entry per covariate, ordered by importance (largest first).
 
-    ``xs`` in the covariate's physical units; ``mean``/``lo``/``hi`` (fold mean and range) and
-    ``truth`` in normalised-p units; ``truth[c]`` is None where the twin has no such edge.
+    ``xs`` in the covariate's physical units; ``mean``/``lo``/``hi`` (fold mean and range),
+    ``folds`` ([K, G], every fold's curve) and ``truth`` in normalised-p units; ``truth[c]`` is
+    None where the twin has no such edge (shifted to the learned curve's mean: edge constants are
+    not identifiable). ``pruned[c]``: folds whose KAN masks the edge (of ``n_folds``);
+    ``fold_forms[c]``: each fold's symbolic form ("" where flat or pruned); ``hist[c]``:
+    (counts [B], edges [B + 1]) of the covariate at the training sites (``histogram_of``).
     """
 
     param: str
@@ -46,130 +42,131 @@ class Curves:
     hi: dict[str, np.ndarray]
     truth: dict[str, np.ndarray | None]
     symbolic: dict[str, interpret.SymbolicFit | None]
+    folds: dict[str, np.ndarray]
+    pruned: dict[str, int]
+    fold_forms: dict[str, list[str]]
+    hist: dict[str, tuple[np.ndarray, np.ndarray]]
+    n_folds: int
+    histogram_of: str
+
+
+def curves_from_dataset(ds, param: str) -> Curves:
+    """The :class:`Curves` of ``param`` sliced from a curves dataset (schema: :mod:`socmap.kan_curves`)."""
+    params = [str(p) for p in ds["parameter"].values]
+    if param not in params:
+        raise KeyError(f"{param!r} is not a learned parameter of this run (learned: {', '.join(params)})")
+    j = params.index(param)
+    names = [str(c) for c in ds["covariate"].values]
+    v = {k: ds[k].values for k in ("x", "curve", "curve_mean", "curve_min", "curve_max", "importance_mean", "pruned",
+                                   "symbolic_kind", "symbolic_formula", "symbolic_r2", "symbolic_coef",
+                                   "symbolic_kind_fold", "truth", "hist_count", "hist_edges")}
+    imp = v["importance_mean"][j]
+    order = [int(i) for i in np.argsort(-imp, kind="stable")]
+    out = Curves(param, str(ds.attrs["method"]), [names[i] for i in order], imp[order], {}, {}, {}, {}, {}, {}, {}, {}, {}, {},
+                 int(ds.sizes["fold"]), str(ds.attrs.get("histogram_of", "")))
+    for i in order:
+        c, xs, m = names[i], v["x"][i], v["curve_mean"][j, i]
+        out.xs[c], out.mean[c], out.lo[c], out.hi[c] = xs, m, v["curve_min"][j, i], v["curve_max"][j, i]
+        out.folds[c] = v["curve"][j, i]
+        kind = str(v["symbolic_kind"][j, i])
+        out.symbolic[c] = (interpret.SymbolicFit(str(v["symbolic_formula"][j, i]), kind, float(v["symbolic_r2"][j, i]),
+                                                 tuple(float(a) for a in v["symbolic_coef"][j, i]), float(xs[0]), float(xs[-1]))
+                           if kind else None)
+        t = v["truth"][j, i]
+        out.truth[c] = t - t.mean() + m.mean() if np.isfinite(t).all() else None
+        out.pruned[c] = int(v["pruned"][j, i].sum())
+        out.fold_forms[c] = [str(k) for k in v["symbolic_kind_fold"][j, i]]
+        out.hist[c] = (v["hist_count"][i], v["hist_edges"][i])
+    return out
 
 
 class CurveAnalysis:
-    """The fold models of a run and their curves; each parameter's curves computed once."""
+    """A run's stored curves (loaded once per process, shared by sessions) and each parameter's
+    :class:`Curves`.
 
-    def __init__(self, run_dir: str | Path, layers: MapLayers, covariates: list[str],
-                 truth: dict | None, site_covariates: np.ndarray | None = None) -> None:
+    ``covariates`` are shown before the curves load; ``truth`` and ``site_covariates`` are
+    accepted for older callers and not used (the stored curves carry the truth and the site
+    histograms).
+    """
+
+    def __init__(self, run_dir: str | Path, layers: MapLayers | None, covariates: list[str], truth: dict | None = None,
+                 site_covariates: np.ndarray | None = None) -> None:
         self.path = Path(run_dir)
         self.layers = layers
-        self.truth = truth
         self._covariates = list(covariates)
-        self._site_covariates = site_covariates
         self._lock = threading.RLock()
+        self._ds = None
+        self._loaded = False
         self._curves: dict[str, Curves] = {}
-        self._param_locks: dict[str, threading.Lock] = {}
-        self._warming = False
+        #: why the run has no curves (its fold models cannot be read), or None
+        self.error: str | None = None
 
-    @cached_property
-    def models(self) -> list:
-        """The fold models (HybridModel), or [] for baselines without any."""
-        # a store mapped with --allow-partial used the fold models that load: show those
-        partial = bool(self.layers.ds.attrs.get(PARTIAL_ENSEMBLE_ATTR)) if self.layers is not None else False
-        try:
-            return open_run(self.path, allow_partial=partial).models
-        except (RunError, FileNotFoundError, ValueError, KeyError):
-            return []
+    @property
+    def dataset(self):
+        """The curves dataset, or None (a baseline run, or a run whose fold models cannot be read)."""
+        with self._lock:
+            if not self._loaded:
+                partial = bool(self.layers.ds.attrs.get(PARTIAL_ENSEMBLE_ATTR)) if self.layers is not None else False
+                try:
+                    self._ds = kan_curves.load_or_compute(self.path, allow_partial=partial)
+                except (OSError, RuntimeError, ValueError, KeyError) as exc:  # RunError is a RuntimeError
+                    self._ds, self.error = None, str(exc) or type(exc).__name__
+                self._loaded = True
+            return self._ds
 
-    @cached_property
+    def use(self, ds) -> None:
+        """Show ``ds`` (a :func:`socmap.kan_curves.compute_kan_curves` result) instead of the stored curves."""
+        with self._lock:
+            self._ds, self._loaded, self._curves = ds, True, {}
+
+    @property
+    def available(self) -> bool:
+        return self.dataset is not None
+
+    @property
     def covariate_names(self) -> list[str]:
-        return list(self.models[0].spec.covariate_names) if self.models else self._covariates
+        ds = self.dataset
+        return [str(c) for c in ds["covariate"].values] if ds is not None else self._covariates
+
+    @property
+    def method(self) -> str:
+        ds = self.dataset
+        return str(ds.attrs["method"]) if ds is not None else ""
 
     @property
     def is_kan(self) -> bool:
-        """A 1-layer KAN: curves are its edges (deeper KANs and MLPs: partial dependence)."""
-        m = self.models
-        return bool(m) and m[0].is_kan and len(m[0].encoder.layers) == 1
+        """Curves are the edges of a 1-layer KAN (otherwise partial dependence)."""
+        return self.method == kan_curves.KAN_EDGE
 
-    @cached_property
-    def sample(self) -> np.ndarray:
-        """Covariates [n, C] in physical units at up to SAMPLE_CELLS land cells of the store (the
-        run's sites when the store lacks a covariate layer)."""
-        names = self.covariate_names
-        if all(c in self.layers for c in names):
-            X = np.column_stack([self.layers.array(c).ravel() for c in names]).astype(np.float64)
-            X = X[np.isfinite(X).all(1)]
-        elif self._site_covariates is not None:
-            X = np.asarray(self._site_covariates, dtype=np.float64)
-        else:
-            X = np.zeros((0, len(names)))
-        if len(X) > SAMPLE_CELLS:
-            X = X[np.random.default_rng(0).choice(len(X), SAMPLE_CELLS, replace=False)]
-        return X
+    @property
+    def n_folds(self) -> int:
+        ds = self.dataset
+        return int(ds.sizes["fold"]) if ds is not None else 0
 
     def curves(self, param: str) -> Curves:
-        """The curves of ``param`` (computed on first use; one computation per parameter)."""
+        """The curves of ``param`` (array slices of the stored dataset, kept per parameter)."""
         with self._lock:
-            if param in self._curves:
-                return self._curves[param]
-            lock = self._param_locks.setdefault(param, threading.Lock())
-        with lock:
             if param not in self._curves:
-                self._curves[param] = self._compute(param)
+                ds = self.dataset
+                if ds is None:
+                    raise LookupError(f"{self.path} has no curves (a baseline run, or its fold models cannot be read)")
+                self._curves[param] = curves_from_dataset(ds, param)
             return self._curves[param]
 
-    def forget(self, param: str) -> None:
-        """Drop the cached curves of ``param`` (after changing a model in place)."""
-        with self._lock:
-            self._curves.pop(param, None)
-
-    def _compute(self, param: str) -> Curves:
-        models, X, names, kan = self.models, self.sample, self.covariate_names, self.is_kan
-        xs, per_fold = {}, {}
-        for i, c in enumerate(names):
-            q = (np.quantile(X[:, i], [0.005, 0.995]) if len(X)
-                 else (models[0].spec.covariate_lo[i], models[0].spec.covariate_hi[i]))
-            grid = np.linspace(q[0], q[1], KAN_GRID_POINTS if kan else PD_GRID_POINTS)
-            if kan:
-                per_fold[c] = np.stack([interpret.edge_curve(m, param, c, grid) for m in models])
-            else:
-                per_fold[c] = np.stack([interpret.partial_dependence(m, X, param, c, grid, max_rows=PD_ROWS) for m in models])
-            xs[c] = grid
-        if kan:
-            imps = np.mean([interpret.importance(m, X[:IMPORTANCE_ROWS])[m.param_names.index(param)] for m in models], axis=0)
-        else:  # spread of the fold-mean PD curve
-            imps = np.array([np.std(per_fold[c].mean(0)) for c in names])
-            imps = imps / max(imps.sum(), 1e-12)
-        order = [int(i) for i in np.argsort(-imps)]
-        mean, lo, hi, truth, symbolic = {}, {}, {}, {}, {}
-        for i in order:
-            c = names[i]
-            ys = per_fold[c]
-            mean[c], lo[c], hi[c] = ys.mean(0), ys.min(0), ys.max(0)
-            symbolic[c] = interpret.suggest_symbolic(xs[c], mean[c]) if np.ptp(mean[c]) > 1e-9 else None
-            truth[c] = None
-            if self.truth is not None:
-                t = truth_edge_function(self.truth, param, c, xs[c])
-                # edge constants are not identifiable: put the true curve on the learned curve's mean
-                truth[c] = t - t.mean() + mean[c].mean() if np.ptp(t) > 0 else None
-        return Curves(param, "KAN edge" if kan else "partial dependence", [names[i] for i in order], imps[order],
-                      xs, mean, lo, hi, truth, symbolic)
-
-    def warm(self, params: list[str]) -> None:
-        """Compute the curves of ``params`` ahead of the first visit (best effort, once)."""
-        with self._lock:
-            if self._warming:
-                return
-            self._warming = True
-        for p in params:
-            try:
-                self.curves(p)
-            except Exception:  # noqa: BLE001 - warming is best effort; the view shows the error
-                return
+    def warm(self, params: list[str] | None = None) -> None:
+        """Load (or, for a run mapped before they were stored, compute) the curves ahead of the first visit."""
+        _ = self.dataset
 
     def contributions(self, param: str, values: dict[str, float]) -> dict[str, float]:
-        """Each covariate's contribution to p_param at one location, fold mean: the edge value
-        for a KAN; the PD value minus the PD curve's mean otherwise."""
+        """Each covariate's contribution to p_param at one location, fold mean, read off the
+        stored curves: the edge value for a KAN (held constant beyond the grid, as the KAN does);
+        the PD value minus the PD curve's mean otherwise."""
+        cv = self.curves(param)
         out = {}
-        for c in self.covariate_names:
+        for c in cv.covariates:
             v = values.get(c)
             if v is None or not np.isfinite(v):
                 continue
-            if self.is_kan:
-                out[c] = float(np.mean([interpret.edge_curve(m, param, c, np.array([v]))[0] for m in self.models]))
-            else:
-                cv = self.curves(param)
-                out[c] = float(np.interp(v, cv.xs[c], cv.mean[c]) - cv.mean[c].mean())
+            y = float(np.interp(v, cv.xs[c], cv.mean[c]))
+            out[c] = y if self.is_kan else y - float(cv.mean[c].mean())
         return out

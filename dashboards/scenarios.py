@@ -21,7 +21,8 @@ import panel as pn
 import param
 
 from dashboards.layers import KIND_LABEL, MapLayers
-from dashboards.views import CMAPS, MAP_H, MAP_W, PROFILE_W, outlines
+from dashboards.map_style import MAP_W, map_image_opts, tap_marker
+from dashboards.views import CMAPS, outlines
 
 SCENARIOS_DIR = "scenarios"
 RECORD = "scenario.json"
@@ -231,25 +232,14 @@ class ScenarioView(pn.viewable.Viewer):
     def _restyle(self, element):
         return element.opts(title=self.title(), **self.style())
 
-    def _colorbar_hook(self, plot, element):
-        """HoloViews keeps the first colour-bar title; keep it in step with the layer."""
-        cb = plot.handles.get("colorbar")
-        if cb is not None:
-            cb.title = self.style()["clabel"]
-
     @param.depends("tap_x", "tap_y")
     def marker(self) -> hv.Points:
-        if self.tap_x is None:
-            return hv.Points([], kdims=["x", "y"])
-        return hv.Points([(self.tap_x, self.tap_y)], kdims=["x", "y"]).opts(marker="x", size=14, color="black", line_width=3)
+        return tap_marker(self.tap_x, self.tap_y)
 
     def plot(self) -> hv.Overlay:
         if self._plot is None:
-            l, b, r, t = self.data.layers.bounds
             img = hv.DynamicMap(self.image).apply(self._restyle).opts(
-                hooks=[self._colorbar_hook], tools=["hover", "tap"], frame_width=MAP_W, frame_height=MAP_H,
-                xlim=(l, r), ylim=(b, t), xlabel="longitude (°E)", ylabel="latitude (°N)", active_tools=["wheel_zoom"],
-                colorbar_position="right", toolbar="above", clipping_colors={"NaN": (0, 0, 0, 0)}, bgcolor="#eef1f4")
+                **map_image_opts(self.data.layers.bounds, lambda: self.style()["clabel"]))
             self._tap.source = img
             self._plot = img * outlines() * hv.DynamicMap(self.marker)
         return self._plot

@@ -4,8 +4,6 @@ are functions of those parameters. They read one :class:`dashboards.run.RunData`
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pandas as pd
 import panel as pn
@@ -13,11 +11,11 @@ import param
 import holoviews as hv
 from holoviews.operation.datashader import rasterize
 
-from dashboards import kan_figure
+from dashboards.kan_inspector import KanInspector  # noqa: F401 - re-exported (its own module since issue 17)
 from dashboards.layers import KIND_LABEL
+from dashboards.map_style import MAP_H, MAP_W
 from dashboards.outlines import state_outlines
 from dashboards.run import RunData, load_run
-from socmap import interpret
 from socmap.clm5.parameters import INDEX, LOWER, NAMES, PARAMETERS, UPPER
 
 hv.extension("bokeh", logo=False)
@@ -27,12 +25,9 @@ CMAPS = {
     "covariate": "kbc_r", "difference": "RdBu_r", "uncertainty": "magma", "mask": "gray", "other": "viridis",
 }
 CMAP_CHOICES = ["auto", "viridis", "cividis", "plasma", "inferno", "magma", "kbc_r", "fire", "YlGnBu", "RdBu_r", "coolwarm", "PuOr"]
-MAP_W, MAP_H = 560, 290
 PROFILE_W = 360
 RASTERIZE_CELLS = 250_000  # grids larger than this are rasterized per view (datashader); smaller go as they are
 NO_COMPARE = "(none)"  # the Map tab's "Compare with run" when nothing is subtracted
-CURVE_W, CURVE_H = 440, 280  # KAN curves: readable at 1366 px with 2 per row
-NEGLIGIBLE = 0.01  # a curve varying by < 1 % of the strongest one is listed, not drawn
 
 
 def _layer_options(run: RunData) -> dict[str, str]:
@@ -334,216 +329,6 @@ class ParameterFields(pn.viewable.Viewer):
             pn.pane.Markdown("Learned parameter fields in physical units (colour bar: units), at the Map tab's zoom; the maps pan and zoom together. "
                              "Parameters the run did not predict stay at their fixed value.", sizing_mode="stretch_width"),
             self.layout, sizing_mode="stretch_width",
-        )
-
-
-class KanInspector(pn.viewable.Viewer):
-    """Edge curves (KAN) or partial dependence (MLP) of one parameter: the active edges as a grid
-    of readable plots (most important first), the inactive ones in one line, downloads."""
-
-    parameter = param.Selector(doc="Parameter")
-    max_curves = param.Integer(default=8, bounds=(1, 30), doc="Curves shown (most important first)")
-    ncols = param.Integer(default=2, bounds=(1, 4), doc="Curves per row")
-    show_truth = param.Boolean(default=True, doc="Overlay the true curves (synthetic runs)")
-    download_curve = param.Selector(doc="Curve to download")
-
-    def __init__(self, run: RunData, map_view: MapExplorer | None = None, **params):
-        self.run = run
-        self.map_view = map_view
-        pred = run.parameters or list(NAMES)
-        self.param.parameter.objects = pred
-        params.setdefault("parameter", pred[0])
-        names = list(run.analysis.covariate_names)
-        self.param.download_curve.objects = names or [None]
-        params.setdefault("download_curve", names[0] if names else None)
-        super().__init__(**params)
-
-    def location_values(self) -> dict[str, float] | None:
-        mv = self.map_view
-        if mv is None or mv.tap_x is None:
-            return None
-        cell = self.run.layers.cell(mv.tap_x, mv.tap_y)
-        if cell is None:
-            return None
-        iy, ix = cell
-        return {c: self.run.layers.value(c, iy, ix) for c in self.run.analysis.covariate_names if c in self.run.layers}
-
-    def units(self) -> dict[str, str]:
-        return {c: self.run.layers.units(c) if c in self.run.layers else "" for c in self.run.analysis.covariate_names}
-
-    def classify(self) -> tuple[list[str], list[str], list[str]]:
-        """(active, pruned, negligible) covariates of the parameter, each in importance order.
-
-        Pruned: the edge is zero in every fold's model (KAN). Negligible: the fold-mean curve
-        varies by less than :data:`NEGLIGIBLE` of the strongest curve's range (or < 1e-6 p).
-        """
-        cv = self.run.analysis.curves(self.parameter)
-        amp = {c: float(np.ptp(cv.mean[c])) for c in cv.covariates}
-        top = max(amp.values(), default=0.0)
-        active, pruned, negligible = [], [], []
-        for c in cv.covariates:
-            if self.run.analysis.is_kan and not np.any(cv.lo[c]) and not np.any(cv.hi[c]):
-                pruned.append(c)
-            elif amp[c] < max(NEGLIGIBLE * top, 1e-6):
-                negligible.append(c)
-            else:
-                active.append(c)
-        return active, pruned, negligible
-
-    def inactive_line(self) -> str:
-        """One line: the edges not drawn (pruned in every fold, or negligible)."""
-        _, pruned, negligible = self.classify()
-        parts = []
-        if pruned:
-            parts.append(f"pruned in every fold: {', '.join(pruned)}")
-        if negligible:
-            parts.append(f"negligible (< {NEGLIGIBLE:.0%} of the strongest curve): {', '.join(negligible)}")
-        return (f"**{self.parameter}, not drawn** — " + "; ".join(parts) + ".") if parts else f"**{self.parameter}**: every covariate has a visible effect (none pruned or negligible)."
-
-    def curve_plots(self, values: dict[str, float] | None = None) -> list:
-        """One overlay per active covariate (learned curve, fold band, truth, distribution, location)."""
-        if not self.run.analysis.models:
-            return []
-        cv = self.run.analysis.curves(self.parameter)
-        X = self.run.analysis.sample
-        names = self.run.analysis.covariate_names
-        active, _, _ = self.classify()
-        plots = []
-        w = CURVE_W if self.ncols <= 2 else int(CURVE_W * 2 / self.ncols) + 40
-        for c in active[: self.max_curves]:
-            imp = float(cv.importance[cv.covariates.index(c)])
-            xs, m = cv.xs[c], cv.mean[c]
-            cunit = self.run.layers.units(c) if c in self.run.layers else ""
-            xlabel = f"{c} ({cunit})" if cunit and cunit != "1" else c
-            xdim, ydim = hv.Dimension(c, label=xlabel), hv.Dimension("p", label=f"Δp {self.parameter}")
-            span = float(max(np.ptp(np.concatenate([cv.lo[c], cv.hi[c]])), 1e-6))
-            base = float(min(cv.lo[c].min(), (cv.truth.get(c) if cv.truth.get(c) is not None else m).min())) - 0.05 * span
-            # data distribution: histogram of the land-grid values, scaled into the bottom 25 %
-            col = X[:, names.index(c)]
-            counts, edges = np.histogram(col, bins=30, range=(xs[0], xs[-1]))
-            h = counts / max(counts.max(), 1) * 0.25 * span
-            hist = hv.Area((0.5 * (edges[1:] + edges[:-1]), np.full(len(h), base), h + base), kdims=[xdim], vdims=[ydim, "p2"]).opts(
-                color="#c8c8c8", line_alpha=0, alpha=0.7)
-            band = hv.Area((xs, cv.lo[c], cv.hi[c]), kdims=[xdim], vdims=[ydim, "p_hi"], label="fold range").opts(
-                color="#1f77b4", alpha=0.2, line_alpha=0)
-            curve = hv.Curve((xs, m), kdims=[xdim], vdims=[ydim], label="learned").opts(color="#1f77b4", line_width=2.5)
-            layers = [hist, band, curve]
-            if self.show_truth and cv.truth.get(c) is not None:
-                layers.append(hv.Curve((xs, cv.truth[c]), kdims=[xdim], vdims=[ydim], label="true").opts(
-                    color="#d62728", line_dash="dashed", line_width=2))
-            if values is not None and c in values and np.isfinite(values[c]):
-                layers.append(hv.VLine(values[c]).opts(color="black", line_width=1.5, line_dash="dotted"))
-            fit = cv.symbolic.get(c)
-            sym = f"{fit.kind} R²={fit.r2:.2f}" if fit is not None else "flat"
-            plots.append(hv.Overlay(layers).opts(
-                title=f"{c} · imp {imp:.2f} · {sym}", width=w, height=CURVE_H,
-                fontsize={"title": 11, "labels": 10, "xticks": 9, "yticks": 9},
-                show_legend=len(plots) == 0, legend_position="top_left", toolbar=None,
-                legend_opts={"label_text_font_size": "9pt", "padding": 2, "spacing": 0}))
-        return plots
-
-    def contribution_bars(self, values: dict[str, float]) -> hv.Bars:
-        contrib = self.run.analysis.contributions(self.parameter, values)
-        order = sorted(contrib, key=lambda k: -abs(contrib[k]))
-        data = pd.DataFrame({"covariate": order, "contribution": [contrib[k] for k in order]})
-        data["sign"] = np.where(data["contribution"] >= 0, "+", "−")
-        return hv.Bars(data, kdims=["covariate"], vdims=[hv.Dimension("contribution", label=f"contribution to p {self.parameter}"), "sign"]).opts(
-            color="sign", cmap={"+": "#d6604d", "−": "#4393c3"}, invert_axes=True, width=380, height=300, show_legend=False,
-            title="contributions at the clicked location", tools=["hover"], fontsize={"title": 10})
-
-    def symbolic_table(self) -> pd.DataFrame:
-        """Active edges: importance, the parsimonious symbolic form in physical units, its R²."""
-        cv = self.run.analysis.curves(self.parameter)
-        active, _, _ = self.classify()
-        units = self.units()
-        rows = []
-        for c in active:
-            fit = cv.symbolic.get(c)
-            rows.append({"covariate": c, "unit": units.get(c, "") or "—", "importance": f"{cv.importance[cv.covariates.index(c)]:.3f}",
-                         f"Δp {self.parameter} ≈ (x in its unit)": fit.formula_physical(c) if fit else "—",
-                         "form": fit.kind if fit else "—", "R²": f"{fit.r2:.3f}" if fit else "—"})
-        return pd.DataFrame(rows)
-
-    # ---------------------------------------------------------- downloads
-    def _samples(self) -> dict[str, np.ndarray]:
-        X = self.run.analysis.sample
-        return {c: X[:, i] for i, c in enumerate(self.run.analysis.covariate_names)}
-
-    def png_grid(self) -> io.BytesIO:
-        active, _, _ = self.classify()
-        cv = self.run.analysis.curves(self.parameter)
-        return io.BytesIO(kan_figure.curves_png(cv, active[: self.max_curves], self.units(), self._samples(), self.location_values()))
-
-    def png_curve(self) -> io.BytesIO:
-        cv = self.run.analysis.curves(self.parameter)
-        return io.BytesIO(kan_figure.curves_png(cv, [self.download_curve], self.units(), self._samples(), self.location_values(), ncols=1))
-
-    def csv_grid(self) -> io.BytesIO:
-        cv = self.run.analysis.curves(self.parameter)
-        return io.BytesIO(kan_figure.curves_csv(cv, list(cv.covariates), self.units()))
-
-    def csv_curve(self) -> io.BytesIO:
-        cv = self.run.analysis.curves(self.parameter)
-        return io.BytesIO(kan_figure.curves_csv(cv, [self.download_curve], self.units()))
-
-    def downloads(self) -> pn.Column:
-        def fn(kind: str, ext: str) -> str:
-            what = self.download_curve if kind == "curve" else "curves"
-            return f"{self.run.name}_{self.parameter}_{what}.{ext}"
-
-        buttons = []
-        for label, cb, kind, ext in [("⤓ PNG, all curves", self.png_grid, "grid", "png"), ("⤓ CSV, all curves", self.csv_grid, "grid", "csv"),
-                                     ("⤓ PNG, this curve", self.png_curve, "curve", "png"), ("⤓ CSV, this curve", self.csv_curve, "curve", "csv")]:
-            b = pn.widgets.FileDownload(callback=cb, filename=fn(kind, ext), label=label, width=170,
-                                        css_classes=[f"kan-download-{kind}-{ext}"])
-            self.param.watch(lambda e, b=b, kind=kind, ext=ext: setattr(b, "filename", fn(kind, ext)), ["parameter", "download_curve"])
-            buttons.append(b)
-        return pn.Column(pn.pane.Markdown("**Download** (PNG rendered on the server; CSV: x in physical units, p fold mean/min/max, truth)",
-                                          sizing_mode="stretch_width"),
-                         pn.FlexBox(*buttons[:2], pn.widgets.Select.from_param(self.param.download_curve, name="", width=170), *buttons[2:]),
-                         sizing_mode="stretch_width")
-
-    @param.depends("parameter", "max_curves", "ncols", "show_truth", "map_view.tap_x", "map_view.tap_y")
-    def view(self):
-        if not self.run.analysis.models:
-            return pn.pane.Alert(f"Run {self.run.name} has no fold models (encoder {self.run.encoder}): no curves to show.",
-                                 alert_type="info", sizing_mode="stretch_width")
-        values = self.location_values()
-        plots = self.curve_plots(values)
-        cv = self.run.analysis.curves(self.parameter)
-        prm = PARAMETERS[INDEX[self.parameter]]
-        head = (f"### {self.parameter} — {prm.description} ({prm.unit}; bounds {prm.lower:g}–{prm.upper:g})\n"
-                + (f"{cv.method} curves of the active edges, fold mean (line) and range (band), most important first; "
-                   "x in physical units, y = the edge's contribution to the normalised parameter p."
-                   if self.run.analysis.is_kan else
-                   f"{cv.method} of p on each covariate (the {self.run.encoder} has no edges), fold mean (line) and range (band), "
-                   "most important first; x in physical units, y = the normalised parameter p averaged over the sites.")
-                + " Grey: distribution over the land grid."
-                + (" Red dashed: true curve (synthetic twin, shifted to the learned mean)." if self.run.truth else "")
-                + f" Titles: the simplest symbolic form within R² {interpret.PARSIMONY_R2_TOLERANCE:g} of the best.")
-        if values is not None:
-            where = pn.pane.Markdown(f"**Location** {self.map_view.tap_y:.2f}°N, {self.map_view.tap_x:.2f}°E: dotted lines on every curve; "
-                                     "its contributions are below the curves.", sizing_mode="stretch_width")
-        else:
-            where = pn.pane.Markdown("*Click a location on the Map tab to mark its covariate values on every curve and see its contributions.*",
-                                     sizing_mode="stretch_width", css_classes=["kan-hint"])
-        w = plots[0].opts.get("plot").kwargs["width"] if plots else CURVE_W
-        grid = pn.GridBox(*[pn.pane.HoloViews(pl, linked_axes=False, sizing_mode="fixed") for pl in plots],
-                          ncols=self.ncols, css_classes=["kan-curves"], sizing_mode="fixed", width=self.ncols * (w + 12))
-        below = [pn.pane.DataFrame(self.symbolic_table(), index=False, sizing_mode="stretch_width", css_classes=["kan-symbolic"])]
-        if values is not None:
-            below.append(pn.pane.HoloViews(self.contribution_bars(values), linked_axes=False))
-        return pn.Column(pn.pane.Markdown(head, sizing_mode="stretch_width"), where,
-                         pn.pane.Markdown(self.inactive_line(), sizing_mode="stretch_width", css_classes=["kan-inactive"]),
-                         grid, pn.FlexBox(*below), self.downloads(), sizing_mode="stretch_width")
-
-    def __panel__(self):
-        return pn.Column(
-            pn.FlexBox(pn.widgets.Select.from_param(self.param.parameter, name="Parameter", width=200),
-                       pn.widgets.IntSlider.from_param(self.param.max_curves, name="curves", width=180),
-                       pn.widgets.IntSlider.from_param(self.param.ncols, name="per row", width=140),
-                       pn.widgets.Checkbox.from_param(self.param.show_truth, name="true curves", disabled=self.run.truth is None)),
-            pn.panel(self.view, loading_indicator=True), sizing_mode="stretch_width",
         )
 
 

@@ -38,8 +38,9 @@ def edge_curve(model: HybridModel, param: str, covariate: str, xs_physical: np.n
 
 
 @torch.no_grad()
-def partial_dependence(model: HybridModel, covariates: np.ndarray, param: str, covariate: str, xs_physical: np.ndarray, max_rows: int = 512) -> np.ndarray:
-    """PD curve: mean over (up to ``max_rows``) sites of p_param with ``covariate`` set to each x.
+def partial_dependence_all(model: HybridModel, covariates: np.ndarray, covariate: str, xs_physical: np.ndarray, max_rows: int = 512) -> np.ndarray:
+    """PD curves of every parameter at once: mean over (up to ``max_rows``) sites of p with
+    ``covariate`` set to each x.
 
     Parameters
     ----------
@@ -48,7 +49,8 @@ def partial_dependence(model: HybridModel, covariates: np.ndarray, param: str, c
 
     Returns
     -------
-    [G] mean normalised parameter p (0–1); all G·N rows go through the model in one batch.
+    [G, 21] mean normalised parameters p (0–1), columns in :data:`socmap.clm5.parameters.INDEX`
+    order; all G·N rows go through the model in one batch.
     """
     model.eval()
     x = _x(covariates[:max_rows])
@@ -56,8 +58,13 @@ def partial_dependence(model: HybridModel, covariates: np.ndarray, param: str, c
     grid = torch.as_tensor(np.asarray(xs_physical, dtype=np.float64), dtype=x.dtype)
     rows = x.unsqueeze(0).repeat(len(grid), 1, 1)  # [G, N, C]
     rows[:, :, i] = grid[:, None]
-    p = model(rows.reshape(-1, x.shape[1]))[:, INDEX[param]]
-    return p.reshape(len(grid), len(x)).mean(1).double().numpy()
+    p = model(rows.reshape(-1, x.shape[1]))
+    return p.reshape(len(grid), len(x), -1).mean(1).double().numpy()
+
+
+def partial_dependence(model: HybridModel, covariates: np.ndarray, param: str, covariate: str, xs_physical: np.ndarray, max_rows: int = 512) -> np.ndarray:
+    """PD curve of one parameter: :func:`partial_dependence_all`'s column ``param``, [G] p (0–1)."""
+    return partial_dependence_all(model, covariates, covariate, xs_physical, max_rows)[:, INDEX[param]]
 
 
 def importance(model: HybridModel, covariates: np.ndarray, method: str | None = None) -> np.ndarray:

@@ -55,6 +55,7 @@ from socmap.data.cube import (
     sample_grid,
 )
 from socmap.fsutil import probe_writable, swap_into_place, write_atomic
+from socmap.kan_curves import write_kan_curves
 
 log = logging.getLogger(__name__)
 
@@ -441,6 +442,7 @@ def map_run(run_dir: str | Path, opts: MapOptions | None = None, **kwargs: Any) 
         write_site_residuals(run_dir)
         totals = _write_totals(inputs.partial)
         _finalise(inputs.partial, inputs.store)
+        write_kan_curves(inputs.run, inputs.store.parent, store=inputs.store)  # the dashboard's KAN curves (socmap.kan_curves)
         timings["finalise"] = time.perf_counter() - t
     record = _record(inputs, opts, stats, timings, complete=complete, resumed=resumed, n_windows=len(windows),
                      out_size=out_size, seconds=time.perf_counter() - t_start, totals=totals)

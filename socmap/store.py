@@ -37,8 +37,10 @@ Baseline runs (encoder ``rf`` or ``nn``; ``parameters`` empty) have no parameter
 variables (nor their ``*_std``): ``soc``, the stocks, the covariates, the masks, the
 ``default_*`` stocks and ``diff_default_*`` (this run minus the CLM5 default parameters).
 
-Beside the store, in the run folder: ``site_residuals.csv`` (:data:`SITE_RESIDUALS`) and
-``map.json`` (:data:`MAP_RECORD`). While mapping, the store is built as ``maps.zarr.partial``
+Beside the store, in the run folder: ``site_residuals.csv`` (:data:`SITE_RESIDUALS`),
+``map.json`` (:data:`MAP_RECORD`) and, for hybrid runs, ``kan_curves.nc`` (:data:`KAN_CURVES`:
+every fold model's KAN edge curves or partial dependence, importances, pruning, symbolic fits,
+fold band and covariate histograms; its schema is in :mod:`socmap.kan_curves`). While mapping, the store is built as ``maps.zarr.partial``
 holding :data:`PROGRESS_FILE` (finished windows); :func:`create_template` writes its metadata.
 """
 
@@ -59,6 +61,7 @@ PARTIAL_SUFFIX = ".partial"
 PROGRESS_FILE = "socmap_progress.json"
 SITE_RESIDUALS = "site_residuals.csv"
 MAP_RECORD = "map.json"
+KAN_CURVES = "kan_curves.nc"  # schema: socmap.kan_curves
 
 KINDS = ("soc", "stock", "parameter", "diagnostic", "covariate", "difference", "uncertainty", "mask", "site",
          "sensitivity", "transient")  # the last two: scenario stores (socmap.scenario_mapping)

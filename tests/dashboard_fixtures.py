@@ -5,7 +5,8 @@ then the run folder in the layout of the run-folder contract (schema version 2):
 with ``schema_version``, the absolute ``data.dir``, ``parameters``, ``encoder`` and ``fold_models``;
 the run's ``sites.csv`` and ``truth.json``; ``maps.zarr`` with the version-2 attrs, the gridded
 variables (dims (y, x[, layer]), y descending, float32, NaN off land, ``kind`` attributes) and the
-per-site fold profiles ``site_soc_fold`` [site, model, layer]; ``site_residuals.csv``. The store
+per-site fold profiles ``site_soc_fold`` [site, model, layer]; ``site_residuals.csv``; and
+``kan_curves.nc`` (:func:`socmap.kan_curves.write_kan_curves`, as ``socmap map`` writes it). The store
 is written here directly, on purpose without ``socmap.mapping``: the dashboard tests must not
 depend on it. Training may already write the run.json fields; they are only filled when absent.
 
@@ -206,6 +207,11 @@ def build_run(root: str | Path, name: str = "kan", encoder: str = "kan", sites: 
         train(load_config(data_dir=str(data_dir), epochs=epochs, folds=3, encoder=encoder, mlp_hidden=[16], kan_polish_iters=5, kan_sparsify_epochs=2, kan_refit_epochs=2), run_dir, progress=False)
     if not (run_dir / "maps.zarr").exists() or not (run_dir / "sites.csv").exists():
         write_store_from_model(run_dir)
+    if not (run_dir / "kan_curves.nc").exists():  # what `socmap map` writes beside the store
+        from socmap.kan_curves import write_kan_curves
+        from socmap.runs import open_run
+
+        write_kan_curves(open_run(run_dir))
     return run_dir
 
 

@@ -3,9 +3,9 @@
 Serves three runs with the dashboard's server (``dashboards.app.serve``, what ``socmap serve`` calls;
 the CLI itself refuses a damaged run before serving) on a free localhost port (a KAN run, an MLP run and a
 damaged run) and, at 1366×768 and 1920×1080: the first map; the depth slider on SOC by layer;
-a comparison (KAN vs MLP: A, B, A − B and the scatter); the KAN grid and a PNG download of it;
-the Scenarios tab (a +2 °C ΔSOC map with a diverging colour bar centred on 0; a click on the map
-shows the trajectory at that cell); the run picker to the MLP run (partial-dependence curves) and
+a comparison (KAN vs MLP: A, B, A − B and the scatter); the KAN grid, a PNG download of it and a
+parameter switch (timed); the Scenarios tab (a +2 °C ΔSOC map with a diverging colour bar centred
+on 0; a click on the map shows the trajectory at that cell); the run picker to the MLP run (partial-dependence curves) and
 to the damaged run (an error panel naming the file); the layout (nothing wider than the window). Every request the pages
 make is routed: one whose host is not 127.0.0.1/localhost FAILS the test (no web fonts, no
 CDN). Then 1 and 5 concurrent sessions, time to first map for each.
@@ -17,6 +17,7 @@ The fixture runs are cached in test-artifacts/dash-fixtures (delete it to rebuil
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -212,6 +213,15 @@ def test_dashboard_in_browser(server, run_dirs, browser, size, tmp_path):
     assert target.suffix == ".png" and target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and target.stat().st_size > 10_000
     if size == "1366x768":
         shutil.copy(target, ARTIFACTS / "dashboard_kan_download.png")
+    # a parameter switch: the stored curves go into the figures already on the page
+    before = sorted(t for t in page.evaluate(TITLES) if " · imp " in t)
+    param_select = page.locator("select").filter(has=page.locator("option", has_text=re.compile(r"^w_scaling$"))).first
+    t1 = time.perf_counter()
+    param_select.select_option(label="w_scaling")
+    page.wait_for_function(f"({TITLES})().filter(t => t.includes(' · imp ')).sort().join('|') !== {'|'.join(before)!r}", timeout=30_000)
+    page.get_by_text("w_scaling — ", exact=False).first.wait_for(timeout=30_000)
+    figures["KAN parameter switch (s)"] = time.perf_counter() - t1
+    _shot(page, "kan_w_scaling", size, full=True)
 
     for name, needle in [("Parameters", "tau4s3"), ("Sites", "SOC profile at"), ("Run summary", "held-out observations")]:
         _tab(page, name)

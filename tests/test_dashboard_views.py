@@ -58,28 +58,152 @@ def test_difference_layers_are_diverging_and_symmetric(run):
     assert 0 < lo < hi
 
 
-def test_kan_inspector_lists_edges_pruned_in_every_fold_instead_of_drawing_them(run):
-    from dashboards.views import KanInspector, MapExplorer
+def _titles(panels) -> list[str]:
+    return [p.title for p in panels]
 
-    j = run.analysis.covariate_names.index("clay_pct")
-    masks = [mdl.encoder.layers[0].mask for mdl in run.analysis.models]
-    saved = [mk.clone() for mk in masks]
-    try:
-        for mdl, mk in zip(run.analysis.models, masks):
-            mk[mdl.param_names.index("fs1s3"), j] = 0.0
-        run.analysis.forget("fs1s3")
-        k = KanInspector(run, map_view=MapExplorer(run), parameter="fs1s3", max_curves=30)
-        active, pruned, negligible = k.classify()
-        assert pruned == ["clay_pct"] and "clay_pct" not in active
-        titles = [p.opts.get("plot").kwargs["title"] for p in k.curve_plots()]
-        assert [t.split(" · ")[0] for t in titles] == active  # no empty plot for a pruned edge
-        line = k.inactive_line()
-        assert "pruned in every fold: clay_pct" in line and line.count("\n") == 0
-        assert "clay_pct" not in set(k.symbolic_table()["covariate"])
-    finally:
-        for mk, old in zip(masks, saved):
-            mk.copy_(old)
-        run.analysis.forget("fs1s3")
+
+def _render(k):
+    """The inspector rendered into a Bokeh document (as a session does); returns the document."""
+    from bokeh.document import Document
+
+    doc = Document()
+    doc.add_root(k.__panel__().get_root(doc))
+    return doc
+
+
+def test_kan_inspector_lists_edges_pruned_in_every_fold_instead_of_drawing_them(run):
+    from dashboards.kan_inspector import LEARNED, PRUNED_COLOUR
+    from dashboards.run import RunData
+    from dashboards.views import KanInspector, MapExplorer
+    from socmap.kan_curves import compute_kan_curves
+    from socmap.runs import open_run
+
+    r = open_run(run.path)  # its own copy of the fold models, changed here only
+    j = r.covariates.index("clay_pct")
+    for mdl in r.models:
+        mdl.encoder.layers[0].mask[mdl.param_names.index("fs1s3"), j] = 0.0
+    # and one edge of tau4s3 pruned in the first fold only: drawn, and said so
+    stored = run.analysis.curves("tau4s3")
+    partly = next(c for c in stored.covariates if stored.pruned[c] == 0)
+    r.models[0].encoder.layers[0].mask[r.models[0].param_names.index("tau4s3"), r.covariates.index(partly)] = 0.0
+    data = RunData(run.path)
+    data.analysis.use(compute_kan_curves(r))
+    k = KanInspector(data, map_view=MapExplorer(data), parameter="fs1s3", max_curves=30)
+    _render(k)
+    active, pruned, negligible = k.classify()
+    assert pruned == ["clay_pct"] and "clay_pct" not in active
+    assert [t.split(" · ")[0] for t in _titles(k.curve_panels())] == active  # no empty plot for a pruned edge
+    assert [f.figure.title.text for f in k._figures.shown()] == _titles(k.curve_panels())
+    line = k.inactive_line()
+    assert "pruned in every fold: clay_pct" in line and line.count("\n") == 0
+    assert "clay_pct" not in set(k.symbolic_table()["covariate"])
+    # the toggle draws the pruned edge after the active ones, grey and dashed, flat at 0, and says so
+    k.show_pruned = True
+    panels = k.curve_panels()
+    cvp = k.analysis.curves("fs1s3")
+    assert cvp.importance[cvp.covariates.index("clay_pct")] == 0.0  # a masked edge scores nothing
+    assert panels[-1].pruned and panels[-1].title == "clay_pct · imp 0.00 · pruned in every fold"
+    assert len(panels) == len(active) + 1 and "drawn in grey" in k.inactive_line()
+    np.testing.assert_array_equal(panels[-1].mean, 0.0)
+    shown = k._figures.shown()
+    assert len(shown) == len(panels) and shown[-1].figure.title.text == panels[-1].title
+    assert shown[-1].mean_r.glyph.line_color == PRUNED_COLOUR and shown[-1].mean_r.glyph.line_dash == [6]  # "dashed"
+    assert shown[0].mean_r.glyph.line_color == LEARNED
+    # an edge pruned in one fold of three stays drawn, its band reaching that fold's zero
+    k.parameter = "tau4s3"
+    cv = data.analysis.curves("tau4s3")
+    assert cv.pruned[partly] == 1 and partly in k.classify()[0]
+    assert any(t.startswith(f"{partly} · ") and t.endswith(f"pruned in 1/{cv.n_folds} folds") for t in _titles(k.curve_panels()))
+    row = k.symbolic_table().set_index("covariate").loc[partly]
+    assert row["pruned in folds"] == f"1/{cv.n_folds}"
+    assert (cv.lo[partly] <= 0).all() and (cv.hi[partly] >= 0).all()
+    # every fold's curve on request, drawn in the same figure
+    k.show_folds = True
+    first = k.curve_panels()[0]
+    assert first.folds.shape == (cv.n_folds, len(first.x))
+    assert len(k._figures.shown()[0].folds.data["ys"]) == cv.n_folds
+    assert "each fold" in [it.label["value"] for it in k._figures.shown()[0].legend.items]
+
+
+def test_parameter_switch_reads_the_stored_curves_without_the_models(run, monkeypatch, capsys):
+    """A parameter switch evaluates no fold model and fits no symbolic form: it slices the run's
+    kan_curves.nc and replaces the data of the figures already on the page (no figure is
+    rebuilt). Prints the time from switch to updated figures (never asserted)."""
+    import time
+
+    import socmap.runs
+    from dashboards.run import RunData
+    from dashboards.views import KanInspector, MapExplorer
+    from socmap import interpret
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the dashboard evaluated a model or fitted a curve on a parameter switch")
+
+    for owner, name in [(socmap.runs, "_load_model"), (interpret, "edge_curve"), (interpret, "partial_dependence_all"),
+                        (interpret, "suggest_symbolic"), (interpret, "importance")]:
+        monkeypatch.setattr(owner, name, forbidden)
+    data = RunData(run.path)
+    m = MapExplorer(data)
+    m.tap(-95.5, 40.5)
+    k = KanInspector(data, map_view=m)
+    _render(k)
+    figures = [f.figure for f in k._figures.slots]
+    seconds = {}
+    for p in [*data.parameters[1:], data.parameters[0]]:
+        t = time.perf_counter()
+        k.parameter = p
+        seconds[p] = time.perf_counter() - t
+        panels = k.curve_panels(k.location_values())
+        assert len(panels) == min(k.max_curves, len(k.classify()[0])) > 0
+        assert [f.figure.title.text for f in k._figures.shown()] == [pl.title for pl in panels]
+        np.testing.assert_array_equal(k._figures.shown()[0].mean.data["y"], panels[0].mean)
+        assert f"### {p} — " in k._heading.object and k._bars.pane.visible
+        assert list(k._bars.source.data["covariate"])[::-1] == list(k.contribution_table(k.location_values())["covariate"])
+    assert [f.figure for f in k._figures.slots][: len(figures)] == figures  # the same figures, new data
+    assert k.png_grid().getvalue()[:4] == b"\x89PNG"
+    with capsys.disabled():
+        print("\nKAN parameter switch → updated figures (stored curves, in-place update): "
+              + ", ".join(f"{p} {s:.3f} s" for p, s in seconds.items()))
+
+
+def test_a_run_mapped_before_the_curves_were_stored_gets_them_once(run, tmp_path, monkeypatch):
+    """No kan_curves.nc: the dashboard computes it once from the fold models and caches it in
+    the run folder; the next process reads it without loading a model."""
+    import socmap.runs
+    from dashboards.run import RunData
+    from socmap.kan_curves import read_kan_curves
+
+    copy = tmp_path / "old" / "kan"
+    shutil.copytree(run.path, copy)
+    (copy / "kan_curves.nc").unlink()
+    first = RunData(copy)
+    cv = first.analysis.curves("tau4s3")
+    stored = read_kan_curves(copy)
+    assert stored is not None
+    np.testing.assert_allclose(cv.mean[cv.covariates[0]], run.analysis.curves("tau4s3").mean[cv.covariates[0]])
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a fold model was loaded although the curves are cached")
+
+    monkeypatch.setattr(socmap.runs, "_load_model", forbidden)
+    again = RunData(copy)
+    assert again.analysis.curves("tau4s3").covariates == cv.covariates
+
+
+def test_kan_inspector_says_why_a_run_without_stored_curves_has_none(run, tmp_path):
+    """No kan_curves.nc and a damaged fold model: an error panel naming the file, not a blank tab."""
+    from dashboards.run import RunData
+    from dashboards.views import KanInspector
+
+    copy = tmp_path / "damaged" / "kan"
+    shutil.copytree(run.path, copy)
+    (copy / "kan_curves.nc").unlink()
+    model = copy / run.record["fold_models"][1]
+    model.write_bytes(model.read_bytes()[:100])
+    k = KanInspector(RunData(copy))
+    panel = k.__panel__()
+    assert isinstance(panel, pn.pane.Alert) and panel.alert_type == "danger"
+    assert run.record["fold_models"][1] in panel.object and not (copy / "kan_curves.nc").exists()
 
 
 def test_kan_inspector_downloads_png_and_csv(run):
@@ -101,12 +225,17 @@ def test_kan_inspector_downloads_png_and_csv(run):
     assert set(table["covariate"]) == set(cv.covariates)
     c = cv.covariates[0]
     np.testing.assert_allclose(table.loc[table["covariate"] == c, "p_fold_mean"], cv.mean[c])
+    folds = np.stack([table.loc[table["covariate"] == c, f"p_fold_{i}"] for i in range(cv.n_folds)])
+    np.testing.assert_allclose(folds.min(0), table.loc[table["covariate"] == c, "p_fold_min"])
     one = pd.read_csv(io.BytesIO(k.csv_curve().getvalue()))
     assert set(one["covariate"]) == {k.download_curve}
-    # the symbolic table: formulas in physical units, one row per active edge
+    # the symbolic table: formulas in physical units, one row per active edge, with fold stability
     sym = k.symbolic_table()
     assert list(sym["covariate"]) == k.classify()[0]
     assert all(c in f for c, f in zip(sym["covariate"], sym.iloc[:, 3]) if f != "—")
+    for c, same in zip(sym["covariate"], sym["same form in folds"]):
+        if same != "—":
+            assert same == f"{sum(f == cv.symbolic[c].kind for f in cv.fold_forms[c])}/{cv.n_folds}"
 
 
 def test_kan_inspector_curves_ordered_by_importance(run):
@@ -115,27 +244,33 @@ def test_kan_inspector_curves_ordered_by_importance(run):
     m = MapExplorer(run)
     k = KanInspector(run, map_view=m, parameter="tau4s3")
     k.max_curves = 30
-    plots = k.curve_plots()
+    panels = k.curve_panels()
     names = run.analysis.covariate_names
     active, pruned, negligible = k.classify()
-    assert len(plots) == len(active) and sorted(active + pruned + negligible) == sorted(names)
+    assert len(panels) == len(active) and sorted(active + pruned + negligible) == sorted(names)
     cv = run.analysis.curves("tau4s3")
     assert sorted(cv.covariates) == sorted(names)
     assert np.all(np.diff(cv.importance) <= 1e-12)
-    assert [p.get(0).kdims[0].name for p in plots] == [c for c in cv.covariates if c in active]
-    titles = [p.opts.get("plot").kwargs["title"] for p in plots]
-    assert all("R²" in t for t in titles) and titles[0].startswith(active[0])
+    assert [p.covariate for p in panels] == [c for c in cv.covariates if c in active]
+    assert all("R²" in p.title for p in panels) and panels[0].title.startswith(active[0])
+    # the histogram: the training sites, every one counted
+    n_sites = len(run.sites.inputs) if run.sites.inputs is not None else None
+    assert cv.histogram_of == "training sites" and all(int(cv.hist[c][0].sum()) == n_sites for c in names)
     # synthetic run: the true curves are overlaid for the true edges
     true_covs = {e["covariate"] for e in run.truth["parameters"]["tau4s3"]["edges"]} & set(active)
-    with_truth = {p.get(0).kdims[0].name for p in plots if any(getattr(el, "label", "") == "true" for el in p)}
-    assert with_truth == true_covs
+    assert {p.covariate for p in panels if p.truth is not None} == true_covs
+    k.show_truth = False
+    assert all(p.truth is None for p in k.curve_panels())
     # a tap marks the location on every curve and gives one bar per covariate
     m.tap(-95.5, 40.5)
     values = k.location_values()
-    marked = k.curve_plots(values)
-    assert all(any(isinstance(el, hv.VLine) for el in p) for p in marked)
-    bars = k.contribution_bars(values)
+    marked = k.curve_panels(values)
+    assert all(p.location == pytest.approx(values[p.covariate]) for p in marked)
+    bars = k.contribution_table(values)
     assert len(bars) == len(names)
+    # the contribution is read off the stored fold-mean curve at the location's value
+    c = bars["covariate"].iloc[0]
+    assert bars["contribution"].iloc[0] == pytest.approx(np.interp(values[c], cv.xs[c], cv.mean[c]))
 
 
 def test_site_view_obs_and_sim(run):
@@ -244,13 +379,13 @@ def test_views_read_only_the_run_folder(run, tmp_path, monkeypatch):
     folds = s.fold_profiles()
     k = list(r.layers.ds["site_id"].values).index(site)
     np.testing.assert_allclose(folds, r.layers.ds["site_soc_fold"].values[k])
-    assert folds.shape == (len(r.analysis.models), r.layers.n_layers) and np.isfinite(folds).all()
+    assert folds.shape == (r.analysis.n_folds, r.layers.n_layers) and np.isfinite(folds).all()
     mean = [el for el in s.profile_plot() if el.label.startswith("fold mean")][0]
     np.testing.assert_allclose(mean.dimension_values(0), folds.mean(0)[r.layers.depth_m <= mean.dimension_values(1).max()], rtol=1e-6)
     table = s.parameter_table()
     assert {"learned", "true"} <= set(table) and table["true"].notna().all()
     k = KanInspector(r, map_view=m, parameter="tau4s3", max_curves=30)
-    assert len(k.curve_plots()) == len(k.classify()[0]) > 0
+    assert len(k.curve_panels()) == len(k.classify()[0]) > 0
     outside = [p for p in opened if copy.resolve() not in p.parents and "site-packages" not in str(p) and p.suffix != ".geojson"]
     assert opened and not outside, outside
 
@@ -352,5 +487,5 @@ def test_sessions_share_one_loaded_run(run):
     a, b = build_app([run.path]).dashboard, build_app([run.path]).dashboard
     assert a.map.run is b.map.run is run
     assert a.map.run.layers.array("soc_stock_0_30cm") is b.map.run.layers.array("soc_stock_0_30cm")
-    assert a.kan.run.analysis.models is b.kan.run.analysis.models
+    assert a.kan.run.analysis.dataset is b.kan.run.analysis.dataset
     assert a.map is not b.map  # but each session has its own widgets and plots
