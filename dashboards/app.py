@@ -22,7 +22,8 @@ from socmap.resources import shipped_file
 from dashboards.compare import CompareView
 from dashboards.run import find_runs, load_run, open_error
 from dashboards.scenarios import ScenarioView, find_scenarios
-from dashboards.views import KanInspector, MapExplorer, ParameterFields, RunSummary, SiteView
+from dashboards.kan_inspector import KanInspector
+from dashboards.views import MapExplorer, ParameterFields, RunSummary, SiteView
 
 log = logging.getLogger(__name__)
 

@@ -84,13 +84,11 @@ class CurveAnalysis:
     """A run's stored curves (loaded once per process, shared by sessions) and each parameter's
     :class:`Curves`.
 
-    ``covariates`` are shown before the curves load; ``truth`` and ``site_covariates`` are
-    accepted for older callers and not used (the stored curves carry the truth and the site
-    histograms).
+    ``covariates`` are shown before the curves load (the stored curves carry the truth and the
+    site histograms).
     """
 
-    def __init__(self, run_dir: str | Path, layers: MapLayers | None, covariates: list[str], truth: dict | None = None,
-                 site_covariates: np.ndarray | None = None) -> None:
+    def __init__(self, run_dir: str | Path, layers: MapLayers | None, covariates: list[str]) -> None:
         self.path = Path(run_dir)
         self.layers = layers
         self._covariates = list(covariates)

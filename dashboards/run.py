@@ -2,7 +2,8 @@
 ``truth.json``, the fold models and ``maps.zarr``), never the data folder it was trained on.
 
 A run is opened once per process (:func:`load_run`, keyed on its resolved path) and shared by
-all sessions. Nothing here writes to the run.
+all sessions. The only file written into the run is ``kan_curves.nc`` for a run mapped before
+the curves were stored (computed once, :func:`socmap.kan_curves.load_or_compute`).
 """
 
 from __future__ import annotations
@@ -57,12 +58,10 @@ class RunData:
         self.truth: dict | None = _read_json(truth_path) if truth_path.is_file() else None
         self.sites = SiteTables(self.path, self.layers.ds)
         covariates = list(attrs.get("covariates") or self.record.get("data", {}).get("covariates") or [])
-        inputs = self.sites.inputs
-        site_cov = inputs[covariates].to_numpy() if inputs is not None and set(covariates) <= set(inputs) else None
-        self.analysis = CurveAnalysis(self.path, self.layers, covariates, self.truth, site_cov)
+        self.analysis = CurveAnalysis(self.path, self.layers, covariates)
 
     def warm(self) -> None:
-        """Compute the predicted parameters' curves (slow: symbolic fits) before the first visit."""
+        """Load the stored KAN curves (computed once for a run mapped before they were stored)."""
         self.analysis.warm(self.parameters)
 
 

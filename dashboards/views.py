@@ -11,9 +11,8 @@ import param
 import holoviews as hv
 from holoviews.operation.datashader import rasterize
 
-from dashboards.kan_inspector import KanInspector  # noqa: F401 - re-exported (its own module since issue 17)
 from dashboards.layers import KIND_LABEL
-from dashboards.map_style import MAP_H, MAP_W
+from dashboards.map_style import MAP_W, map_image_opts, tap_marker
 from dashboards.outlines import state_outlines
 from dashboards.run import RunData, load_run
 from socmap.clm5.parameters import INDEX, LOWER, NAMES, PARAMETERS, UPPER
@@ -159,22 +158,14 @@ class MapExplorer(pn.viewable.Viewer):
 
     @param.depends("tap_x", "tap_y")
     def marker(self) -> hv.Points:
-        if self.tap_x is None:
-            return hv.Points([], kdims=["x", "y"])
-        return hv.Points([(self.tap_x, self.tap_y)], kdims=["x", "y"]).opts(marker="x", size=14, color="black", line_width=3)
+        return tap_marker(self.tap_x, self.tap_y)
 
     def plot(self) -> hv.DynamicMap:
         if self._plot is None:
-            l, b, r, t = self.run.layers.bounds
             img = hv.DynamicMap(self.image)
             if self.run.layers.x.size * self.run.layers.y.size > RASTERIZE_CELLS:  # big grids: send screen pixels only
                 img = rasterize(img, precompute=True, dynamic=True)
-            img = img.apply(self._restyle).opts(
-                hooks=[self._colorbar_hook],
-                colorbar=True, tools=["hover", "tap"], frame_width=MAP_W, frame_height=MAP_H, xlim=(l, r), ylim=(b, t),
-                xlabel="longitude (°E)", ylabel="latitude (°N)", active_tools=["wheel_zoom"],
-                colorbar_position="right", toolbar="above", clipping_colors={"NaN": (0, 0, 0, 0)}, bgcolor="#eef1f4",
-            )
+            img = img.apply(self._restyle).opts(colorbar=True, **map_image_opts(self.run.layers.bounds, self.colorbar_title))
             self._tap.source = img
             self._range.source = img
             overlay = img * outlines() * hv.DynamicMap(self.sites) * hv.DynamicMap(self.marker)
@@ -184,12 +175,6 @@ class MapExplorer(pn.viewable.Viewer):
     @param.depends("layer", "soc_layer", "cmap", "log_colour", "compare")
     def _restyle(self, element):
         return element.opts(**self._style())
-
-    def _colorbar_hook(self, plot, element):
-        """HoloViews keeps the first colour-bar title; keep it in step with the layer."""
-        cb = plot.handles.get("colorbar")
-        if cb is not None:
-            cb.title = self.colorbar_title()
 
     # ---------------------------------------------------------- tap handling
     def _on_tap(self, x=None, y=None, **_):
@@ -560,4 +545,4 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, str]]:
     return rows
 
 
-__all__ = ["MapExplorer", "ParameterFields", "KanInspector", "SiteView", "RunSummary", "load_run", "outlines"]
+__all__ = ["MapExplorer", "ParameterFields", "SiteView", "RunSummary", "load_run", "outlines"]

@@ -74,7 +74,8 @@ def _render(k):
 def test_kan_inspector_lists_edges_pruned_in_every_fold_instead_of_drawing_them(run):
     from dashboards.kan_inspector import LEARNED, PRUNED_COLOUR
     from dashboards.run import RunData
-    from dashboards.views import KanInspector, MapExplorer
+    from dashboards.kan_inspector import KanInspector
+    from dashboards.views import MapExplorer
     from socmap.kan_curves import compute_kan_curves
     from socmap.runs import open_run
 
@@ -133,7 +134,8 @@ def test_parameter_switch_reads_the_stored_curves_without_the_models(run, monkey
 
     import socmap.runs
     from dashboards.run import RunData
-    from dashboards.views import KanInspector, MapExplorer
+    from dashboards.kan_inspector import KanInspector
+    from dashboards.views import MapExplorer
     from socmap import interpret
 
     def forbidden(*args, **kwargs):
@@ -193,7 +195,7 @@ def test_a_run_mapped_before_the_curves_were_stored_gets_them_once(run, tmp_path
 def test_kan_inspector_says_why_a_run_without_stored_curves_has_none(run, tmp_path):
     """No kan_curves.nc and a damaged fold model: an error panel naming the file, not a blank tab."""
     from dashboards.run import RunData
-    from dashboards.views import KanInspector
+    from dashboards.kan_inspector import KanInspector
 
     copy = tmp_path / "damaged" / "kan"
     shutil.copytree(run.path, copy)
@@ -211,7 +213,8 @@ def test_kan_inspector_downloads_png_and_csv(run):
 
     import pandas as pd
 
-    from dashboards.views import KanInspector, MapExplorer
+    from dashboards.kan_inspector import KanInspector
+    from dashboards.views import MapExplorer
 
     m = MapExplorer(run)
     k = KanInspector(run, map_view=m, parameter="tau4s3")
@@ -239,7 +242,8 @@ def test_kan_inspector_downloads_png_and_csv(run):
 
 
 def test_kan_inspector_curves_ordered_by_importance(run):
-    from dashboards.views import KanInspector, MapExplorer
+    from dashboards.kan_inspector import KanInspector
+    from dashboards.views import MapExplorer
 
     m = MapExplorer(run)
     k = KanInspector(run, map_view=m, parameter="tau4s3")
@@ -354,7 +358,8 @@ def test_views_read_only_the_run_folder(run, tmp_path, monkeypatch):
     import xarray as xr
 
     from dashboards.run import RunData
-    from dashboards.views import KanInspector, MapExplorer, SiteView
+    from dashboards.kan_inspector import KanInspector
+    from dashboards.views import MapExplorer, SiteView
 
     copy = tmp_path / "elsewhere" / "kan"
     shutil.copytree(run.path, copy)
