@@ -348,6 +348,11 @@ def _allow_partial_option() -> Any:
                         "damaged (recorded in the output); without it such a run is an error.")
 
 
+def _device_option() -> Any:
+    return typer.Option("auto", "--device", help="Where the encoder and solver run: auto (a CUDA GPU when there "
+                        "is one, else the CPU) | cpu | cuda | cuda:N.")
+
+
 @app.command()
 def predict(
     run: Path = typer.Option(..., "--run", help="A finished run folder (runs/NAME): hybrid or baseline (rf, nn)."),
@@ -356,13 +361,15 @@ def predict(
     batch_size: int = typer.Option(8192, "--batch-size", help="Points per batch (memory grows with it, not with the file)."),
     allow_partial: bool = _allow_partial_option(),
     skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help="Rows with missing or out-of-range values get a status instead of stopping the run."),
+    device: str = _device_option(),
 ) -> None:
     """SOC (and, for a hybrid run, parameters) at points, from the run's fold ensemble and covariate cube."""
     from socmap.predict import PointsError, predict_file
     from socmap.runs import RunError
 
     try:
-        record = predict_file(run, points, out, batch=batch_size, allow_partial=allow_partial, skip_bad_rows=skip_bad_rows)
+        record = predict_file(run, points, out, batch=batch_size, allow_partial=allow_partial, skip_bad_rows=skip_bad_rows,
+                              device=device)
     except (PointsError, RunError, ValueError, FileNotFoundError, PermissionError) as exc:
         raise _fail(exc) from None
     counts = record["status_counts"]
@@ -384,6 +391,7 @@ def map_(
     workers: int | None = typer.Option(None, "--workers", help="LocalCluster worker processes (default: CPU count)."),
     method: str = typer.Option("structured", "--method", help="Steady-state solver: structured (fast) | dense (reference)."),
     allow_partial: bool = _allow_partial_option(),
+    device: str = _device_option(),
 ) -> None:
     """Map a trained run (hybrid or baseline) over the grid into its Zarr run store (resumable; see socmap.mapping)."""
     from socmap.mapping import MappingError, map_run, summary_lines
@@ -393,7 +401,7 @@ def map_(
     try:
         record = map_run(run, resolution=resolution, chunks=chunks, scheduler=scheduler, ensemble=ensemble,
                          compare=str(compare) if compare else None, workers=workers, method=method,
-                         allow_partial=allow_partial)
+                         allow_partial=allow_partial, device=device)
     except (MappingError, StoreError, RunError, FileNotFoundError, ValueError) as exc:
         raise _fail(exc) from None
     except KeyboardInterrupt as exc:

@@ -196,9 +196,9 @@ def load_sites(config: TrainConfig) -> SiteData:
 
 
 def _device(config: TrainConfig) -> torch.device:
-    if config.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(config.device)
+    from socmap.devices import resolve_device
+
+    return resolve_device(config.device)
 
 
 # ----------------------------------------------------------------------------------------
