@@ -130,7 +130,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--skip-1-worker", action="store_true", help="skip the 1-worker run (quicker)")
     args = ap.parse_args(argv)
 
+    from socmap.devices import DeviceError, resolve_device
     from socmap.mapping import map_run
+
+    try:
+        resolve_device(args.device)
+    except DeviceError as exc:
+        ap.error(str(exc))
 
     tmp = Path(tempfile.mkdtemp(prefix="socmap-bench-map-"))
     try:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from socmap.data.synthetic import SynthConfig, write_synthetic
-from socmap.devices import resolve_device
+from socmap.devices import DeviceError, resolve_device
 from socmap.splits import make_folds
 from socmap.train import load_sites
 from socmap.train_config import load_config
@@ -115,7 +115,10 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="print a cProfile table of one structured epoch")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except DeviceError as exc:
+        ap.error(str(exc))
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
         write_synthetic(data_dir, SynthConfig(resolution_deg=0.5, n_sites=args.sites, seed=0))
