@@ -10,6 +10,8 @@ benchmarks all go through here. Solver tensors stay float64 on every device.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 #: Device names accepted on the command line and in configs.
@@ -65,3 +67,22 @@ def model_device(model: Any):
     for tensor in (*model.parameters(), *model.buffers()) if hasattr(model, "parameters") else ():
         return tensor.device
     return torch.device("cpu")
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` inside the block, restored after.
+
+    Why: small batches (a run's few hundred training sites, one window per Dask worker) gain
+    nothing from several threads, and on a busy machine torch's threads wait on each other —
+    measured: the structured solve at 7.4k sites/s on 2 threads vs 108k on 1 with 4 other jobs
+    on 2 cores (benchmarks/mapping.py, issue 17).
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

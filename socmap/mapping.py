@@ -387,7 +387,10 @@ def _start_or_resume(inputs: _Inputs, opts: MapOptions, specs: dict[str, S.VarSp
         return progress, resumed
     shutil.rmtree(partial, ignore_errors=True)
     t = time.perf_counter()
-    sites = site_profiles(inputs, opts.batch, device if opts.scheduler in (None, "synchronous") else "cpu")
+    from socmap.devices import torch_threads
+
+    with torch_threads(1):  # a few hundred sites: more threads only wait on each other on a busy machine
+        sites = site_profiles(inputs, opts.batch, device if opts.scheduler in (None, "synchronous") else "cpu")
     timings["sites"] = time.perf_counter() - t
     try:
         S.create_template(partial, inputs.cube, specs, opts.chunks, _store_attrs(inputs, opts), sites)
@@ -642,15 +645,11 @@ def _run_jobs(jobs: list[ChunkJob], client, partial: Path, progress: dict[str, A
 
     try:
         if client is None:
-            import torch
+            from socmap.devices import torch_threads
 
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)  # one worker, one thread (as the cluster workers)
-            try:
+            with torch_threads(1):  # one worker, one thread (as the cluster workers)
                 for job in jobs:
                     done(map_chunk(job))
-            finally:
-                torch.set_num_threads(threads)
         else:
             from distributed import as_completed
 
