@@ -12,7 +12,7 @@ folder, or ``--twin DIR``), timed end to end (``retrieval_5fold_s``) with its he
 and parameter recovery (R² per learned parameter), so that a speed-up can be checked to leave
 the recovery unchanged. ``--profile`` prints a cProfile table of one training epoch.
 
-    python benchmarks/train.py [--json] [--sites 1000] [--epochs 2] [--threads 2] [--device cpu]
+    python benchmarks/train.py [--json] [--sites 1000] [--epochs 2] [--threads 1] [--device cpu]
                                [--skip-retrieval] [--twin data/synthetic] [--profile]
 """
 
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from socmap.data.synthetic import SynthConfig, write_synthetic
-from socmap.devices import DeviceError, resolve_device
+from socmap.devices import DeviceError, resolve_device, torch_threads
 from socmap.splits import make_folds
 from socmap.train import load_sites
 from socmap.train_config import load_config
@@ -107,7 +107,9 @@ def main() -> None:
     ap.add_argument("--sites", type=int, default=1000)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: what `socmap train` uses on a CPU)")
+    ap.add_argument("--compare-threads", type=int, nargs="*", default=[1, 2],
+                    help="also time the structured epoch on these thread counts (same run)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--device", default="cpu", help="auto | cpu | cuda (socmap.devices); default cpu")
     ap.add_argument("--skip-retrieval", action="store_true", help="per-epoch figures only (quick)")
@@ -136,6 +138,10 @@ def main() -> None:
             _profile_epoch(fast)
         t_dense = _epoch_seconds(dense, 1)
         per_1k = 1000.0 / len(fold.train)
+        by_threads = {}  # the structured epoch on other thread counts, alternating, in this same run
+        for n in args.compare_threads:
+            with torch_threads(n):
+                by_threads[n] = min(_epoch_seconds(fast, 1) for _ in range(2)) * per_1k
         result = {
             "train_sites": len(fold.train),
             "batch_size": args.batch_size,
@@ -145,6 +151,8 @@ def main() -> None:
             "speedup": t_dense / t_fast,
             "solver_fwdbwd_s_per_1k": t_solver * per_1k,
             "overhead_ratio": t_fast / t_solver,
+            "threads": args.threads,
+            "fast_s_per_epoch_per_1k_by_threads": by_threads,
         }
         if not args.skip_retrieval:
             result.update(retrieval(Path(tmp), args.twin, args.device))
