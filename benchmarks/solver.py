@@ -9,7 +9,7 @@ Each stage also reports the user and system CPU seconds it cost (``resource.getr
 process, including warm-up and every repetition), so allocation churn — system time comparable
 to user time — shows per stage.
 
-    python benchmarks/solver.py [--json] [--sizes 1000 16000] [--threads 2] [--skip-dense]
+    python benchmarks/solver.py [--json] [--sizes 1000 16000] [--threads 2] [--skip-dense] [--device cpu]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from _forcing import benchmark_inputs  # noqa: E402
 from socmap import allocator  # noqa: E402
 from socmap.clm5.operators import build_operators, prepare_forcing  # noqa: E402
 from socmap.clm5.solver import solve_dense, solve_structured  # noqa: E402
+from socmap.devices import DeviceError, resolve_device  # noqa: E402
 
 
 def _run(theta, prepared_chunks, method: str, backward: bool) -> torch.Tensor:
@@ -40,7 +41,10 @@ def _run(theta, prepared_chunks, method: str, backward: bool) -> torch.Tensor:
         if backward:
             torch.log(x[4:7].sum(0)[:6].clamp_min(1e-30)).sum().backward()
         outs.append(x.detach())
-    return torch.cat(outs, -1)
+    out = torch.cat(outs, -1)
+    if out.is_cuda:  # the rate must include the queued kernels
+        torch.cuda.synchronize()
+    return out
 
 
 def _cpu() -> tuple[float, float]:
@@ -70,12 +74,18 @@ def main() -> None:
     ap.add_argument("--dense-chunk", type=int, default=2000)
     ap.add_argument("--skip-dense", action="store_true", help="structured path only (the dense rates come out as NaN)")
     ap.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    ap.add_argument("--device", default="cpu", help="auto | cpu | cuda (socmap.devices); default cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    try:
+        device = resolve_device(args.device)
+    except DeviceError as exc:
+        ap.error(str(exc))
 
     rows, max_rel = [], 0.0
     for n in args.sizes:
         theta, forcing = benchmark_inputs(n, seed=n)
+        theta, forcing = theta.to(device), forcing.to(torch.float64, device)
         u0, s0 = _cpu()
         t0 = time.perf_counter()
         fast_chunks = [(slice(0, n), prepare_forcing(forcing))]
@@ -101,7 +111,7 @@ def main() -> None:
             row[key], cpu[key] = _rate(n, lambda: _run(theta, chunks, method, bwd), min_time=min_time)
         rows.append(row)
 
-    print(f"CLM5 steady state, float64, {args.threads} threads (sites per second; higher is better)")
+    print(f"CLM5 steady state, float64, {args.threads} threads, {device} (sites per second; higher is better)")
     print(f"{'sites':>7} {'dense fwd':>10} {'fast fwd':>10} {'speedup':>8} {'dense f+b':>10} {'fast f+b':>10} {'speedup':>8} {'prepare':>10} {'max rel diff':>13}")
     for r in rows:
         print(
@@ -127,6 +137,7 @@ def main() -> None:
             "max_rel_diff": max_rel,
             "cpu_s": big["cpu_s"],
             "allocator": allocator.describe(),
+            "device": str(device),
             "by_size": rows,
         }))
 

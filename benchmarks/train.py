@@ -2,9 +2,18 @@
 
 Builds a small synthetic twin in a temporary folder, sets up fold 0 of the default KAN run
 and times full training epochs (mini-batches: encoder, solver forward+backward, AdamW step)
-with each solver on the same data and initial weights.
+with each solver on the same data and initial weights; ``solver_fwdbwd_s_per_1k`` is the
+structured solver's own forward+backward on the same batches (θ from the encoder, detached), so
+``overhead_ratio`` = epoch time ÷ that is what the training loop adds around the solver.
 
-    python benchmarks/train.py [--json] [--sites 1000] [--epochs 2] [--threads 2]
+Then (unless ``--skip-retrieval``) the 5-fold KAN retrieval as ``make demo`` runs it:
+``socmap train`` with the defaults on the default synthetic twin (built in the temporary
+folder, or ``--twin DIR``), timed end to end (``retrieval_5fold_s``) with its held-out skill
+and parameter recovery (R² per learned parameter), so that a speed-up can be checked to leave
+the recovery unchanged. ``--profile`` prints a cProfile table of one training epoch.
+
+    python benchmarks/train.py [--json] [--sites 1000] [--epochs 2] [--threads 1] [--device cpu]
+                               [--skip-retrieval] [--twin data/synthetic] [--profile]
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import numpy as np
 import torch
 
 from socmap.data.synthetic import SynthConfig, write_synthetic
+from socmap.devices import DeviceError, resolve_device, torch_threads
 from socmap.splits import make_folds
 from socmap.train import load_sites
 from socmap.train_config import load_config
@@ -40,40 +50,120 @@ def _epoch_seconds(trainer: HybridTrainer, epochs: int) -> float:
     return (time.perf_counter() - start) / epochs
 
 
+def _solver_seconds(trainer: HybridTrainer) -> float:
+    """Seconds of the structured solver's own forward+backward over one epoch's batches (θ from the
+    encoder, detached: encoder, observation operator, loss terms and optimiser excluded)."""
+    from socmap.clm5 import steady_state
+    from socmap.clm5.parameters import to_physical
+
+    cfg = trainer.config
+    order = trainer.fold.train[np.random.default_rng(0).permutation(len(trainer.fold.train))]
+    total = 0.0
+    for s in range(0, len(order), cfg.batch_size):
+        t = torch.as_tensor(order[s : s + cfg.batch_size], device=trainer.device)
+        with torch.no_grad():
+            theta = to_physical(trainer.model(trainer.x[t]).to(torch.float64))
+        prepared = trainer.prepared.subset(t)
+        start = time.perf_counter()
+        th = theta.clone().requires_grad_(True)
+        x = steady_state(th, prepared, check=False, check_bounds_=False)
+        torch.log(x[:, 4:7].sum(1).clamp_min(1e-30)).sum().backward()
+        total += time.perf_counter() - start
+    return total
+
+
+def _profile_epoch(trainer: HybridTrainer, rows: int = 30) -> None:
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    _epoch_seconds(trainer, 1)
+    prof.disable()
+    pstats.Stats(prof).sort_stats("cumulative").print_stats(rows)
+    pstats.Stats(prof).sort_stats("tottime").print_stats(rows)
+
+
+def retrieval(base: Path, twin: Path | None, device: str) -> dict:
+    """``socmap train`` with the defaults on the default twin (as ``make demo``): wall seconds and recovery."""
+    from socmap.train import train
+
+    data_dir = twin if twin is not None else base / "twin"
+    t = time.perf_counter()
+    if twin is None:
+        write_synthetic(data_dir, SynthConfig(), progress=False)
+    build_s = time.perf_counter() - t
+    t = time.perf_counter()
+    record = train(load_config(data_dir=str(data_dir), device=device), base / "retrieval", progress=False)
+    seconds = time.perf_counter() - t
+    mean = record["metrics"]["cv"]["mean"]
+    return {"retrieval_5fold_s": round(seconds, 1), "retrieval_twin_build_s": round(build_s, 1),
+            "retrieval_nse": round(mean["nse"], 4), "retrieval_nse_log": round(mean["nse_log"], 4),
+            "retrieval_param_r2": {k: round(v["r2"], 4) for k, v in record["metrics"].get("param_recovery", {}).items()}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sites", type=int, default=1000)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: what `socmap train` uses on a CPU)")
+    ap.add_argument("--compare-threads", type=int, nargs="*", default=[1, 2],
+                    help="also time the structured epoch on these thread counts (same run)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--device", default="cpu", help="auto | cpu | cuda (socmap.devices); default cpu")
+    ap.add_argument("--skip-retrieval", action="store_true", help="per-epoch figures only (quick)")
+    ap.add_argument("--twin", type=Path, default=None, help="an existing default twin for the retrieval (default: build one)")
+    ap.add_argument("--profile", action="store_true", help="print a cProfile table of one structured epoch")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    try:
+        device = resolve_device(args.device)
+    except DeviceError as exc:
+        ap.error(str(exc))
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
         write_synthetic(data_dir, SynthConfig(resolution_deg=0.5, n_sites=args.sites, seed=0))
         cfg = load_config(data_dir=str(data_dir), batch_size=args.batch_size)
         data = load_sites(cfg)
         fold = make_folds(data.lon, data.lat, cfg.folds, cfg.split, cfg.seed)[0]
-        fast = HybridTrainer(cfg, data, fold, Path(tmp) / "fast", torch.device("cpu"))
-        dense = HybridTrainer(cfg, data, fold, Path(tmp) / "dense", torch.device("cpu"))
+        fast = HybridTrainer(cfg, data, fold, Path(tmp) / "fast", device)
+        dense = HybridTrainer(cfg, data, fold, Path(tmp) / "dense", device)
         dense.model.load_state_dict(copy.deepcopy(fast.model.state_dict()))
         dense.model.solver_method = "dense"
         _epoch_seconds(fast, 1)  # warm-up
         t_fast = _epoch_seconds(fast, args.epochs)
+        t_solver = min(_solver_seconds(fast) for _ in range(2))
+        if args.profile:
+            _profile_epoch(fast)
         t_dense = _epoch_seconds(dense, 1)
-    per_1k = 1000.0 / len(fold.train)
-    result = {
-        "train_sites": len(fold.train),
-        "batch_size": args.batch_size,
-        "fast_s_per_epoch_per_1k": t_fast * per_1k,
-        "dense_s_per_epoch_per_1k": t_dense * per_1k,
-        "speedup": t_dense / t_fast,
-    }
+        per_1k = 1000.0 / len(fold.train)
+        by_threads = {}  # the structured epoch on other thread counts, alternating, in this same run
+        for n in args.compare_threads:
+            with torch_threads(n):
+                by_threads[n] = min(_epoch_seconds(fast, 1) for _ in range(2)) * per_1k
+        result = {
+            "train_sites": len(fold.train),
+            "batch_size": args.batch_size,
+            "device": str(device),
+            "fast_s_per_epoch_per_1k": t_fast * per_1k,
+            "dense_s_per_epoch_per_1k": t_dense * per_1k,
+            "speedup": t_dense / t_fast,
+            "solver_fwdbwd_s_per_1k": t_solver * per_1k,
+            "overhead_ratio": t_fast / t_solver,
+            "threads": args.threads,
+            "fast_s_per_epoch_per_1k_by_threads": by_threads,
+        }
+        if not args.skip_retrieval:
+            result.update(retrieval(Path(tmp), args.twin, args.device))
     print(f"training epoch, {len(fold.train)} training sites, batch {args.batch_size}, {args.threads} threads")
     print(f"  structured solver: {result['fast_s_per_epoch_per_1k']:.3f} s per epoch per 1,000 sites")
     print(f"  dense solver:      {result['dense_s_per_epoch_per_1k']:.3f} s per epoch per 1,000 sites")
     print(f"  speedup:           {result['speedup']:.1f}x")
+    print(f"  solver alone:      {result['solver_fwdbwd_s_per_1k']:.3f} s per 1,000 sites (fwd+bwd; epoch = {result['overhead_ratio']:.1f}x that)")
+    if "retrieval_5fold_s" in result:
+        print(f"  5-fold retrieval:  {result['retrieval_5fold_s']:.0f} s (`socmap train` defaults), NSE {result['retrieval_nse']:.3f}, "
+              f"param R² {result['retrieval_param_r2']}")
     if args.json:
         print(json.dumps(result))
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from socmap import store as S
+from socmap.stages import StageClock, maybe_stage
 
 #: Key of SOC at the requested depths in :attr:`CellPrediction.values` (not a store variable).
 SOC_AT_DEPTH = "soc_at_depth"
@@ -48,28 +49,32 @@ class CellPrediction:
     soc_models: np.ndarray | None = None
 
 
-def _solve(theta, prepared, method: str, bounds: bool, diagnostics: bool) -> dict[str, Any]:
+def _solve(theta, prepared, method: str, bounds: bool, diagnostics: bool, clock: StageClock | None = None,
+           stage: str = "solve") -> dict[str, Any]:
     """SOC, stocks, (diagnostics) and θ columns of one solve, as torch tensors keyed by store name."""
     from socmap.clm5 import bulk_diagnostics, soc_nodes, standard_stocks, steady_state
     from socmap.clm5.diagnostics import DIAGNOSTICS
     from socmap.clm5.parameters import NAMES
 
     # non-finite cells come back as NaN and are counted by the caller; the solver's warning is noise here
-    with warnings.catch_warnings(record=True):
+    with maybe_stage(clock, stage), warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
-        pools = steady_state(theta, prepared, method=method, check_bounds_=bounds, check=False)
-    soc = soc_nodes(pools)
-    out: dict[str, Any] = {"soc": soc, **standard_stocks(soc)}
+        pools, ops = steady_state(theta, prepared, method=method, check_bounds_=bounds, check=False, return_operators=True)
+    with maybe_stage(clock, "stocks"):
+        soc = soc_nodes(pools)
+        out: dict[str, Any] = {"soc": soc, **standard_stocks(soc)}
     if diagnostics:
-        diag = bulk_diagnostics(theta, prepared, pools)
-        out.update({d: diag[d] for d in DIAGNOSTICS})
+        with maybe_stage(clock, "diagnostics"):
+            diag = bulk_diagnostics(theta, prepared, pools, ops)  # the solve's operators, not built again
+            out.update({d: diag[d] for d in DIAGNOSTICS})
     out.update({name: theta[:, j] for j, name in enumerate(NAMES)})
     return out
 
 
 def predict_cells(models: Sequence, covariates: np.ndarray, forcing, *, ensemble: bool = False,
                   per_model: bool = False, default: bool = True, diagnostics: bool = True,
-                  method: str = "structured", depth_m: np.ndarray | None = None) -> CellPrediction:
+                  method: str = "structured", depth_m: np.ndarray | None = None,
+                  device: str | None = None, clock: StageClock | None = None) -> CellPrediction:
     """SOC per layer, stocks, θ and diagnostics at N cells or sites from a run's fold models.
 
     Parameters
@@ -95,6 +100,13 @@ def predict_cells(models: Sequence, covariates: np.ndarray, forcing, *, ensemble
     depth_m : ndarray [N, D], optional
         Also SOC at these depths (m; NaN gives NaN): interpolated between the nodes of the
         hybrid's profile, evaluated directly by a baseline.
+    device : str, optional
+        Where the encoder and the solves run (``"cpu"``, ``"cuda"``, ``"auto"``; resolved by
+        :func:`socmap.devices.resolve_device`); default: where the models are. Results come
+        back as NumPy arrays either way.
+    clock : StageClock, optional
+        Adds the seconds of the stages ``prepare``, ``encoder``, ``solve``, ``stocks``,
+        ``diagnostics`` and ``solve_default`` (:mod:`socmap.stages`).
 
     Returns
     -------
@@ -103,6 +115,7 @@ def predict_cells(models: Sequence, covariates: np.ndarray, forcing, *, ensemble
     import torch
 
     from socmap.baselines import BaselineModel
+    from socmap.devices import model_device, resolve_device
 
     if models and isinstance(models[0], BaselineModel):
         return _predict_baseline(models, covariates, forcing, ensemble=ensemble, per_model=per_model, default=default,
@@ -112,43 +125,59 @@ def predict_cells(models: Sequence, covariates: np.ndarray, forcing, *, ensemble
     from socmap.clm5.forcing import Forcing
     from socmap.clm5.parameters import NAMES, to_physical
 
-    prepared = prepare_forcing(forcing) if isinstance(forcing, Forcing) else forcing
     n = covariates.shape[0]
-    x = torch.as_tensor(covariates, dtype=torch.float32)
-    values: dict[str, np.ndarray] = {}
+    dev = resolve_device(device) if device is not None else model_device(models[0])
+    models = [m.to(dev) for m in models]
+    with maybe_stage(clock, "prepare"):
+        if isinstance(forcing, Forcing):
+            prepared = prepare_forcing(forcing.to(torch.float64, dev))
+        else:
+            prepared = forcing.to(dev)
+    x = torch.as_tensor(covariates, dtype=torch.float32, device=dev)
+    values: dict[str, Any] = {}
     soc_models = None
     with torch.no_grad():
-        ps = torch.stack([m(x).to(torch.float64) for m in models])  # [K, N, 21]
-        members = ([_solve(to_physical(ps[k]), prepared, method, True, diagnostics) for k in range(ps.shape[0])]
+        with maybe_stage(clock, "encoder"):
+            ps = torch.stack([m(x).to(torch.float64) for m in models])  # [K, N, 21]
+        members = ([_solve(to_physical(ps[k]), prepared, method, True, diagnostics, clock) for k in range(ps.shape[0])]
                    if ensemble or per_model else None)
         if ensemble:
             for key in members[0]:
                 stack = torch.stack([m[key] for m in members])
-                values[key] = stack.mean(0).numpy()
+                values[key] = stack.mean(0)
                 if key in (S.SOC, *S.STOCKS, *NAMES):
-                    values[key + S.STD_SUFFIX] = stack.std(0, correction=1).numpy()
+                    values[key + S.STD_SUFFIX] = stack.std(0, correction=1)
         else:
-            values = {k: v.numpy() for k, v in _solve(to_physical(ps.mean(0)), prepared, method, True, diagnostics).items()}
+            values = _solve(to_physical(ps.mean(0)), prepared, method, True, diagnostics, clock)
         if members is not None:
-            soc_models = torch.stack([m[S.SOC] for m in members]).numpy()
+            soc_models = _numpy(torch.stack([m[S.SOC] for m in members]))
         if default:
-            _add_default(values, prepared, n, method)
+            _add_default(values, prepared, n, method, clock)
         if depth_m is not None:
             from socmap.clm5 import interpolate_to_depths
 
-            values[SOC_AT_DEPTH] = interpolate_to_depths(torch.as_tensor(values[S.SOC], dtype=torch.float64),
-                                                         torch.as_tensor(depth_m, dtype=torch.float64)).numpy()
-    return CellPrediction(values=values, p_models=ps.numpy(), soc_models=soc_models)
+            values[SOC_AT_DEPTH] = interpolate_to_depths(values[S.SOC], torch.as_tensor(depth_m, dtype=torch.float64, device=dev))
+    return CellPrediction(values={k: _numpy(v) for k, v in values.items()}, p_models=_numpy(ps), soc_models=soc_models)
 
 
-def _add_default(values: dict[str, np.ndarray], prepared, n: int, method: str) -> None:
+def _numpy(t) -> np.ndarray:
+    """A result tensor (on any device) as a NumPy array."""
+    return t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
+
+
+def _add_default(values: dict[str, Any], prepared, n: int, method: str, clock: StageClock | None = None) -> None:
     """The CLM5-default stocks and this run's differences from them, added to ``values``."""
+    import torch
+
     from socmap.clm5.parameters import default_theta
 
-    dstocks = _solve(default_theta(n), prepared, method, False, False)
+    theta = default_theta(n).to(prepared.thawed.device)
+    dstocks = _solve(theta, prepared, method, False, False, clock, stage="solve_default")
     for k in S.STOCKS:
-        values[S.DEFAULT_PREFIX + k] = dstocks[k].numpy()
-        values[S.DIFF_DEFAULT_PREFIX + k] = values[k] - values[S.DEFAULT_PREFIX + k]
+        default = dstocks[k]
+        hybrid = values[k] if isinstance(values[k], torch.Tensor) else torch.as_tensor(values[k])
+        values[S.DEFAULT_PREFIX + k] = default
+        values[S.DIFF_DEFAULT_PREFIX + k] = hybrid.to(default.device) - default
 
 
 def _predict_baseline(models: Sequence, covariates: np.ndarray, forcing, *, ensemble: bool, per_model: bool,
@@ -180,5 +209,5 @@ def _predict_baseline(models: Sequence, covariates: np.ndarray, forcing, *, ense
             _add_default(values, prepared, n, method)
     if depth_m is not None:
         values[SOC_AT_DEPTH] = np.mean([m.soc_at(covariates, depth_m) for m in models], axis=0)
-    return CellPrediction(values=values, p_models=np.zeros((len(models), n, 0)),
+    return CellPrediction(values={k: _numpy(v) for k, v in values.items()}, p_models=np.zeros((len(models), n, 0)),
                           soc_models=socs if (per_model or ensemble) else None)

@@ -10,13 +10,51 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
-from socmap.train_config import load_config, option_help
+#: Commands built only when they are run or their own help is asked for: ``socmap train`` takes
+#: its options from :class:`socmap.train_config.TrainConfig`, whose import pulls in torch (~1.3 s),
+#: which ``socmap --help`` and the other commands' start-up should not pay.
+_LAZY_COMMANDS: dict[str, str] = {}  # name -> the builder function's name in this module
+
+
+class _LazyGroup(TyperGroup):
+    """The ``socmap`` group: lists lazy commands by their one-line summary without building them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._built: dict[str, Any] = {}
+        self._listing = False
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = list(super().list_commands(ctx))
+        return names + [n for n in _LAZY_COMMANDS if n not in names]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name not in _LAZY_COMMANDS:
+            return super().get_command(ctx, cmd_name)
+        if cmd_name not in self._built:
+            builder = globals()[_LAZY_COMMANDS[cmd_name]]
+            if self._listing:  # the group's help only needs the summary line
+                import click
+
+                return click.Command(cmd_name, help=builder.__doc__, short_help=builder.__doc__.split("\n")[0])
+            self._built[cmd_name] = builder()
+        return self._built[cmd_name]
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
 
 app = typer.Typer(
     help="socmap: soil organic carbon maps from a differentiable CLM5 model with learned parameters.",
     no_args_is_help=True,
     add_completion=False,
+    cls=_LazyGroup,
 )
 console = Console()
 
@@ -130,6 +168,7 @@ def demo(
     import time as _time
 
     from socmap.mapping import MapOptions, map_run, summary_lines
+    from socmap.train_config import load_config
 
     t0 = _time.perf_counter()
     steps: list[tuple[str, str, float, float]] = []
@@ -251,77 +290,94 @@ def _use_catalog(path: Path | None) -> None:
 def _config_option(field: str) -> Any:
     """A ``socmap train`` flag for the TrainConfig field ``field``: None unless given (the config
     file's value or TrainConfig's default applies), help text and default shown from the field."""
+    from socmap.train_config import option_help
+
     return typer.Option(None, "--" + field.replace("_", "-"), help=option_help(field), show_default=False)
 
 
-@app.command()
-def train(
-    out: Path = typer.Option(Path("runs/synthetic-kan"), "--out", help="Run folder (config, checkpoints, run.json)."),
-    config: Path | None = typer.Option(None, "--config", help="YAML file of training options (CLI flags override it)."),
-    data: str | None = _config_option("data"),
-    data_dir: Path | None = _config_option("data_dir"),
-    encoder: str | None = _config_option("encoder"),
-    params: str | None = _config_option("params"),
-    folds: int | None = _config_option("folds"),
-    split: str | None = _config_option("split"),
-    epochs: int | None = _config_option("epochs"),
-    lr: float | None = _config_option("lr"),
-    loss: str | None = _config_option("loss"),
-    seed: int | None = _config_option("seed"),
-    device: str | None = _config_option("device"),
-    profiles: str | None = _config_option("profiles"),
-    columns: Path | None = _config_option("columns"),
-    cube_resolution: float | None = _config_option("cube_resolution"),
-    catalog: Path | None = _catalog_option(),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
-) -> None:
+def _train_command() -> Any:
     """Train the hybrid model (or a baseline) with spatial cross-validation.
 
-    Missing data are built first: the synthetic twin (data/synthetic), or the real covariate cube
-    for --data real-conus / --profiles FILE (a horizon table in any layout, read and checked as by
-    `socmap profiles check`). The load report (rows kept, dropped by reason) goes into run.json.
+    Builds the ``socmap train`` command (see :class:`_LazyGroup`): its flags and their help come
+    from TrainConfig (one place for every default), imported here rather than with this module.
     """
-    from socmap.data.realcube import RealDataMissing
-    from socmap.train import train as run_training
+    from socmap.train_config import load_config
 
-    try:
-        _use_catalog(catalog)
-        cfg = load_config(
-            config, data=data, data_dir=str(data_dir) if data_dir else None, encoder=encoder, params=params,
-            folds=folds, split=split, epochs=epochs, lr=lr, loss=loss, seed=seed, device=device,
-            profiles=profiles, columns=str(columns) if columns else None, cube_resolution=cube_resolution,
-        )
-        record = run_training(cfg, out, resume=resume)
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, RealDataMissing) as exc:
-        report = getattr(exc, "report", None)
-        if report is not None:
-            from socmap.cli_profiles import _print_report
+    sub = typer.Typer(add_completion=False)
 
-            _print_report(report)
-        raise _fail(exc, 3 if isinstance(exc, RealDataMissing) else 2) from None
-    if "load_report" in record:
-        _print_load_report(record["load_report"])
-    m = record["metrics"]
-    table = Table(title=f"run {out}: held-out skill ({cfg.split}, {cfg.folds} folds)")
-    for col in ("fold", "NSE", "NSE (log)", "RMSE g C m-3", "r"):
-        table.add_column(col)
-    for f in m["cv"]["folds"]:
-        table.add_row(str(f["fold"]), f"{f['nse']:.3f}", f"{f['nse_log']:.3f}", f"{f['rmse']:.0f}", f"{f['r']:.3f}")
-    mean = m["cv"]["mean"]
-    table.add_row("mean", f"{mean['nse']:.3f}", f"{mean['nse_log']:.3f}", f"{mean['rmse']:.0f}", f"{mean['r']:.3f}")
-    console.print(table)
-    if "param_recovery" in m:
-        rec = Table(title="parameter recovery on held-out sites")
-        for col in ("parameter", "R²", "r"):
-            rec.add_column(col)
-        for name, v in m["param_recovery"].items():
-            rec.add_row(name, f"{v['r2']:.3f}", f"{v['corr']:.3f}")
-        console.print(rec)
-    if "cv_measured_bd" in m and "pooled" in m["cv_measured_bd"]:
-        mb = m["cv_measured_bd"]
-        console.print(f"measured bulk density only ({mb['n_obs']} obs; {mb['n_obs_bd_estimated']} with a pedotransfer "
-                      f"estimate left out): pooled NSE {mb['pooled']['nse']:.3f}, NSE(log) {mb['pooled']['nse_log']:.3f}")
-    console.print(f"wrote {out / 'run.json'} in {record['timing']['total_s']:.0f} s")
+    @sub.command("train")
+    def train(
+        out: Path = typer.Option(Path("runs/synthetic-kan"), "--out", help="Run folder (config, checkpoints, run.json)."),
+        config: Path | None = typer.Option(None, "--config", help="YAML file of training options (CLI flags override it)."),
+        data: str | None = _config_option("data"),
+        data_dir: Path | None = _config_option("data_dir"),
+        encoder: str | None = _config_option("encoder"),
+        params: str | None = _config_option("params"),
+        folds: int | None = _config_option("folds"),
+        split: str | None = _config_option("split"),
+        epochs: int | None = _config_option("epochs"),
+        lr: float | None = _config_option("lr"),
+        loss: str | None = _config_option("loss"),
+        seed: int | None = _config_option("seed"),
+        device: str | None = _config_option("device"),
+        profiles: str | None = _config_option("profiles"),
+        columns: Path | None = _config_option("columns"),
+        cube_resolution: float | None = _config_option("cube_resolution"),
+        catalog: Path | None = _catalog_option(),
+        resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+    ) -> None:
+        """Train the hybrid model (or a baseline) with spatial cross-validation.
+
+        Missing data are built first: the synthetic twin (data/synthetic), or the real covariate cube
+        for --data real-conus / --profiles FILE (a horizon table in any layout, read and checked as by
+        `socmap profiles check`). The load report (rows kept, dropped by reason) goes into run.json.
+        """
+        from socmap.data.realcube import RealDataMissing
+        from socmap.train import train as run_training
+
+        try:
+            _use_catalog(catalog)
+            cfg = load_config(
+                config, data=data, data_dir=str(data_dir) if data_dir else None, encoder=encoder, params=params,
+                folds=folds, split=split, epochs=epochs, lr=lr, loss=loss, seed=seed, device=device,
+                profiles=profiles, columns=str(columns) if columns else None, cube_resolution=cube_resolution,
+            )
+            record = run_training(cfg, out, resume=resume)
+        except (ValueError, FileNotFoundError, FileExistsError, PermissionError, RealDataMissing) as exc:
+            report = getattr(exc, "report", None)
+            if report is not None:
+                from socmap.cli_profiles import _print_report
+
+                _print_report(report)
+            raise _fail(exc, 3 if isinstance(exc, RealDataMissing) else 2) from None
+        if "load_report" in record:
+            _print_load_report(record["load_report"])
+        m = record["metrics"]
+        table = Table(title=f"run {out}: held-out skill ({cfg.split}, {cfg.folds} folds)")
+        for col in ("fold", "NSE", "NSE (log)", "RMSE g C m-3", "r"):
+            table.add_column(col)
+        for f in m["cv"]["folds"]:
+            table.add_row(str(f["fold"]), f"{f['nse']:.3f}", f"{f['nse_log']:.3f}", f"{f['rmse']:.0f}", f"{f['r']:.3f}")
+        mean = m["cv"]["mean"]
+        table.add_row("mean", f"{mean['nse']:.3f}", f"{mean['nse_log']:.3f}", f"{mean['rmse']:.0f}", f"{mean['r']:.3f}")
+        console.print(table)
+        if "param_recovery" in m:
+            rec = Table(title="parameter recovery on held-out sites")
+            for col in ("parameter", "R²", "r"):
+                rec.add_column(col)
+            for name, v in m["param_recovery"].items():
+                rec.add_row(name, f"{v['r2']:.3f}", f"{v['corr']:.3f}")
+            console.print(rec)
+        if "cv_measured_bd" in m and "pooled" in m["cv_measured_bd"]:
+            mb = m["cv_measured_bd"]
+            console.print(f"measured bulk density only ({mb['n_obs']} obs; {mb['n_obs_bd_estimated']} with a pedotransfer "
+                          f"estimate left out): pooled NSE {mb['pooled']['nse']:.3f}, NSE(log) {mb['pooled']['nse_log']:.3f}")
+        console.print(f"wrote {out / 'run.json'} in {record['timing']['total_s']:.0f} s")
+
+    return typer.main.get_command(sub)
+
+
+_LAZY_COMMANDS["train"] = "_train_command"
 
 
 def _print_load_report(report: dict) -> None:
@@ -348,6 +404,11 @@ def _allow_partial_option() -> Any:
                         "damaged (recorded in the output); without it such a run is an error.")
 
 
+def _device_option() -> Any:
+    return typer.Option("auto", "--device", help="Where the encoder and solver run: auto (a CUDA GPU when there "
+                        "is one, else the CPU) | cpu | cuda | cuda:N.")
+
+
 @app.command()
 def predict(
     run: Path = typer.Option(..., "--run", help="A finished run folder (runs/NAME): hybrid or baseline (rf, nn)."),
@@ -356,13 +417,15 @@ def predict(
     batch_size: int = typer.Option(8192, "--batch-size", help="Points per batch (memory grows with it, not with the file)."),
     allow_partial: bool = _allow_partial_option(),
     skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help="Rows with missing or out-of-range values get a status instead of stopping the run."),
+    device: str = _device_option(),
 ) -> None:
     """SOC (and, for a hybrid run, parameters) at points, from the run's fold ensemble and covariate cube."""
     from socmap.predict import PointsError, predict_file
     from socmap.runs import RunError
 
     try:
-        record = predict_file(run, points, out, batch=batch_size, allow_partial=allow_partial, skip_bad_rows=skip_bad_rows)
+        record = predict_file(run, points, out, batch=batch_size, allow_partial=allow_partial, skip_bad_rows=skip_bad_rows,
+                              device=device)
     except (PointsError, RunError, ValueError, FileNotFoundError, PermissionError) as exc:
         raise _fail(exc) from None
     counts = record["status_counts"]
@@ -384,6 +447,7 @@ def map_(
     workers: int | None = typer.Option(None, "--workers", help="LocalCluster worker processes (default: CPU count)."),
     method: str = typer.Option("structured", "--method", help="Steady-state solver: structured (fast) | dense (reference)."),
     allow_partial: bool = _allow_partial_option(),
+    device: str = _device_option(),
 ) -> None:
     """Map a trained run (hybrid or baseline) over the grid into its Zarr run store (resumable; see socmap.mapping)."""
     from socmap.mapping import MappingError, map_run, summary_lines
@@ -393,7 +457,7 @@ def map_(
     try:
         record = map_run(run, resolution=resolution, chunks=chunks, scheduler=scheduler, ensemble=ensemble,
                          compare=str(compare) if compare else None, workers=workers, method=method,
-                         allow_partial=allow_partial)
+                         allow_partial=allow_partial, device=device)
     except (MappingError, StoreError, RunError, FileNotFoundError, ValueError) as exc:
         raise _fail(exc) from None
     except KeyboardInterrupt as exc:

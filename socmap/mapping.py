@@ -56,6 +56,7 @@ from socmap.data.cube import (
 )
 from socmap.fsutil import probe_writable, swap_into_place, write_atomic
 from socmap.kan_curves import write_kan_curves
+from socmap.stages import StageClock, sum_stages
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class ChunkJob:
     single_thread: bool = False
     hybrid: bool = True  # False: a baseline run (no parameter or diagnostic variables)
     allow_partial: bool = False  # the driver mapped a partial ensemble (socmap.runs.open_run)
+    device: str = "cpu"  # resolved on the worker (socmap.devices.resolve_device)
 
     @property
     def key(self) -> str:
@@ -121,7 +123,9 @@ def _cached_cube(path: str, lazy_numpy: bool = False):
 
 
 def map_chunk(job: ChunkJob) -> dict[str, Any]:
-    """Compute one window and write it into the store; returns counts and stage timings."""
+    """Compute one window and write it into the store; returns counts and the per-stage seconds
+    (:class:`socmap.stages.StageClock` table: read, covariates, forcing, prepare, encoder, solve,
+    stocks, diagnostics, solve_default, assemble, write)."""
     import torch
     import zarr
 
@@ -130,57 +134,57 @@ def map_chunk(job: ChunkJob) -> dict[str, Any]:
     t0 = time.perf_counter()
     if job.single_thread:
         torch.set_num_threads(1)
-    timings = {"read": 0.0, "forcing": 0.0, "model": 0.0, "write": 0.0}
-    cube = _cached_cube(job.cube_path, True)
-    names = list(job.covariates)
-    win = cube[[*names, *CLIMATE_VARS]].isel(y=slice(job.y0, job.y1), x=slice(job.x0, job.x1)).load()
+    clock = StageClock()
+    with clock.stage("read"):
+        cube = _cached_cube(job.cube_path, True)
+        names = list(job.covariates)
+        win = cube[[*names, *CLIMATE_VARS]].isel(y=slice(job.y0, job.y1), x=slice(job.x0, job.x1)).load()
     ny, nx = job.y1 - job.y0, job.x1 - job.x0
-    land = np.asarray(win["land_mask"].values, dtype=bool)
-    cov = np.stack([np.asarray(win[c].values, dtype=np.float64) for c in names], -1) if names else np.zeros((ny, nx, 0))
-    valid = land & np.isfinite(cov).all(-1) & climate_ok(win)
-    iy, ix = np.nonzero(valid)
-    timings["read"] = time.perf_counter() - t0
-
-    specs = S.variable_specs(names, ensemble=job.ensemble, compare=job.compare_store is not None, parameters=job.hybrid)
-    arrays: dict[str, np.ndarray] = {}
-    for name, spec in specs.items():
-        shape = (ny, nx, 20) if spec.layered else (ny, nx)
-        arrays[name] = np.full(shape, np.nan, dtype=np.float32) if spec.dtype == "float32" else np.zeros(shape, dtype=spec.dtype)
-    for j, c in enumerate(names):
-        arrays[c][valid] = cov[valid, j]
-    arrays[S.LAND_COVER][:] = np.where(land, np.nan_to_num(win["land_cover"].values), 0).astype(np.int16)
-    arrays[S.LAND_MASK][:] = land.astype(np.uint8)
+    with clock.stage("covariates"):
+        land = np.asarray(win["land_mask"].values, dtype=bool)
+        cov = np.stack([np.asarray(win[c].values, dtype=np.float64) for c in names], -1) if names else np.zeros((ny, nx, 0))
+        valid = land & np.isfinite(cov).all(-1) & climate_ok(win)
+        iy, ix = np.nonzero(valid)
+        cov_cells = cov[iy, ix]  # [N, C], gathered once (not per batch)
+        specs = S.variable_specs(names, ensemble=job.ensemble, compare=job.compare_store is not None, parameters=job.hybrid)
+        arrays: dict[str, np.ndarray] = {}
+        for name, spec in specs.items():
+            shape = (ny, nx, 20) if spec.layered else (ny, nx)
+            arrays[name] = np.full(shape, np.nan, dtype=np.float32) if spec.dtype == "float32" else np.zeros(shape, dtype=spec.dtype)
+        for j, c in enumerate(names):
+            arrays[c][iy, ix] = cov_cells[:, j]
+        arrays[S.LAND_COVER][:] = np.where(land, np.nan_to_num(win["land_cover"].values), 0).astype(np.int16)
+        arrays[S.LAND_MASK][:] = land.astype(np.uint8)
 
     failed = 0
     if iy.size:
-        models = load_models(job.run_dir, job.allow_partial)
+        with clock.stage("models"):
+            models = load_models(job.run_dir, job.allow_partial)
         for start in range(0, iy.size, job.batch):
             sl = slice(start, min(iy.size, start + job.batch))
-            t1 = time.perf_counter()
-            forcing = cell_forcing(win, iy[sl], ix[sl])
-            t2 = time.perf_counter()
-            res = predict_cells(models, cov[iy[sl], ix[sl]], forcing, ensemble=job.ensemble, method=job.method).values
-            t3 = time.perf_counter()
-            timings["forcing"] += t2 - t1
-            timings["model"] += t3 - t2
-            failed += int((~np.isfinite(res["soc_stock_0_100cm"])).sum())
-            for name, v in res.items():
-                arrays[name][iy[sl], ix[sl]] = v
+            with clock.stage("forcing"):
+                forcing = cell_forcing(win, iy[sl], ix[sl])
+            res = predict_cells(models, cov_cells[sl], forcing, ensemble=job.ensemble, method=job.method,
+                                device=job.device, clock=clock).values
+            with clock.stage("assemble"):
+                failed += int((~np.isfinite(res["soc_stock_0_100cm"])).sum())
+                for name, v in res.items():
+                    arrays[name][iy[sl], ix[sl]] = v
     if job.compare_store is not None:
-        other = _cached_cube(job.compare_store, True)
-        reg = dict(y=slice(job.y0, job.y1), x=slice(job.x0, job.x1))
-        for s in S.STOCKS:
-            arrays[S.DIFF_COMPARE_PREFIX + s][:] = arrays[s] - np.asarray(other[s].isel(**reg).values, dtype=np.float32)
+        with clock.stage("read"):
+            other = _cached_cube(job.compare_store, True)
+            reg = dict(y=slice(job.y0, job.y1), x=slice(job.x0, job.x1))
+            for s in S.STOCKS:
+                arrays[S.DIFF_COMPARE_PREFIX + s][:] = arrays[s] - np.asarray(other[s].isel(**reg).values, dtype=np.float32)
     delay = float(os.environ.get(_DELAY_ENV, "0") or 0)
     if delay > 0:
         time.sleep(delay)
-    t4 = time.perf_counter()
-    group = zarr.open_group(job.store_path, mode="r+")
-    for name, arr in arrays.items():
-        group[name][job.y0:job.y1, job.x0:job.x1, ...] = arr
-    timings["write"] = time.perf_counter() - t4
+    with clock.stage("write"):
+        group = zarr.open_group(job.store_path, mode="r+")
+        for name, arr in arrays.items():
+            group[name][job.y0:job.y1, job.x0:job.x1, ...] = arr
     return {"key": job.key, "cells": int(iy.size), "land": int(land.sum()), "failed": failed,
-            "timings": timings, "seconds": time.perf_counter() - t0}
+            "stages": clock.stages, "seconds": time.perf_counter() - t0}
 
 
 # ----------------------------------------------------------------------------------------
@@ -204,6 +208,7 @@ class MapOptions:
     stop_after: int | None = None  # test hook: raise MapInterrupted after N windows
     progress: bool = True
     allow_partial: bool = False  # map with the fold models that load (recorded in the store attrs)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (socmap.devices)
 
 
 @dataclass
@@ -226,6 +231,12 @@ def _check_options(opts: MapOptions) -> None:
         raise MappingError(f"--chunks must be >= 1, not {opts.chunks}")
     if opts.method not in ("structured", "dense"):
         raise MappingError(f"method must be 'structured' or 'dense', not {opts.method!r}")
+    from socmap.devices import DeviceError, check_device_name
+
+    try:
+        check_device_name(opts.device)
+    except DeviceError as exc:
+        raise MappingError(f"--device: {exc}") from exc
     try:
         check_scheduler_address(opts.scheduler)
     except SchedulerError as exc:
@@ -322,7 +333,7 @@ def _training_sites(run_dir: Path):
     return None
 
 
-def site_profiles(inputs: _Inputs, batch: int = 4096) -> S.SiteProfiles | None:
+def site_profiles(inputs: _Inputs, batch: int = 4096, device: str = "cpu") -> S.SiteProfiles | None:
     """Every fold model's SOC profile at each training site (the store's ``site`` variables).
 
     Covariates come from the run's ``sites.csv`` when it has them, else from the cube at the
@@ -352,14 +363,14 @@ def site_profiles(inputs: _Inputs, batch: int = 4096) -> S.SiteProfiles | None:
         for start in range(0, ok.size, batch):
             sl = slice(start, min(ok.size, start + batch))
             forcing = cell_forcing(cube, iy[sl], ix[sl], lat[ok[sl]])
-            res = predict_cells(models, cov[sl], forcing, per_model=True, default=False, diagnostics=False)
+            res = predict_cells(models, cov[sl], forcing, per_model=True, default=False, diagnostics=False, device=device)
             soc[ok[sl]] = res.soc_models.transpose(1, 0, 2)
     return S.SiteProfiles(site_id=sites["site_id"].astype(str).to_numpy(), lon_deg=lon, lat_deg=lat,
                           soc_fold_g_m3=soc, models=tuple(inputs.model_files))
 
 
 def _start_or_resume(inputs: _Inputs, opts: MapOptions, specs: dict[str, S.VarSpec], fingerprint: str,
-                     n_windows: int, timings: dict[str, float]) -> tuple[dict[str, Any], int]:
+                     n_windows: int, timings: dict[str, float], device: str = "cpu") -> tuple[dict[str, Any], int]:
     """The progress record of a resumable partial store, or a new template; ``(progress, resumed)``."""
     partial = inputs.partial
     progress = S.read_progress(partial) if partial.exists() else None
@@ -377,7 +388,10 @@ def _start_or_resume(inputs: _Inputs, opts: MapOptions, specs: dict[str, S.VarSp
         return progress, resumed
     shutil.rmtree(partial, ignore_errors=True)
     t = time.perf_counter()
-    sites = site_profiles(inputs, opts.batch)
+    from socmap.devices import torch_threads
+
+    with torch_threads(1):  # a few hundred sites: more threads only wait on each other on a busy machine
+        sites = site_profiles(inputs, opts.batch, device if opts.scheduler in (None, "synchronous") else "cpu")
     timings["sites"] = time.perf_counter() - t
     try:
         S.create_template(partial, inputs.cube, specs, opts.chunks, _store_attrs(inputs, opts), sites)
@@ -390,16 +404,58 @@ def _start_or_resume(inputs: _Inputs, opts: MapOptions, specs: dict[str, S.VarSp
 
 
 def _pending_jobs(inputs: _Inputs, opts: MapOptions, windows, progress: dict[str, Any], compare_store: str | None,
-                  single_thread: bool) -> list[ChunkJob]:
+                  single_thread: bool, device: str = "cpu") -> list[ChunkJob]:
+    """The windows still to do, largest land area first.
+
+    Largest first because the tasks are few and uneven (10 windows at 0.05° with the default
+    chunks, 0 to 65k land cells each): handed out in grid order, the last big window can start
+    when the other workers are nearly idle, and the run waits on it.
+    """
     jobs = [ChunkJob(idx, y0, y1, x0, x1, str(inputs.run_dir), str(inputs.cube_path), str(inputs.partial),
                      tuple(inputs.covariates), opts.ensemble, opts.method, compare_store, opts.batch, single_thread,
-                     hybrid=inputs.run.hybrid, allow_partial=opts.allow_partial)
+                     hybrid=inputs.run.hybrid, allow_partial=opts.allow_partial, device=device)
             for idx, y0, y1, x0, x1 in windows]
     jobs = [j for j in jobs if j.key not in progress["chunks_done"]]
+    land = np.asarray(inputs.cube["land_mask"].values, dtype=bool)
     if opts.max_chunks is not None:
-        land = np.asarray(inputs.cube["land_mask"].values, dtype=bool)
         jobs = [j for j in jobs if land[j.y0:j.y1, j.x0:j.x1].any()][: opts.max_chunks]
-    return jobs
+    return sorted(jobs, key=lambda j: -int(land[j.y0:j.y1, j.x0:j.x1].sum()))
+
+
+def warm_worker(run_dir: str, allow_partial: bool = False) -> float:
+    """Import torch and the solver and load the run's models in a worker; returns the seconds taken."""
+    t = time.perf_counter()
+    import torch  # noqa: F401
+
+    import socmap.cells  # noqa: F401
+    import socmap.clm5.solver  # noqa: F401
+
+    load_models(run_dir, allow_partial)
+    return time.perf_counter() - t
+
+
+def _warm_workers(client, run_dir: Path, allow_partial: bool) -> list:
+    """Start :func:`warm_worker` on every worker without waiting, so that the ~1–2 s of imports and
+    model loading per worker overlap the driver's site profiles and store template instead of
+    delaying each worker's first window. Returns the futures (kept alive until the chunks are done)."""
+    if client is None:
+        return []
+    workers = list(client.scheduler_info().get("workers", {}))
+    return [client.submit(warm_worker, str(run_dir), allow_partial, workers=[w], allow_other_workers=False, pure=False,
+                          key=f"warm-{i}-{os.getpid()}-{time.time_ns()}") for i, w in enumerate(workers)]
+
+
+def _job_device(opts: MapOptions) -> str:
+    """The device name the chunk tasks get: resolved here for a local run (so that ``cuda`` on a
+    machine without CUDA fails before any work), passed through for an existing cluster's workers."""
+    from socmap.devices import DeviceError, check_device_name, resolve_device
+
+    try:
+        if opts.scheduler and opts.scheduler != "synchronous":
+            return check_device_name(opts.device)
+        return str(resolve_device(opts.device))
+    except DeviceError as exc:
+        raise MappingError(str(exc)) from exc
 
 
 def map_run(run_dir: str | Path, opts: MapOptions | None = None, **kwargs: Any) -> dict[str, Any]:
@@ -416,19 +472,26 @@ def map_run(run_dir: str | Path, opts: MapOptions | None = None, **kwargs: Any) 
     fingerprint = _fingerprint(run_dir, inputs.cube_path, opts, inputs.covariates, inputs.model_files)
 
     # connect before touching the output, so an unreachable scheduler leaves nothing behind
+    device = _job_device(opts)
+    # one GPU: one worker process drives it (several would only contend for it)
+    n_workers = opts.workers or (1 if device.startswith("cuda") else None)
     t = time.perf_counter()
     try:
-        client, cluster = connect(opts.scheduler, opts.workers, len(windows))
+        client, cluster = connect(opts.scheduler, n_workers, len(windows))
     except SchedulerError as exc:
         raise MappingError(str(exc)) from exc
     timings["connect"] = time.perf_counter() - t
+    workers_used = len(client.scheduler_info().get("workers", {})) if client is not None else 1
+    warm = _warm_workers(client, run_dir, opts.allow_partial)
     try:
-        progress, resumed = _start_or_resume(inputs, opts, specs, fingerprint, len(windows), timings)
-        jobs = _pending_jobs(inputs, opts, windows, progress, compare_store, single_thread=client is not None)
+        progress, resumed = _start_or_resume(inputs, opts, specs, fingerprint, len(windows), timings, device)
+        jobs = _pending_jobs(inputs, opts, windows, progress, compare_store, single_thread=client is not None,
+                             device=device)
         t = time.perf_counter()
         stats = _run_jobs(jobs, client, inputs.partial, progress, opts)
         timings["chunks"] = time.perf_counter() - t
     finally:
+        del warm
         if client is not None:
             client.close()
         if cluster is not None:
@@ -445,7 +508,8 @@ def map_run(run_dir: str | Path, opts: MapOptions | None = None, **kwargs: Any) 
         write_kan_curves(inputs.run, inputs.store.parent, store=inputs.store)  # the dashboard's KAN curves (socmap.kan_curves)
         timings["finalise"] = time.perf_counter() - t
     record = _record(inputs, opts, stats, timings, complete=complete, resumed=resumed, n_windows=len(windows),
-                     out_size=out_size, seconds=time.perf_counter() - t_start, totals=totals)
+                     out_size=out_size, seconds=time.perf_counter() - t_start, totals=totals,
+                     workers_used=workers_used, device=device)
     if complete and opts.out is None:
         write_atomic(run_dir / S.MAP_RECORD, json.dumps(record, indent=1) + "\n")
     return record
@@ -481,23 +545,29 @@ def _open_partial(partial: Path):
 
 def _record(inputs: _Inputs, opts: MapOptions, stats: list[dict], timings: dict[str, float], *, complete: bool,
             resumed: int, n_windows: int, out_size: int, seconds: float,
-            totals: dict[str, Any] | None = None) -> dict[str, Any]:
+            totals: dict[str, Any] | None = None, workers_used: int = 1, device: str = "cpu") -> dict[str, Any]:
     """The ``map.json`` record: arguments, counts, timings and, for a complete store, the CONUS
     totals (:func:`socmap.totals.conus_totals`)."""
     cube = inputs.cube
     cells = sum(s["cells"] for s in stats)
-    stage = {k: round(sum(s["timings"][k] for s in stats), 3) for k in ("read", "forcing", "model", "write")}
+    stages = sum_stages(s["stages"] for s in stats)
+    busy = sum(s["seconds"] for s in stats)
     return {
         "command": "socmap map",
         "arguments": {"run": str(inputs.run_dir), "resolution": inputs.resolution, "chunks": opts.chunks,
                       "scheduler": opts.scheduler or "local", "ensemble": opts.ensemble, "compare": opts.compare,
-                      "workers": opts.workers, "method": opts.method},
+                      "workers": opts.workers, "method": opts.method, "device": opts.device},
         "store": str(inputs.store if complete else inputs.partial), "complete": complete,
         "grid": [cube.sizes["y"], cube.sizes["x"]], "land_cells": int(np.asarray(cube["land_mask"].values, dtype=bool).sum()),
         "chunks_total": n_windows, "chunks_run": len(stats),
         "chunks_resumed": resumed, "cells_mapped": cells, "cells_failed": sum(s["failed"] for s in stats),
         "seconds": round(seconds, 3), "cells_per_s": round(cells / timings["chunks"], 1) if timings.get("chunks") else None,
-        "output_bytes": out_size, "timings_s": {**{k: round(v, 3) for k, v in timings.items()}, "worker_stage_sums": stage},
+        "output_bytes": out_size,
+        # worker_stages: seconds summed over the chunk tasks (wall/user/sys per stage); task_seconds: the
+        # tasks' own wall time, so workers × chunk phase − task_seconds is the scheduling overhead and idle time
+        "timings_s": {**{k: round(v, 3) for k, v in timings.items()}, "worker_stages": stages,
+                      "task_seconds": round(busy, 3)},
+        "workers_used": workers_used, "device": device,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "totals": totals,
     }
@@ -577,15 +647,11 @@ def _run_jobs(jobs: list[ChunkJob], client, partial: Path, progress: dict[str, A
 
     try:
         if client is None:
-            import torch
+            from socmap.devices import torch_threads
 
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)  # one worker, one thread (as the cluster workers)
-            try:
+            with torch_threads(1):  # one worker, one thread (as the cluster workers)
                 for job in jobs:
                     done(map_chunk(job))
-            finally:
-                torch.set_num_threads(threads)
         else:
             from distributed import as_completed
 

@@ -112,7 +112,7 @@ def _raise_row_problems(problems: list[tuple[pd.Index, str]], path: str | Path, 
                           "--skip-bad-rows to predict the others (those rows get a status instead of values)")
 
 
-def _predict_block(run: Run, cube, out: pd.DataFrame) -> pd.DataFrame:
+def _predict_block(run: Run, cube, out: pd.DataFrame, device: str | None = None) -> pd.DataFrame:
     """Predict one block of points (columns lon, lat, depth_m already numeric) in place; returns it."""
     sample = sample_grid(cube, out["lon"].to_numpy(dtype=float), out["lat"].to_numpy(dtype=float))
     status = sample.status.astype(object)
@@ -131,28 +131,42 @@ def _predict_block(run: Run, cube, out: pd.DataFrame) -> pd.DataFrame:
         out[col] = np.nan
     if len(ok):
         forcing = cell_forcing(cube, sample.iy[ok], sample.ix[ok], lat[ok]) if run.hybrid else None
-        res = predict_cells(run.predictors, cov, forcing, default=False, diagnostics=False, depth_m=depth[ok, None]).values
+        res = predict_cells(run.predictors, cov, forcing, default=False, diagnostics=False, depth_m=depth[ok, None],
+                            device=device if run.hybrid else None).values
         out.loc[out.index[ok], "soc_g_m3"] = res[SOC_AT_DEPTH][:, 0]
         for col in columns[1:]:
             out.loc[out.index[ok], col] = res[col]
     return out
 
 
-def predict_points(run_dir: str | Path | Run, points: pd.DataFrame, *, allow_partial: bool = False) -> pd.DataFrame:
+def predict_points(run_dir: str | Path | Run, points: pd.DataFrame, *, allow_partial: bool = False,
+                   device: str = "auto") -> pd.DataFrame:
     """SOC (g C m-3) at each point's depth, stocks and, for a hybrid run, the 21 parameters.
 
     ``points`` has columns lon, lat (degrees) and depth_m (m); the result adds ``status``,
     ``soc_g_m3``, the stocks (kg C m-2) and (hybrid) one column per parameter (physical units),
     NaN where ``status`` is not ``"ok"``. Everything in one batch: for large files use
-    :func:`predict_file`.
+    :func:`predict_file`. ``device``: where the hybrid's encoder and solve run
+    (:func:`socmap.devices.resolve_device`).
     """
+    device = _device(device)
     run = run_dir if isinstance(run_dir, Run) else open_run(run_dir, allow_partial=allow_partial)
     cube = open_cube(run.data_dir / "cube.zarr")
-    out = _predict_block(run, cube, points.copy())
+    out = _predict_block(run, cube, points.copy(), device)
     n_bad = int((out["status"] != "ok").sum())
     if n_bad:
         log.warning("%d of %d points not predicted (see the status column)", n_bad, len(out))
     return out
+
+
+def _device(name: str) -> str:
+    """The resolved device name (:func:`socmap.devices.resolve_device`); a bad one is a :class:`PointsError`."""
+    from socmap.devices import DeviceError, resolve_device
+
+    try:
+        return str(resolve_device(name))
+    except DeviceError as exc:
+        raise PointsError(f"--device: {exc}") from None
 
 
 def check_output(path: str | Path) -> Path:
@@ -179,7 +193,8 @@ def _blocks(path: Path, batch: int) -> Iterator[pd.DataFrame]:
 
 
 def predict_file(run_dir: str | Path, points: str | Path, out: str | Path, *, batch: int = DEFAULT_BATCH,
-                 allow_partial: bool = False, skip_bad_rows: bool = False, progress: bool = True) -> dict[str, Any]:
+                 allow_partial: bool = False, skip_bad_rows: bool = False, progress: bool = True,
+                 device: str = "auto") -> dict[str, Any]:
     """``socmap predict``: points CSV -> output CSV, streamed in batches; returns the run record.
 
     Order: check the output path, open and check the run (:func:`socmap.runs.open_run`), check
@@ -187,9 +202,11 @@ def predict_file(run_dir: str | Path, points: str | Path, out: str | Path, *, ba
     a time, appending to a temporary file beside ``out`` that is renamed to ``out`` at the end
     (an error or Ctrl-C leaves no output). The record (also written to ``out`` + ``.json``) holds
     the run, encoder, fold models used, ``partial_ensemble``, status counts, seconds and points/s.
+    ``device`` (``auto``, ``cpu``, ``cuda``): where the hybrid's encoder and solve run.
     """
     from tqdm.auto import tqdm
 
+    device = _device(device)
     points, out = Path(points), check_output(out)
     if batch < 1:
         raise PointsError(f"--batch-size must be >= 1, not {batch}")
@@ -215,7 +232,7 @@ def predict_file(run_dir: str | Path, points: str | Path, out: str | Path, *, ba
             for k, block in enumerate(_blocks(points, batch)):
                 for c in REQUIRED:
                     block[c] = pd.to_numeric(block[c], errors="coerce")
-                res = _predict_block(run, cube, block)
+                res = _predict_block(run, cube, block, device)
                 for s, n in res["status"].value_counts().items():
                     counts[str(s)] = counts.get(str(s), 0) + int(n)
                 res.to_csv(tmp, mode="w" if k == 0 else "a", header=k == 0, index=False)
@@ -227,7 +244,7 @@ def predict_file(run_dir: str | Path, points: str | Path, out: str | Path, *, ba
         "command": "socmap predict", "run": str(Path(run_dir).resolve()), "encoder": run.encoder,
         "points_file": str(points.resolve()), "out": str(out.resolve()), "points": n_rows, "status_counts": counts,
         "fold_models": run.fold_models, "partial_ensemble": run.partial, "fold_models_missing": run.missing_models,
-        "batch": batch, "seconds": round(seconds, 3), "points_per_s": round(n_rows / seconds, 1) if seconds > 0 else None,
+        "batch": batch, "device": device, "seconds": round(seconds, 3), "points_per_s": round(n_rows / seconds, 1) if seconds > 0 else None,
     }
     from socmap.fsutil import write_atomic
 

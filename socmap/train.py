@@ -196,9 +196,9 @@ def load_sites(config: TrainConfig) -> SiteData:
 
 
 def _device(config: TrainConfig) -> torch.device:
-    if config.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(config.device)
+    from socmap.devices import resolve_device
+
+    return resolve_device(config.device)
 
 
 # ----------------------------------------------------------------------------------------
@@ -294,9 +294,13 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progres
     data = loaded.data
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "config.yaml", yaml.safe_dump(config.model_dump(), sort_keys=False))
-    if config.threads:
-        torch.set_num_threads(config.threads)
     device = _device(config)
+    # One thread on a CPU unless asked: mini-batches of ~128 sites gain nothing from more, and on
+    # a busy machine torch's threads wait on each other (5-fold retrieval 1502 s on 2 threads vs
+    # 119 s on 1, epochs 0.066 vs 1.07 s per 1k sites; benchmarks/train.py, issue 17).
+    threads = config.threads or (1 if device.type == "cpu" else None)
+    if threads:
+        torch.set_num_threads(threads)
     encoder = get_encoder(config.encoder)
 
     sim_all = np.full(data.soc_g_m3.shape, np.nan)

@@ -102,11 +102,9 @@ class TrainConfig(BaseModel):
     @field_validator("device")
     @classmethod
     def _known_device(cls, v: str) -> str:
-        import re
+        from socmap.devices import check_device_name
 
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v):
-            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, not {v!r}")
-        return v
+        return check_device_name(v)
 
     @model_validator(mode="after")
     def _folds_in_range(self) -> "TrainConfig":

@@ -250,7 +250,10 @@ def test_train_cli_options_are_trainconfig_fields_without_defaults_of_their_own(
     from socmap.cli import app
     from socmap.train_config import TrainConfig
 
-    command = typer.main.get_command(app).commands["train"]
+    import click
+
+    group = typer.main.get_command(app)
+    command = group.get_command(click.Context(group), "train")  # built on demand (socmap --help skips torch)
     run_options = {"out", "config", "resume", "catalog"}  # where and how to run, not what to train
     config_options = [p for p in command.params if p.name not in run_options]
     assert {p.name for p in config_options} >= {"data", "data_dir", "encoder", "params", "folds", "split", "epochs", "lr", "loss", "seed", "device"}

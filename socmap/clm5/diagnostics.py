@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from socmap.clm5 import grid
-from socmap.clm5.operators import DAYS_PER_YEAR, POOL_TAU, PreparedForcing, build_operators, _col
+from socmap.clm5.operators import DAYS_PER_YEAR, POOL_TAU, Operators, PreparedForcing, _col, build_operators
 
 #: name -> (units, long name); the order used on maps.
 DIAGNOSTICS: dict[str, tuple[str, str]] = {
@@ -23,10 +23,16 @@ DIAGNOSTICS: dict[str, tuple[str, str]] = {
 }
 
 
-def bulk_diagnostics(theta: torch.Tensor, prepared: PreparedForcing, pools: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The bulk-process diagnostics of docs/model.md §2.11 for each site, each [B]; plus ``residence_time_per_layer`` [B, 20] (yr m-1)."""
+def bulk_diagnostics(theta: torch.Tensor, prepared: PreparedForcing, pools: torch.Tensor,
+                     ops: Operators | None = None) -> dict[str, torch.Tensor]:
+    """The bulk-process diagnostics of docs/model.md §2.11 for each site, each [B]; plus ``residence_time_per_layer`` [B, 20] (yr m-1).
+
+    ``ops``: the operators of ``theta`` and ``prepared`` when the caller already has them
+    (:func:`~socmap.clm5.solver.steady_state` with ``return_operators``); built here otherwise.
+    """
     theta = theta.to(torch.float64)
-    ops = build_operators(theta, prepared)
+    if ops is None:
+        ops = build_operators(theta, prepared)
     x = pools.movedim(0, -1)  # [7, 20, B]
     dz = grid.grid_tensor("DZ_M", theta)[:, None]
     node = grid.grid_tensor("NODE_M", theta)[:, None]

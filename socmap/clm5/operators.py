@@ -84,16 +84,26 @@ class PreparedForcing:
 
     def subset(self, index: torch.Tensor | slice) -> "PreparedForcing":
         """Sites ``index`` (a slice, or an index tensor/array) of every field."""
-        if not isinstance(index, slice):
+        if isinstance(index, slice):
+            def take(t: torch.Tensor) -> torch.Tensor:
+                return t[..., index]
+        else:
             index = torch.as_tensor(index, device=self.thawed.device)
+            if index.dtype == torch.bool:
+                index = torch.nonzero(index).flatten()
+
+            # index_select, not advanced indexing: the same values, without the generic index
+            # kernel's set-up per call (training subsets every mini-batch; issue 17)
+            def take(t: torch.Tensor) -> torch.Tensor:
+                return t.index_select(-1, index)
         return PreparedForcing(
-            inputs_g_m2_day=self.inputs_g_m2_day[..., index],
-            temp_exponent=self.temp_exponent[..., index],
-            water=self.water[..., index],
-            oxygen=self.oxygen[..., index],
-            oxygen_nitrogen=self.oxygen_nitrogen[..., index],
-            transport_basis=self.transport_basis[..., index],
-            thawed=self.thawed[index],
+            inputs_g_m2_day=take(self.inputs_g_m2_day),
+            temp_exponent=take(self.temp_exponent),
+            water=take(self.water),
+            oxygen=take(self.oxygen),
+            oxygen_nitrogen=take(self.oxygen_nitrogen),
+            transport_basis=take(self.transport_basis),
+            thawed=take(self.thawed),
             bedrock_rule=self.bedrock_rule,
         )
 

@@ -256,7 +256,8 @@ def steady_state(
     bedrock_rule: BedrockRule = "conservative",
     check: bool = True,
     check_bounds_: bool = True,
-) -> torch.Tensor:
+    return_operators: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, Operators]:
     """Steady-state carbon pools of the CLM5 soil matrix model.
 
     Parameters
@@ -276,12 +277,16 @@ def steady_state(
         over already-validated data).
     check_bounds_ : bool
         Require ``theta`` inside the parameter bounds (off to run e.g. the CLM5 defaults).
+    return_operators : bool
+        Also return the :class:`~socmap.clm5.operators.Operators` the solve was built from, so
+        that diagnostics of the same state need not build them again (mapping).
 
     Returns
     -------
     Tensor [B, 7, 20], float64
         Pools CWD, L1, L2, L3, S1, S2, S3 per layer in gC m-3. Sites whose system is singular
-        come back as NaN with a :class:`SingularSystemWarning` naming them.
+        come back as NaN with a :class:`SingularSystemWarning` naming them. With
+        ``return_operators``, the tuple ``(pools, operators)``.
     """
     if theta.dim() != 2 or theta.shape[1] != N_PARAMS:
         raise ValueError(f"theta must have shape [B, {N_PARAMS}] (sites × parameters); got {tuple(theta.shape)}")
@@ -301,7 +306,8 @@ def steady_state(
         raise ValueError(f"the forcing was prepared with bedrock_rule={forcing.bedrock_rule!r}, not {bedrock_rule!r}")
     ops = build_operators(theta, forcing)
     x = solve_structured(ops) if method == "structured" else solve_dense(ops)
-    return _flag_failures(x.movedim(-1, 0))
+    pools = _flag_failures(x.movedim(-1, 0))
+    return (pools, ops) if return_operators else pools
 
 
 def _flag_failures(x: torch.Tensor) -> torch.Tensor:
