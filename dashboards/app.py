@@ -161,6 +161,9 @@ def build_app(runs: list[str | Path]) -> pn.template.FastListTemplate:
         theme_toggle=False, main_layout=None,
         # no web fonts: the template's default pulls Open Sans from Google on every page
         font=FONT, font_url=f"/{ASSETS_ROUTE}/fonts.css", design=OfflineFast,
+        # Panel's busy state is one per process: with the header spinner every event of any visitor
+        # repainted the spinner of every open session (cost grew with the square of the sessions)
+        busy_indicator=None,
     )
     template.dashboard = dash  # for tests
     return template
