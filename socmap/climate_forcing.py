@@ -214,8 +214,13 @@ def water_scalar_from_climate(
     annual = p.sum(1) / np.maximum(e.sum(1), config.pet_floor_mm)
     wz = np.exp(-z / config.moisture_memory_depth_m)  # [J]
     ratio = monthly[:, :, None] * wz + annual[:, None, None] * (1.0 - wz)
-    psi = config.psi_field_capacity_mpa * np.maximum(ratio / config.moisture_ratio_wet, 1e-12) ** (-config.psi_exponent)
-    w = np.clip(water_scalar_from_potential(psi, config), config.water_scalar_floor, 1.0)
+    # W of ψ = ψ_fc (r/r_wet)^(−b) in log space: log(ψmin/ψ) = log(ψmin/ψ_fc) + b log(r/r_wet), so one
+    # log over [N, 12, J] instead of a power and a log (the same values as water_scalar_from_potential
+    # of that ψ to rounding; clipping ψ to [ψmin, ψmax] is clipping W to [0, 1])
+    log_ratio = np.log(np.maximum(ratio / config.moisture_ratio_wet, 1e-12))
+    w = (np.log(config.psi_min_mpa / config.psi_field_capacity_mpa) + config.psi_exponent * log_ratio) / np.log(
+        config.psi_min_mpa / config.psi_max_mpa)
+    w = np.clip(w, max(config.water_scalar_floor, 0.0), 1.0)
     if land_cover is not None:
         wet = land_cover_codes(land_cover) == WETLAND_CLASS
         w[wet] = config.wetland_water_scalar

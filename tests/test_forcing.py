@@ -161,6 +161,26 @@ def test_thornthwaite_pet_hand_computed():
     assert cold[0, 6] > cold[0, 10]  # July (long days) > November at 60° N, same T
 
 
+def test_water_scalar_in_log_space_is_the_potential_mapping():
+    """The one-log form equals CLM's W(ψ) of ψ = ψ_fc (r/r_wet)^(−b), dry to saturated."""
+    from socmap.climate_forcing import water_scalar_from_potential
+    from socmap.forcing_config import ForcingConfig
+
+    rng = np.random.default_rng(3)
+    p, pet = rng.gamma(0.8, 80.0, (300, 12)), rng.uniform(0.0, 200.0, (300, 12))
+    p[:5] = 0.0
+    c = ForcingConfig()
+    w = water_scalar_from_climate(p, pet, config=c)
+    monthly = p / np.maximum(pet, c.pet_floor_mm)
+    annual = p.sum(1) / np.maximum(pet.sum(1), c.pet_floor_mm)
+    wz = np.exp(-NODE_M / c.moisture_memory_depth_m)
+    ratio = monthly[:, :, None] * wz + annual[:, None, None] * (1.0 - wz)
+    psi = c.psi_field_capacity_mpa * np.maximum(ratio / c.moisture_ratio_wet, 1e-12) ** (-c.psi_exponent)
+    expected = np.clip(water_scalar_from_potential(psi, c), c.water_scalar_floor, 1.0)
+    np.testing.assert_allclose(w, expected, rtol=0, atol=1e-12)
+    assert (w == c.water_scalar_floor).any() and (w == 1.0).any()  # both clips exercised
+
+
 def test_water_scalar_ratio_and_depth_blending():
     p = np.array([[50.0] * 6 + [0.0] * 6])  # wet half-year, dry half-year
     pet = np.full((1, 12), 100.0)
