@@ -50,13 +50,13 @@ from socmap.data.cube import (
     check_cube,
     climate_ok,
     cube_resolution,
-    open_cube,
     regrid_cube,
     sample_grid,
 )
 from socmap.fsutil import probe_writable, swap_into_place, write_atomic
 from socmap.kan_curves import write_kan_curves
 from socmap.stages import StageClock, sum_stages
+from socmap.windows import WindowTask, cached_cube, grid_windows
 
 log = logging.getLogger(__name__)
 
@@ -77,18 +77,9 @@ class MapInterrupted(MappingError):
 # ----------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class ChunkJob:
-    """Everything one chunk task needs (picklable; paths must be visible to the worker)."""
+class ChunkJob(WindowTask):
+    """Everything one chunk task needs: the window (:class:`socmap.windows.WindowTask`) and the map's options."""
 
-    index: tuple[int, int]
-    y0: int
-    y1: int
-    x0: int
-    x1: int
-    run_dir: str
-    cube_path: str
-    store_path: str
-    covariates: tuple[str, ...]
     ensemble: bool = False
     method: str = "structured"
     compare_store: str | None = None
@@ -97,10 +88,6 @@ class ChunkJob:
     hybrid: bool = True  # False: a baseline run (no parameter or diagnostic variables)
     allow_partial: bool = False  # the driver mapped a partial ensemble (socmap.runs.open_run)
     device: str = "cpu"  # resolved on the worker (socmap.devices.resolve_device)
-
-    @property
-    def key(self) -> str:
-        return f"{self.index[0]}_{self.index[1]}"
 
 
 @lru_cache(maxsize=4)
@@ -117,11 +104,6 @@ def load_models(run_dir: str | Path, allow_partial: bool = False):
     return _models(run_dir, os.path.getmtime(Path(run_dir) / "run.json"), allow_partial)
 
 
-@lru_cache(maxsize=8)
-def _cached_cube(path: str, lazy_numpy: bool = False):
-    return open_cube(path, lazy_numpy=lazy_numpy)
-
-
 def map_chunk(job: ChunkJob) -> dict[str, Any]:
     """Compute one window and write it into the store; returns counts and the per-stage seconds
     (:class:`socmap.stages.StageClock` table: read, covariates, forcing, prepare, encoder, solve,
@@ -136,7 +118,7 @@ def map_chunk(job: ChunkJob) -> dict[str, Any]:
         torch.set_num_threads(1)
     clock = StageClock()
     with clock.stage("read"):
-        cube = _cached_cube(job.cube_path, True)
+        cube = cached_cube(job.cube_path, True)
         names = list(job.covariates)
         win = cube[[*names, *CLIMATE_VARS]].isel(y=slice(job.y0, job.y1), x=slice(job.x0, job.x1)).load()
     ny, nx = job.y1 - job.y0, job.x1 - job.x0
@@ -172,7 +154,7 @@ def map_chunk(job: ChunkJob) -> dict[str, Any]:
                     arrays[name][iy[sl], ix[sl]] = v
     if job.compare_store is not None:
         with clock.stage("read"):
-            other = _cached_cube(job.compare_store, True)
+            other = cached_cube(job.compare_store, True)
             reg = dict(y=slice(job.y0, job.y1), x=slice(job.x0, job.x1))
             for s in S.STOCKS:
                 arrays[S.DIFF_COMPARE_PREFIX + s][:] = arrays[s] - np.asarray(other[s].isel(**reg).values, dtype=np.float32)
@@ -259,7 +241,7 @@ def _open_inputs(run_dir: Path, opts: MapOptions, timings: dict[str, float]) -> 
     if not cube_path.exists():
         raise MappingError(f"the run's covariate cube {cube_path} does not exist (run.json data.dir = {run.data_dir})")
     try:
-        cube = _cached_cube(str(cube_path))
+        cube = cached_cube(str(cube_path))
         check_cube(cube, covariates, cube_path)
         res0 = cube_resolution(cube)
         resolution = res0 if opts.resolution is None else float(opts.resolution)
@@ -268,7 +250,7 @@ def _open_inputs(run_dir: Path, opts: MapOptions, timings: dict[str, float]) -> 
         t = time.perf_counter()
         if abs(resolution - res0) > 1e-9:
             cube_path = regrid_cube(cube, resolution, covariates, run_dir / "cache" / f"cube_{resolution:g}deg.zarr")
-            cube = _cached_cube(str(cube_path))
+            cube = cached_cube(str(cube_path))
             check_cube(cube, covariates, cube_path)
         timings["regrid"] = time.perf_counter() - t
     except CubeError as exc:
@@ -467,7 +449,7 @@ def map_run(run_dir: str | Path, opts: MapOptions | None = None, **kwargs: Any) 
     _check_options(opts)
     inputs = _open_inputs(run_dir, opts, timings)
     compare_store = _compare_store(opts, inputs.cube, inputs.resolution)
-    windows = _windows(inputs.cube.sizes["y"], inputs.cube.sizes["x"], opts.chunks)
+    windows = grid_windows(inputs.cube.sizes["y"], inputs.cube.sizes["x"], opts.chunks)
     specs = _variable_specs(inputs, opts, compare_store is not None)
     fingerprint = _fingerprint(run_dir, inputs.cube_path, opts, inputs.covariates, inputs.model_files)
 
@@ -576,14 +558,6 @@ def _record(inputs: _Inputs, opts: MapOptions, stats: list[dict], timings: dict[
 # ----------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------
-
-def _windows(ny: int, nx: int, chunks: int) -> list[tuple[tuple[int, int], int, int, int, int]]:
-    out = []
-    for i, y0 in enumerate(range(0, ny, chunks)):
-        for j, x0 in enumerate(range(0, nx, chunks)):
-            out.append(((i, j), y0, min(ny, y0 + chunks), x0, min(nx, x0 + chunks)))
-    return out
-
 
 def _fingerprint(run_dir: Path, cube_path: Path, opts: MapOptions, covariates: list[str],
                  model_files: list[str] | None = None) -> str:

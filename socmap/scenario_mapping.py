@@ -44,7 +44,6 @@ import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +51,7 @@ import numpy as np
 
 from socmap import store as S
 from socmap.scenario import Scenario
+from socmap.windows import WindowTask, cached_cube, grid_windows
 
 log = logging.getLogger(__name__)
 
@@ -144,12 +144,6 @@ def grid_specs(*, sensitivity: bool) -> dict[str, S.VarSpec]:
                 f"elasticity of the 0-100 cm SOC stock to {p.name}, standard deviation across fold models", "uncertainty")
         add(DOMINANT, yx, "1", f"dominant process of the {STOCK} sensitivity (group of the largest |elasticity|)", "sensitivity")
     return out
-
-
-def _windows(ny: int, nx: int, chunks: int) -> list[tuple[tuple[int, int], int, int, int, int]]:
-    """``chunks × chunks`` windows aligned with the store's Zarr chunks (as ``socmap map``)."""
-    return [((i, j), y0, min(ny, y0 + chunks), x0, min(nx, x0 + chunks))
-            for i, y0 in enumerate(range(0, ny, chunks)) for j, x0 in enumerate(range(0, nx, chunks))]
 
 
 def _transient_names() -> list[str]:
@@ -360,35 +354,16 @@ def _batch(models, cov: np.ndarray, climate: dict, present_forcing, scenario: Sc
 
 
 @dataclass(frozen=True)
-class WindowJob:
-    """Everything one window task needs (picklable; the paths must be visible to the worker)."""
+class WindowJob(WindowTask):
+    """Everything one scenario window task needs: the window (:class:`socmap.windows.WindowTask`;
+    ``store_path`` is the scenario's partial store) and the scenario's options."""
 
-    index: tuple[int, int]
-    y0: int
-    y1: int
-    x0: int
-    x1: int
-    run_dir: str
-    cube_path: str
-    present_path: str
-    store_path: str  # the partial store the task writes its window into
-    covariates: tuple[str, ...]
+    present_path: str  # the run's present-day maps.zarr
     scenario_json: str
     ensemble: bool
     resolution: float
     batch: int
     sensitivity: bool
-
-    @property
-    def key(self) -> str:
-        return f"{self.index[0]}_{self.index[1]}"
-
-
-@lru_cache(maxsize=8)
-def _open_lazy(path: str):
-    from socmap.data.cube import open_cube
-
-    return open_cube(path, lazy_numpy=True)
 
 
 def scenario_window(job: WindowJob) -> dict[str, Any]:
@@ -424,9 +399,9 @@ def _window(job: WindowJob) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     timings = {"read": 0.0, "forcing": 0.0, "model": 0.0, "transient": 0.0, "sensitivity": 0.0, "write": 0.0}
     t0 = time.perf_counter()
     names = list(job.covariates)
-    cube = _open_lazy(job.cube_path)
+    cube = cached_cube(job.cube_path, True)
     win = cube[[*names, *CLIMATE_VARS]].isel(y=slice(y0, y1), x=slice(x0, x1)).load()
-    present_win = _open_lazy(job.present_path)[list(S.STOCKS)].isel(y=slice(y0, y1), x=slice(x0, x1)).load()
+    present_win = cached_cube(job.present_path, True)[list(S.STOCKS)].isel(y=slice(y0, y1), x=slice(x0, x1)).load()
     ny, nx = y1 - y0, x1 - x0
     land = np.asarray(win["land_mask"].values, dtype=bool)
     cov = np.stack([np.asarray(win[c].values, dtype=np.float64) for c in names], -1) if names else np.zeros((ny, nx, 0))
@@ -530,7 +505,7 @@ def run_scenario(run_dir: str | Path, scenario: Scenario, opts: ScenarioOptions 
     run_dir = Path(run_dir).resolve()
     inputs = _open_inputs(run_dir, scenario, opts)
     inputs.out_dir.mkdir(parents=True, exist_ok=True)
-    windows = _windows(inputs.cube.sizes["y"], inputs.cube.sizes["x"], opts.chunks)
+    windows = grid_windows(inputs.cube.sizes["y"], inputs.cube.sizes["x"], opts.chunks)
     fingerprint = _fingerprint(inputs, scenario, opts)
 
     progress = S.read_progress(inputs.partial) if inputs.partial.exists() else None
@@ -550,9 +525,10 @@ def run_scenario(run_dir: str | Path, scenario: Scenario, opts: ScenarioOptions 
     for idx, y0, y1, x0, x1 in windows:  # windows without land are done at once
         if not land[y0:y1, x0:x1].any():
             progress["chunks_done"].setdefault(f"{idx[0]}_{idx[1]}", None)
-    jobs = [WindowJob(idx, y0, y1, x0, x1, str(run_dir), str(inputs.cube_path), str(inputs.present_path),
-                      str(inputs.partial), tuple(inputs.covariates), scenario.model_dump_json(), inputs.ensemble,
-                      inputs.resolution, opts.batch, opts.sensitivity)
+    jobs = [WindowJob(idx, y0, y1, x0, x1, str(run_dir), str(inputs.cube_path), str(inputs.partial),
+                      tuple(inputs.covariates), present_path=str(inputs.present_path),
+                      scenario_json=scenario.model_dump_json(), ensemble=inputs.ensemble,
+                      resolution=inputs.resolution, batch=opts.batch, sensitivity=opts.sensitivity)
             for idx, y0, y1, x0, x1 in windows if f"{idx[0]}_{idx[1]}" not in progress["chunks_done"]]
     S.write_progress(inputs.partial, progress)
     t_chunks = time.perf_counter()
