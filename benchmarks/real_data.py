@@ -107,7 +107,13 @@ def run_model(model: str, config: TrainConfig, out: Path) -> dict:
     if model == "global":
         return run_global(config, out)
     rec = train(config.model_copy(update={"encoder": model}), out, progress=False)
-    return {"pooled": rec["metrics"]["cv"]["pooled"], **blowup_and_bounds(out)}
+    folds = rec["metrics"]["cv"]["folds"]
+    res = {"pooled": rec["metrics"]["cv"]["pooled"], "fold_nse_log": {str(f["fold"]): f["nse_log"] for f in folds},
+           **blowup_and_bounds(out)}
+    anoxia = {str(f["fold"]): f["anoxia"] for f in folds if "anoxia" in f}
+    if anoxia:  # the learned wetland anoxia (o_min, water_table_m) of each fold
+        res["anoxia"] = anoxia
+    return res
 
 
 def _parse_set(items: list[str]) -> dict:

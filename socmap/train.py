@@ -183,6 +183,10 @@ def load_run_data(config: TrainConfig, *, progress: bool = True) -> RunData:
             report["sites_dropped_by_reason"][reason] = int((~keep).sum())
             report["totals"]["sites_kept"] = int(keep.sum())
         data = data.subset(np.flatnonzero(keep))
+    if config.wetland_input:
+        from socmap.data.sites import with_wetland_input
+
+        data = with_wetland_input(data)
     if report is not None:
         report["totals"]["observations"] = int(np.isfinite(data.soc_g_m3).sum())
         est = data.bd_estimated if data.bd_estimated is not None else np.zeros(data.soc_g_m3.shape, bool)
@@ -335,6 +339,8 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progres
             extra = {"edges_kept": trainer.edges_kept} if trainer.edges_kept is not None else {}
             if trainer.selection is not None:
                 extra["selection"] = trainer.selection
+            if trainer.model.anoxia is not None:  # the learned wetland anoxia of this fold
+                extra["anoxia"] = trainer.model.anoxia.summary()
             models.append(trainer.model.cpu())
         np.save(fold_dir / "test_sim.npy", sim)
         sim_all[fold.test] = sim

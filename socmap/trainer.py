@@ -77,6 +77,7 @@ def build_model(config: TrainConfig, data: SiteData) -> HybridModel:
         bound=config.bound,
         encoder_kwargs=entry.network_kwargs(config),
         fixed_p=fixed_parameters(config, data)[1],
+        anoxia=config.anoxia,
     )
     return HybridModel(spec)
 
@@ -99,6 +100,7 @@ class HybridTrainer:
         self.x = torch.as_tensor(data.covariates, dtype=torch.float32, device=device)
         self.depth = torch.as_tensor(data.depth_m, dtype=torch.float64, device=device)
         self.obs = torch.as_tensor(data.soc_g_m3, dtype=torch.float64, device=device)
+        self.wetland = torch.as_tensor(data.wetland_flag(), dtype=torch.float64, device=device)
         self.prepared = prepare_forcing(data.forcing.to(torch.float64, device))
         self.prior_centre = torch.as_tensor(prior_centre_p(self.model.param_names), dtype=torch.float32, device=device)
         self.loop = LoopState(phase=self.phases[0].name)
@@ -160,7 +162,7 @@ class HybridTrainer:
         """Training loss of the sites ``idx``: data misfit, bound violation and regularisers."""
         cfg = self.config
         t = torch.as_tensor(idx, device=self.device)
-        sim, p_sub, u = self.model.simulate(self.x[t], self.prepared.subset(t), self.depth[t])
+        sim, p_sub, u = self.model.simulate(self.x[t], self.prepared.subset(t), self.depth[t], self.wetland[t])
         loss = data_loss(sim, self.obs[t], cfg.loss)
         loss = loss + cfg.lambda_violation * self.model.bound.violation(u) / len(idx)
         if cfg.lambda_param_reg:
@@ -184,7 +186,7 @@ class HybridTrainer:
         sims, ps = [], []
         for start in range(0, len(idx), batch):
             t = torch.as_tensor(idx[start : start + batch], device=self.device)
-            sim, _, _ = self.model.simulate(self.x[t], self.prepared.subset(t), self.depth[t])
+            sim, _, _ = self.model.simulate(self.x[t], self.prepared.subset(t), self.depth[t], self.wetland[t])
             sims.append(sim.cpu().numpy())
             ps.append(self.model(self.x[t]).cpu().numpy())
         return np.concatenate(sims), np.concatenate(ps)
