@@ -90,3 +90,61 @@ def test_wetland_input_is_one_more_encoder_covariate(twin):
     data = load_sites(cfg)
     assert data.covariate_names[-1] == WETLAND_INPUT and (data.covariates[:, -1] == 0).all()
     assert with_wetland_input(data) is data  # applied once
+
+
+# -- maps: an upland and a wetland column per cell, area-weighted by the cell's wetland fraction
+
+def _cells(n: int = 6):
+    from conftest import make_forcing as mf
+
+    x = np.random.default_rng(2).uniform(0.1, 0.9, (n, 2))
+    return x, mf(n, seed=7)
+
+
+def test_columns_weight_upland_and_wetland_by_area():
+    from socmap.cells import predict_cells, predict_columns
+
+    m = _model("learned").float()
+    with torch.no_grad():
+        m.anoxia.o_raw.fill_(-2.0)
+    x, forcing = _cells()
+    f = np.array([0.0, 0.25, 0.5, 1.0, 0.0, 0.75])
+    kw = {"default": False, "diagnostics": False}
+    up = predict_cells([m], x, forcing, **kw).values
+    wet = predict_cells([m], x, forcing, wetland=1.0, **kw).values
+    mixed = predict_columns([m], x, forcing, f, **kw).values
+    for key in ("soc", "soc_stock_0_30cm", "soc_stock_0_100cm"):
+        w = f.reshape((-1,) + (1,) * (up[key].ndim - 1))
+        np.testing.assert_allclose(mixed[key], (1 - w) * up[key] + w * wet[key], rtol=1e-12)
+    assert (wet["soc_stock_0_100cm"] > up["soc_stock_0_100cm"]).all()  # the anoxic column stores more
+    # all upland (no fraction): exactly the plain prediction
+    plain = predict_columns([m], x, forcing, None, **kw).values
+    assert all(np.array_equal(plain[k], up[k]) for k in up)
+
+
+def test_columns_set_the_wetland_input_of_models_trained_with_it():
+    from socmap.cells import cube_inputs, predict_cells, predict_columns
+
+    torch.manual_seed(3)
+    spec = HybridSpec(encoder="mlp", covariate_names=["a", "b", WETLAND_INPUT], covariate_lo=[0.0, 0.0, 0.0],
+                      covariate_hi=[1.0, 1.0, 1.0], params=PARAMS, encoder_kwargs={"hidden": [8]})
+    m = HybridModel(spec).eval()
+    assert cube_inputs(spec.covariate_names) == ["a", "b"]
+    x, forcing = _cells()
+    kw = {"default": False, "diagnostics": False}
+    ones = predict_cells([m], np.column_stack([x, np.ones(len(x))]), forcing, **kw).values
+    zeros = predict_cells([m], np.column_stack([x, np.zeros(len(x))]), forcing, **kw).values
+    f = np.full(len(x), 0.4)
+    mixed = predict_columns([m], x, forcing, f, **kw).values
+    np.testing.assert_allclose(mixed["soc_stock_0_100cm"], 0.6 * zeros["soc_stock_0_100cm"] + 0.4 * ones["soc_stock_0_100cm"], rtol=1e-12)
+
+
+def test_wetland_fraction_from_the_cube_or_upland():
+    import xarray as xr
+
+    from socmap.cells import WETLAND_FRACTION, wetland_fraction
+
+    frac = np.array([[0.0, 0.3], [np.nan, 1.2]])
+    with_layer = xr.Dataset({WETLAND_FRACTION: (("y", "x"), frac)})
+    np.testing.assert_array_equal(wetland_fraction(with_layer, np.array([0, 1, 1]), np.array([1, 0, 1])), [0.3, 0.0, 1.0])
+    np.testing.assert_array_equal(wetland_fraction(xr.Dataset(), np.array([0]), np.array([0])), [0.0])
