@@ -127,6 +127,8 @@ def predict_cells(models: Sequence, covariates: np.ndarray, forcing, *, ensemble
         ps = torch.stack([m(x).to(torch.float64) for m in models])  # [K, N, 21]
         flag = torch.full((n,), float(wetland), dtype=torch.float64)
         os_ = [m.o_scalar(flag) if wetland else None for m in models]
+        # the fold models share one spec: the wetland column's forcing (saturated or not) is theirs
+        prepared = models[0].column_forcing(prepared, flag) if wetland else prepared
         members = ([_solve(to_physical(ps[k]), prepared, method, True, diagnostics, os_[k]) for k in range(ps.shape[0])]
                    if ensemble or per_model else None)
         o_mean = torch.stack(os_).mean(0) if all(o is not None for o in os_) else None
@@ -237,7 +239,8 @@ def _column_differs(models: Sequence) -> bool:
 
     first = models[0]
     names = list(getattr(first, "covariate_names", None) or first.spec.covariate_names)
-    return WETLAND_INPUT in names or any(getattr(m, "anoxia", None) is not None for m in models)
+    return (WETLAND_INPUT in names or any(getattr(m, "anoxia", None) is not None for m in models)
+            or any(getattr(getattr(m, "spec", None), "wetland_saturated", False) for m in models))
 
 
 def predict_columns(models: Sequence, covariates: np.ndarray, forcing, wetland_frac: np.ndarray | None = None,

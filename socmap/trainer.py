@@ -57,6 +57,13 @@ def fixed_parameters(config: TrainConfig, data: SiteData) -> tuple[str, list[flo
     return choice, [float(v) for v in default_p()]
 
 
+def resolve_anoxia(config: TrainConfig, data: SiteData) -> str:
+    """``config.anoxia`` with ``auto`` resolved: ``learned`` when some site is a wetland, else ``none``."""
+    if config.anoxia != "auto":
+        return config.anoxia
+    return "learned" if bool((data.wetland_flag() > 0).any()) else "none"
+
+
 def prior_penalty(p_sub: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
     """``mean((p - p0)^2)`` over sites and learned parameters: the pull towards the CLM5 defaults ``p0`` [k]."""
     return ((p_sub - centre.to(p_sub.dtype)) ** 2).mean()
@@ -77,7 +84,8 @@ def build_model(config: TrainConfig, data: SiteData) -> HybridModel:
         bound=config.bound,
         encoder_kwargs=entry.network_kwargs(config),
         fixed_p=fixed_parameters(config, data)[1],
-        anoxia=config.anoxia,
+        anoxia=resolve_anoxia(config, data),
+        wetland_saturated=config.wetland_saturated,
     )
     return HybridModel(spec)
 

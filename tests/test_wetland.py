@@ -148,3 +148,28 @@ def test_wetland_fraction_from_the_cube_or_upland():
     with_layer = xr.Dataset({WETLAND_FRACTION: (("y", "x"), frac)})
     np.testing.assert_array_equal(wetland_fraction(with_layer, np.array([0, 1, 1]), np.array([1, 0, 1])), [0.3, 0.0, 1.0])
     np.testing.assert_array_equal(wetland_fraction(xr.Dataset(), np.array([0]), np.array([0])), [0.0])
+
+
+def test_saturated_wetlands_take_the_water_scalar_of_wet_soil():
+    n = 6
+    prepared = prepare_forcing(make_forcing(n, seed=9))
+    spec = _model("none").spec.to_dict()
+    m = HybridModel(HybridSpec(**{**spec, "wetland_saturated": True}))
+    flag = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 0.0], dtype=torch.float64)
+    col = m.column_forcing(prepared, flag)
+    assert torch.equal(col.water[..., flag == 0], prepared.water[..., flag == 0])
+    assert bool((col.water[..., flag == 1] == 1.0).all())
+    assert m.column_forcing(prepared, torch.zeros(n, dtype=torch.float64)) is prepared
+    assert _model("none").column_forcing(prepared, flag) is prepared  # the option off: unchanged
+
+
+def test_anoxia_auto_is_learned_only_where_some_site_is_a_wetland(twin):
+    from socmap.trainer import build_model, resolve_anoxia
+
+    cfg = load_config(data_dir=str(twin), folds=3, encoder="mlp")
+    data = load_sites(cfg)
+    assert cfg.anoxia == "auto" and resolve_anoxia(cfg, data) == "none" and build_model(cfg, data).anoxia is None
+    data.wetland = np.zeros(len(data))
+    data.wetland[0] = 1.0
+    assert resolve_anoxia(cfg, data) == "learned" and build_model(cfg, data).anoxia is not None
+    assert resolve_anoxia(cfg.model_copy(update={"anoxia": "none"}), data) == "none"

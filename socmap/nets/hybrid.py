@@ -6,6 +6,7 @@ Covariates enter in physical units and are min–max scaled with a range fixed a
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -33,6 +34,7 @@ class HybridSpec:
     bound: str = "hardsigmoid"
     encoder_kwargs: dict = field(default_factory=dict)
     anoxia: str = "none"  # "none" | "learned": :class:`WetlandAnoxia` at wetland sites (docs/model.md §5.10)
+    wetland_saturated: bool = False  # wetland sites get the water scalar of saturated soil, 1 (§5.10)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -148,6 +150,17 @@ class HybridModel(nn.Module):
             return None
         return self.anoxia(wetland)
 
+    def column_forcing(self, prepared: PreparedForcing, wetland: torch.Tensor | None) -> PreparedForcing:
+        """``prepared`` as the model sees it at sites with wetland flags ``wetland`` [B]: with
+        ``spec.wetland_saturated`` the water scalar of a wetland site is that of saturated soil,
+        W + w (1 − W) (1 at w = 1: wet soil is not water-limited in CLM; the excess water acts
+        through the anoxia). Unchanged otherwise (the same object)."""
+        if not self.spec.wetland_saturated or wetland is None or not bool((wetland > 0).any()):
+            return prepared
+        w = wetland.to(prepared.water.dtype).to(prepared.water.device)
+        water = prepared.water + w * (1.0 - prepared.water)  # [12, 20, B], sites innermost
+        return dataclasses.replace(prepared, water=water)
+
     def simulate(
         self, covariates: torch.Tensor, prepared: PreparedForcing, depth_m: torch.Tensor,
         wetland: torch.Tensor | None = None,
@@ -158,7 +171,8 @@ class HybridModel(nn.Module):
         """
         p_full, p_sub, u = self.encode(covariates)
         theta = to_physical(p_full.to(torch.float64))
-        pools = steady_state(theta, prepared, method=self.solver_method, check=False, o_scalar=self.o_scalar(wetland))
+        pools = steady_state(theta, self.column_forcing(prepared, wetland), method=self.solver_method, check=False,
+                             o_scalar=self.o_scalar(wetland))
         return interpolate_to_depths(soc_nodes(pools), depth_m), p_sub, u
 
     @torch.no_grad()
