@@ -368,6 +368,7 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progres
         "encoder": config.encoder,
         "parameters": list(resolve_subset(config.params)) if encoder.hybrid else [],
         "fixed_parameters": _fixed_record(config, data) if encoder.hybrid else None,
+        "wetland": _wetland_record(config, data, fold_records) if encoder.hybrid else None,
         "fold_models": [fold_model_file(config.encoder, f.index) for f in run_folds if (out / fold_model_file(config.encoder, f.index)).exists()],
         "versions": software_versions(),
         "git_revision": git_revision(),
@@ -407,6 +408,16 @@ def _measured_bd_skill(data: SiteData, sim: np.ndarray, fold_of: np.ndarray, run
         if folds:
             out["mean"] = {k: float(np.mean([r[k] for r in folds])) for k in ("nse", "nse_log", "rmse", "r")}
     return out
+
+
+def _wetland_record(config: TrainConfig, data: SiteData, fold_records: list[dict]) -> dict:
+    """The wetland treatment of the run: sites flagged, the resolved anoxia choice and each fold's
+    learned anoxia (docs/model.md §5.10)."""
+    from socmap.trainer import resolve_anoxia
+
+    return {"wetland_sites": int((data.wetland_flag() > 0).sum()), "anoxia": resolve_anoxia(config, data),
+            "wetland_input": config.wetland_input, "saturated": config.wetland_saturated,
+            "learned": {str(r["fold"]): r["anoxia"] for r in fold_records if "anoxia" in r}}
 
 
 def _fixed_record(config: TrainConfig, data: SiteData) -> dict:
