@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from socmap.clm5 import interpolate_to_depths, soc_nodes, steady_state
+from socmap.clm5.grid import grid_tensor
 from socmap.clm5.operators import PreparedForcing
 from socmap.clm5.parameters import INDEX, N_PARAMS, resolve_subset, to_physical
 
@@ -90,20 +91,13 @@ class WetlandAnoxia(nn.Module):
 
     def forward(self, wetland: torch.Tensor) -> torch.Tensor:
         """Oxygen scalar [B, 20] (float64) of sites with wetland flag ``wetland`` [B]."""
-        z = grid_nodes(self.o_min)
+        z = grid_tensor("NODE_M", self.o_min)  # layer node depths (m)
         step = torch.sigmoid((z - self.water_table_m) / self.WT_WIDTH_M)  # [20]
         return 1.0 - wetland.to(torch.float64)[:, None] * ((1.0 - self.o_min) * step)[None, :]
 
     def summary(self) -> dict[str, float]:
         """The learned values: ``o_min`` (fraction) and ``water_table_m`` (m)."""
         return {"o_min": float(self.o_min.detach()), "water_table_m": float(self.water_table_m.detach())}
-
-
-def grid_nodes(like: torch.Tensor) -> torch.Tensor:
-    """Depths (m) of the 20 CLM5 layer nodes, in ``like``'s dtype and device."""
-    from socmap.clm5.grid import grid_tensor
-
-    return grid_tensor("NODE_M", like)
 
 
 class HybridModel(nn.Module):
