@@ -12,7 +12,12 @@ Models, all on the same folds of the same sites (socmap.splits.make_folds, seed 
 
 Metrics on held-out profiles, pooled over the test folds: NSE, NSE of log SOC and RMSE
 (g C m-3) with 2°x2° spatial-block folds, and NSE with random folds. ``--json`` prints one object
-per model with keys nse_block, nse_log_block, nse_random, rmse_block (plus nse_log_random).
+per model with keys nse_block, nse_log_block, nse_random, rmse_block (plus nse_log_random), and
+per split: ``fold_nse_log_*`` (each test fold's NSE(log)), ``nse_log_measured_bd_*`` (the same
+predictions on measured-bulk-density observations only), ``max_pred_over_train_max_*``,
+``at_bound_pct_*`` and, with the learned wetland anoxia, each fold's ``anoxia_*`` (o_min, water
+table). On the real profiles the hybrids and the global set learn the wetland anoxia by default
+(``anoxia: auto``); ``--set anoxia=none`` gives the rows without it.
 
 Usage::
 
@@ -107,7 +112,16 @@ def run_model(model: str, config: TrainConfig, out: Path) -> dict:
     if model == "global":
         return run_global(config, out)
     rec = train(config.model_copy(update={"encoder": model}), out, progress=False)
-    return {"pooled": rec["metrics"]["cv"]["pooled"], **blowup_and_bounds(out)}
+    folds = rec["metrics"]["cv"]["folds"]
+    res = {"pooled": rec["metrics"]["cv"]["pooled"], "fold_nse_log": {str(f["fold"]): f["nse_log"] for f in folds},
+           **blowup_and_bounds(out)}
+    measured = rec["metrics"].get("cv_measured_bd", {}).get("pooled")
+    if measured:  # the same predictions scored on observations with a measured bulk density only
+        res["nse_log_measured_bd"] = measured["nse_log"]
+    anoxia = {str(f["fold"]): f["anoxia"] for f in folds if "anoxia" in f}
+    if anoxia:  # the learned wetland anoxia (o_min, water_table_m) of each fold
+        res["anoxia"] = anoxia
+    return res
 
 
 def _parse_set(items: list[str]) -> dict:

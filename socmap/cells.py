@@ -50,8 +50,10 @@ class CellPrediction:
 
 
 def _solve(theta, prepared, method: str, bounds: bool, diagnostics: bool, clock: StageClock | None = None,
-           stage: str = "solve") -> dict[str, Any]:
-    """SOC, stocks, (diagnostics) and θ columns of one solve, as torch tensors keyed by store name."""
+           stage: str = "solve", o_scalar=None) -> dict[str, Any]:
+    """SOC, stocks, (diagnostics) and θ columns of one solve, as torch tensors keyed by store name.
+
+    ``o_scalar`` [N, 20]: a wetland column's learned anoxia (None: upland)."""
     from socmap.clm5 import bulk_diagnostics, soc_nodes, standard_stocks, steady_state
     from socmap.clm5.diagnostics import DIAGNOSTICS
     from socmap.clm5.parameters import NAMES
@@ -59,7 +61,8 @@ def _solve(theta, prepared, method: str, bounds: bool, diagnostics: bool, clock:
     # non-finite cells come back as NaN and are counted by the caller; the solver's warning is noise here
     with maybe_stage(clock, stage), warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
-        pools, ops = steady_state(theta, prepared, method=method, check_bounds_=bounds, check=False, return_operators=True)
+        pools, ops = steady_state(theta, prepared, method=method, check_bounds_=bounds, check=False, return_operators=True,
+                                  o_scalar=o_scalar)
     with maybe_stage(clock, "stocks"):
         soc = soc_nodes(pools)
         out: dict[str, Any] = {"soc": soc, **standard_stocks(soc)}
@@ -74,7 +77,7 @@ def _solve(theta, prepared, method: str, bounds: bool, diagnostics: bool, clock:
 def predict_cells(models: Sequence, covariates: np.ndarray, forcing, *, ensemble: bool = False,
                   per_model: bool = False, default: bool = True, diagnostics: bool = True,
                   method: str = "structured", depth_m: np.ndarray | None = None,
-                  device: str | None = None, clock: StageClock | None = None) -> CellPrediction:
+                  device: str | None = None, clock: StageClock | None = None, wetland: float = 0.0) -> CellPrediction:
     """SOC per layer, stocks, θ and diagnostics at N cells or sites from a run's fold models.
 
     Parameters
@@ -107,6 +110,10 @@ def predict_cells(models: Sequence, covariates: np.ndarray, forcing, *, ensemble
     clock : StageClock, optional
         Adds the seconds of the stages ``prepare``, ``encoder``, ``solve``, ``stocks``,
         ``diagnostics`` and ``solve_default`` (:mod:`socmap.stages`).
+    wetland : float
+        The column's wetland flag (0 upland, 1 wetland): a hybrid's learned anoxia acts at it
+        (the mean of the fold models' oxygen scalars without ``ensemble``). A model input named
+        ``wetland`` is set by :func:`predict_columns`, not here.
 
     Returns
     -------
@@ -139,8 +146,14 @@ def predict_cells(models: Sequence, covariates: np.ndarray, forcing, *, ensemble
     with torch.no_grad():
         with maybe_stage(clock, "encoder"):
             ps = torch.stack([m(x).to(torch.float64) for m in models])  # [K, N, 21]
-        members = ([_solve(to_physical(ps[k]), prepared, method, True, diagnostics, clock) for k in range(ps.shape[0])]
+        flag = torch.full((n,), float(wetland), dtype=torch.float64, device=dev)
+        os_ = [m.o_scalar(flag) if wetland else None for m in models]
+        # the fold models share one spec: the wetland column's forcing (saturated or not) is theirs
+        prepared = models[0].column_forcing(prepared, flag) if wetland else prepared
+        members = ([_solve(to_physical(ps[k]), prepared, method, True, diagnostics, clock, o_scalar=os_[k])
+                    for k in range(ps.shape[0])]
                    if ensemble or per_model else None)
+        o_mean = torch.stack(os_).mean(0) if all(o is not None for o in os_) else None
         if ensemble:
             for key in members[0]:
                 stack = torch.stack([m[key] for m in members])
@@ -148,7 +161,7 @@ def predict_cells(models: Sequence, covariates: np.ndarray, forcing, *, ensemble
                 if key in (S.SOC, *S.STOCKS, *NAMES):
                     values[key + S.STD_SUFFIX] = stack.std(0, correction=1)
         else:
-            values = _solve(to_physical(ps.mean(0)), prepared, method, True, diagnostics, clock)
+            values = _solve(to_physical(ps.mean(0)), prepared, method, True, diagnostics, clock, o_scalar=o_mean)
         if members is not None:
             soc_models = _numpy(torch.stack([m[S.SOC] for m in members]))
         if default:
@@ -211,3 +224,105 @@ def _predict_baseline(models: Sequence, covariates: np.ndarray, forcing, *, ense
         values[SOC_AT_DEPTH] = np.mean([m.soc_at(covariates, depth_m) for m in models], axis=0)
     return CellPrediction(values={k: _numpy(v) for k, v in values.items()}, p_models=np.zeros((len(models), n, 0)),
                           soc_models=socs if (per_model or ensemble) else None)
+
+
+# ----------------------------------------------------------------------------------------
+# sub-grid land units: an upland and a wetland column per cell (docs/model.md §5.10)
+# ----------------------------------------------------------------------------------------
+
+#: The cube layer holding each cell's wetland area fraction (0–1): the real cube's MODIS share
+#: (``covariates=[..., "wetland_frac"]``) or a user raster of that name through the catalog.
+WETLAND_FRACTION = "wetland_frac"
+
+
+def wetland_fraction(cube, iy: np.ndarray, ix: np.ndarray) -> np.ndarray:
+    """Wetland area fraction f [N] (0–1) of cells (iy, ix): the cube's :data:`WETLAND_FRACTION`
+    layer where it has one (NaN read as 0), else 0 everywhere (all upland)."""
+    if WETLAND_FRACTION not in getattr(cube, "data_vars", cube):
+        return np.zeros(len(iy))
+    f = np.asarray(cube[WETLAND_FRACTION].values[np.asarray(iy), np.asarray(ix)], dtype=np.float64)
+    return np.clip(np.nan_to_num(f, nan=0.0), 0.0, 1.0)
+
+
+def cube_inputs(names: Sequence[str]) -> list[str]:
+    """The models' covariates that a cube provides: ``names`` without the site-level wetland flag
+    (:data:`socmap.data.sites.WETLAND_INPUT`), which :func:`predict_columns` sets per column."""
+    from socmap.data.sites import WETLAND_INPUT
+
+    return [n for n in names if n != WETLAND_INPUT]
+
+
+def _with_flag(models: Sequence, covariates: np.ndarray, flag: float) -> np.ndarray:
+    """``covariates`` [N, C'] (the cube's inputs) with the wetland flag inserted where the models take it."""
+    from socmap.data.sites import WETLAND_INPUT
+
+    first = models[0]
+    names = list(getattr(first, "covariate_names", None) or first.spec.covariate_names)
+    if WETLAND_INPUT not in names:
+        return covariates
+    j = names.index(WETLAND_INPUT)
+    return np.insert(np.asarray(covariates, dtype=np.float64), j, float(flag), axis=1)
+
+
+def _column_differs(models: Sequence) -> bool:
+    """Whether a wetland column predicts anything else than the upland one (a wetland input or anoxia)."""
+    from socmap.data.sites import WETLAND_INPUT
+
+    first = models[0]
+    names = list(getattr(first, "covariate_names", None) or first.spec.covariate_names)
+    return (WETLAND_INPUT in names or any(getattr(m, "anoxia", None) is not None for m in models)
+            or any(getattr(getattr(m, "spec", None), "wetland_saturated", False) for m in models))
+
+
+def predict_columns(models: Sequence, covariates: np.ndarray, forcing, wetland_frac: np.ndarray | None = None,
+                    **kwargs: Any) -> CellPrediction:
+    """:func:`predict_cells` for cells holding an upland and a wetland land unit, area-weighted.
+
+    CLM5 splits a grid cell into land units and columns and reports the cell as their
+    area-weighted mean. Here each cell is solved as an upland column (wetland flag 0) and, where
+    its wetland fraction f > 0, as a wetland column (flag 1: the models' ``wetland`` input is 1 and
+    their learned anoxia acts), and every output is ``(1 − f) · upland + f · wetland`` — SOC per
+    layer and stocks exactly (area-weighted carbon), parameters and spreads as the area-weighted
+    mean of the two columns'.
+
+    Parameters
+    ----------
+    models, forcing, **kwargs
+        As for :func:`predict_cells`.
+    covariates : ndarray [N, C']
+        The models' covariates without the wetland flag (:func:`cube_inputs` order).
+    wetland_frac : ndarray [N], optional
+        Wetland area fraction of each cell, 0–1 (:func:`wetland_fraction`); None = 0 (upland).
+    """
+    n = np.asarray(covariates).shape[0]
+    f = np.zeros(n) if wetland_frac is None else np.clip(np.asarray(wetland_frac, dtype=np.float64), 0.0, 1.0)
+    if f.shape != (n,):
+        raise ValueError(f"wetland_frac has shape {f.shape}; expected ({n},), one fraction per cell")
+    from socmap.clm5 import prepare_forcing
+    from socmap.clm5.forcing import Forcing
+
+    wet = np.flatnonzero(f > 0) if _column_differs(models) else np.zeros(0, dtype=np.int64)
+    if wet.size and isinstance(forcing, Forcing):  # prepared once for both columns
+        forcing = prepare_forcing(forcing)
+    upland = predict_cells(models, _with_flag(models, covariates, 0.0), forcing, **kwargs)
+    if not wet.size:
+        return upland
+    sub = {k: (v[wet] if k == "depth_m" and v is not None else v) for k, v in kwargs.items()}
+    forcing_wet = forcing.subset(wet) if forcing is not None else None
+    column = predict_cells(models, _with_flag(models, np.asarray(covariates)[wet], 1.0), forcing_wet, wetland=1.0, **sub)
+    w = f[wet]
+
+    def mix(a: np.ndarray, b: np.ndarray, axis: int) -> np.ndarray:
+        out = np.array(a, dtype=np.float64, copy=True)
+        shape = [1] * a.ndim
+        shape[axis] = len(w)
+        ww = w.reshape(shape)
+        idx = [slice(None)] * a.ndim
+        idx[axis] = wet
+        out[tuple(idx)] = (1.0 - ww) * out[tuple(idx)] + ww * b
+        return out
+
+    values = {k: mix(v, column.values[k], 0) for k, v in upland.values.items()}
+    p_models = mix(upland.p_models, column.p_models, 1)
+    soc_models = None if upland.soc_models is None else mix(upland.soc_models, column.soc_models, 1)
+    return CellPrediction(values=values, p_models=p_models, soc_models=soc_models)

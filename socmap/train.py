@@ -183,6 +183,10 @@ def load_run_data(config: TrainConfig, *, progress: bool = True) -> RunData:
             report["sites_dropped_by_reason"][reason] = int((~keep).sum())
             report["totals"]["sites_kept"] = int(keep.sum())
         data = data.subset(np.flatnonzero(keep))
+    if config.wetland_input:
+        from socmap.data.sites import with_wetland_input
+
+        data = with_wetland_input(data)
     if report is not None:
         report["totals"]["observations"] = int(np.isfinite(data.soc_g_m3).sum())
         est = data.bd_estimated if data.bd_estimated is not None else np.zeros(data.soc_g_m3.shape, bool)
@@ -339,6 +343,8 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progres
             extra = {"edges_kept": trainer.edges_kept} if trainer.edges_kept is not None else {}
             if trainer.selection is not None:
                 extra["selection"] = trainer.selection
+            if trainer.model.anoxia is not None:  # the learned wetland anoxia of this fold
+                extra["anoxia"] = trainer.model.anoxia.summary()
             models.append(trainer.model.cpu())
         np.save(fold_dir / "test_sim.npy", sim)
         sim_all[fold.test] = sim
@@ -366,6 +372,7 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progres
         "encoder": config.encoder,
         "parameters": list(resolve_subset(config.params)) if encoder.hybrid else [],
         "fixed_parameters": _fixed_record(config, data) if encoder.hybrid else None,
+        "wetland": _wetland_record(config, data, fold_records) if encoder.hybrid else None,
         "fold_models": [fold_model_file(config.encoder, f.index) for f in run_folds if (out / fold_model_file(config.encoder, f.index)).exists()],
         "versions": software_versions(),
         "git_revision": git_revision(),
@@ -405,6 +412,16 @@ def _measured_bd_skill(data: SiteData, sim: np.ndarray, fold_of: np.ndarray, run
         if folds:
             out["mean"] = {k: float(np.mean([r[k] for r in folds])) for k in ("nse", "nse_log", "rmse", "r")}
     return out
+
+
+def _wetland_record(config: TrainConfig, data: SiteData, fold_records: list[dict]) -> dict:
+    """The wetland treatment of the run: sites flagged, the resolved anoxia choice and each fold's
+    learned anoxia (docs/model.md §5.10)."""
+    from socmap.trainer import resolve_anoxia
+
+    return {"wetland_sites": int((data.wetland_flag() > 0).sum()), "anoxia": resolve_anoxia(config, data),
+            "wetland_input": config.wetland_input, "saturated": config.wetland_saturated,
+            "learned": {str(r["fold"]): r["anoxia"] for r in fold_records if "anoxia" in r}}
 
 
 def _fixed_record(config: TrainConfig, data: SiteData) -> dict:

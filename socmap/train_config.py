@@ -44,6 +44,9 @@ class TrainConfig(BaseModel):
     fixed_params: Literal["auto", "clm5", "midrange"] = Field("auto", description="Value of the parameters that are not learned: clm5 (CLM5 defaults, efolding and fs1s2 at their upper bounds) | midrange (p = 0.5) | auto (the twin's truth value on synthetic data, midrange otherwise: it measured better than clm5 on the real profiles)")
     lambda_prior: float = Field(0.0, ge=0, description="Weight of the prior penalty mean((p - p_clm5)^2) pulling learned parameters towards their CLM5 defaults")
     polish_check_iters: int = Field(0, ge=0, description="KAN: validate the L-BFGS polish every this many iterations and keep its best state (0: one unmonitored polish)")
+    wetland_input: bool = Field(False, description="Give the encoders (and the baselines) the site's own wetland flag (0/1, from the profile tables) as an extra input named 'wetland'; maps area-weight an upland and a wetland column by the cell's wetland fraction")
+    anoxia: Literal["auto", "none", "learned"] = Field("auto", description="Wetland anoxia: learned (decomposition at wetland sites is multiplied, below a learned water-table depth, by a learned oxygen scalar; docs/model.md §5.10) | none | auto (learned when some training site is a wetland, as on the real profiles; none on the twin)")
+    wetland_saturated: bool = Field(True, description="Wetland sites (and the wetland column of a map) get the water scalar of saturated soil (W = 1) instead of the climate's P/PET one, the excess water acting through the anoxia; no effect where no site is a wetland (the twin); docs/model.md §5.10")
     kan_grid_size: int = Field(4, ge=1)
     kan_hidden: list[int] = Field(default_factory=list)
     kan_base: Literal["identity", "silu", "zero"] = "identity"

@@ -57,6 +57,13 @@ def fixed_parameters(config: TrainConfig, data: SiteData) -> tuple[str, list[flo
     return choice, [float(v) for v in default_p()]
 
 
+def resolve_anoxia(config: TrainConfig, data: SiteData) -> str:
+    """``config.anoxia`` with ``auto`` resolved: ``learned`` when some site is a wetland, else ``none``."""
+    if config.anoxia != "auto":
+        return config.anoxia
+    return "learned" if bool((data.wetland_flag() > 0).any()) else "none"
+
+
 def prior_penalty(p_sub: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
     """``mean((p - p0)^2)`` over sites and learned parameters: the pull towards the CLM5 defaults ``p0`` [k]."""
     return ((p_sub - centre.to(p_sub.dtype)) ** 2).mean()
@@ -77,6 +84,8 @@ def build_model(config: TrainConfig, data: SiteData) -> HybridModel:
         bound=config.bound,
         encoder_kwargs=entry.network_kwargs(config),
         fixed_p=fixed_parameters(config, data)[1],
+        anoxia=resolve_anoxia(config, data),
+        wetland_saturated=config.wetland_saturated,
     )
     return HybridModel(spec)
 
@@ -99,6 +108,7 @@ class HybridTrainer:
         self.x = torch.as_tensor(data.covariates, dtype=torch.float32, device=device)
         self.depth = torch.as_tensor(data.depth_m, dtype=torch.float64, device=device)
         self.obs = torch.as_tensor(data.soc_g_m3, dtype=torch.float64, device=device)
+        self.wetland = torch.as_tensor(data.wetland_flag(), dtype=torch.float64, device=device)
         self.prepared = prepare_forcing(data.forcing.to(torch.float64, device))
         self.prior_centre = torch.as_tensor(prior_centre_p(self.model.param_names), dtype=torch.float32, device=device)
         self.loop = LoopState(phase=self.phases[0].name)
@@ -160,7 +170,7 @@ class HybridTrainer:
         """Training loss of the sites ``idx``: data misfit, bound violation and regularisers."""
         cfg = self.config
         t = torch.as_tensor(idx, device=self.device)
-        sim, p_sub, u = self.model.simulate(self.x[t], self.prepared.subset(t), self.depth[t])
+        sim, p_sub, u = self.model.simulate(self.x[t], self.prepared.subset(t), self.depth[t], self.wetland[t])
         loss = data_loss(sim, self.obs[t], cfg.loss)
         loss = loss + cfg.lambda_violation * self.model.bound.violation(u) / len(idx)
         if cfg.lambda_param_reg:
@@ -184,7 +194,7 @@ class HybridTrainer:
         sims, ps = [], []
         for start in range(0, len(idx), batch):
             t = torch.as_tensor(idx[start : start + batch], device=self.device)
-            sim, _, _ = self.model.simulate(self.x[t], self.prepared.subset(t), self.depth[t])
+            sim, _, _ = self.model.simulate(self.x[t], self.prepared.subset(t), self.depth[t], self.wetland[t])
             sims.append(sim.cpu().numpy())
             ps.append(self.model(self.x[t]).cpu().numpy())
         return np.concatenate(sims), np.concatenate(ps)

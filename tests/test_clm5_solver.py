@@ -249,3 +249,40 @@ def test_adjoint_gradients_match_autograd_through_the_sweeps():
         grads.append(th.grad)
     scale = grads[1].abs().amax(0, keepdim=True) + 1e-300
     assert float(((grads[0] - grads[1]).abs() / scale).max()) < 1e-8
+
+
+# -- the learned wetland anoxia: an extra oxygen scalar on every decay rate (docs/model.md §5.10)
+
+def test_o_scalar_of_ones_leaves_the_solution_unchanged_bit_for_bit(forcing64, theta64):
+    ones = torch.ones(theta64.shape[0], grid.N_LAYERS, dtype=torch.float64)
+    for method in ("structured", "dense"):
+        plain = steady_state(theta64, forcing64, method)
+        assert torch.equal(steady_state(theta64, forcing64, method, o_scalar=ones), plain)
+
+
+def test_o_scalar_below_one_raises_stock_and_equals_a_scaled_oxygen_forcing(forcing64, theta64):
+    n = theta64.shape[0]
+    o = torch.ones(n, grid.N_LAYERS, dtype=torch.float64)
+    o[:, 1:] = 0.2  # anoxic below the top node
+    base = steady_state(theta64, forcing64)
+    anoxic = steady_state(theta64, forcing64, o_scalar=o)
+    dz = torch.as_tensor(grid.DZ_M, dtype=torch.float64)
+    stock = lambda x: (x.sum(1) * dz).sum(1)  # noqa: E731
+    deep = base[:, :, 1:].sum((1, 2)) > 1e-3 * base.sum((1, 2))  # a site with (almost) no carbon below the top node gains nothing
+    assert bool(deep.any()) and bool((stock(anoxic)[deep] > stock(base)[deep] * (1 + 1e-6)).all())
+    assert bool((stock(anoxic) >= stock(base) * (1 - 1e-12)).all())
+    # constant over the months, the scalar acts exactly as the same factor on the forcing's O
+    scaled = forcing64.replace(oxygen_scalar=forcing64.oxygen_scalar * o[:, None, :])
+    torch.testing.assert_close(anoxic, steady_state(theta64, scaled), rtol=1e-12, atol=0)
+
+
+def test_o_scalar_is_differentiable_and_checked(forcing64, theta64):
+    n = theta64.shape[0]
+    o = torch.full((n, grid.N_LAYERS), 0.5, dtype=torch.float64, requires_grad=True)
+    steady_state(theta64, forcing64, o_scalar=o).sum().backward()
+    # slower decay stores more carbon: d stock / d o <= 0 everywhere (0 in layers without carbon), < 0 at the top
+    assert bool((o.grad <= 0).all()) and bool((o.grad[:, 0] < 0).all())
+    with pytest.raises(ValueError, match="o_scalar must have shape"):
+        steady_state(theta64, forcing64, o_scalar=torch.ones(n, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        steady_state(theta64, forcing64, o_scalar=torch.full((n, grid.N_LAYERS), 1.5, dtype=torch.float64))

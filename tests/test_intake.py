@@ -221,3 +221,37 @@ def test_shipped_equal_originals(monkeypatch):
     original = (load_nwca2011().table, load_sodah().table)
     for a, b in zip(shipped, original):
         pd.testing.assert_frame_equal(a.drop(columns="source_file"), b.drop(columns="source_file"))
+
+
+# ------------------------------------------------------------------ the site-level wetland flag
+
+def test_wetland_column_optional_with_a_report_note(tmp_path):
+    """Without the column every site is upland and the report says so; with it, each spelling reads."""
+    base = "site_id,lat,lon,top_cm,bottom_cm,oc_pct,bd_g_cm3"
+    rows = ["A,40,-90,0,10,2.0,1.1", "B,41,-91,0,10,3.0,1.0", "C,42,-92,0,10,9.0,0.6", "D,43,-93,0,10,1.0,1.3"]
+    table, report = load_profile_table(_write(tmp_path, "\n".join([base, *rows]) + "\n"))
+    assert not table["wetland"].any()
+    assert any("no wetland column" in n for n in report.sources["t"].notes)
+    flags = ["yes", "0", "Wetland", ""]
+    text = "\n".join([base + ",wetland", *(r + "," + f for r, f in zip(rows, flags))]) + "\n"
+    table, report = load_profile_table(_write(tmp_path, text, "w.csv"))
+    assert table.set_index("site_id")["wetland"].to_dict() == {"w:A": True, "w:B": False, "w:C": True, "w:D": False}
+    assert not any("no wetland column" in n for n in report.sources["w"].notes)
+
+
+def test_unreadable_wetland_flag_is_one_clear_error(tmp_path):
+    text = "site_id,lat,lon,top_cm,bottom_cm,oc_pct,bd_g_cm3,is_wetland\nA,40,-90,0,10,2.0,1.1,maybe\n"
+    with pytest.raises(ProfileDataError, match=r"'is_wetland' \(wetland flag\) holds 'maybe' on line\(s\) 2"):
+        load_profile_table(_write(tmp_path, text))
+
+
+@pytest.mark.skipif(not (REAL / "nwca2011").is_dir() or not (REAL / "sodah").is_dir(), reason=f"real profile data not found at {REAL}")
+def test_shipped_sets_carry_the_wetland_flag():
+    """NWCA samples wetlands only (its field class kept); SoDaH flags its NLCD wetland covers only."""
+    nwca = load_nwca2011(REAL / "nwca2011").table
+    assert nwca["wetland"].all() and nwca["wetland_class"].notna().all()
+    assert set(nwca["wetland_class"]) <= {"PEM", "PFO", "PSS", "E2EM", "E2SS", "PUBPAB", "PF"}
+    sodah = load_sodah(REAL / "sodah" / "sodah_conus_layers.csv.gz").table
+    raw = pd.read_csv(REAL / "sodah" / "sodah_conus_layers.csv.gz", usecols=["land_cover"], low_memory=False)["land_cover"]
+    assert 0 < sodah["wetland"].mean() < 0.2
+    assert raw.isin(["woodyWetlands", "emergentHerbaceousWetlands"]).any()

@@ -115,3 +115,16 @@ def test_write_and_load_real_sites(tmp_path, cube, monkeypatch):
     assert d.covariates.shape == (len(d), 8) and np.isfinite(d.covariates).all()
     assert d.forcing.batch_size == len(d) and np.isfinite(d.soc_g_m3).any(1).all()
     assert set(d.covariate_range) == set(d.covariate_names)
+    # the site-level wetland flag: every NWCA site, only SoDaH's wetland covers; reported per source
+    nwca = np.char.startswith(d.site_id.astype(str), "nwca2011:")
+    assert d.wetland.shape == (len(d),) and set(np.unique(d.wetland)) <= {0.0, 1.0}
+    assert (d.wetland[nwca] == 1).all() and 0 < d.wetland[~nwca].mean() < 0.2
+    assert r.report["load_report"]["totals"]["wetland_sites"] == int(d.wetland.sum())
+    assert "nwca2011:" in r.report["load_report"]["wetland"] and "sodah:" in r.report["load_report"]["wetland"]
+    # as an encoder input: one more covariate, range 0-1; the subset keeps the flag
+    from socmap.data.sites import WETLAND_INPUT, with_wetland_input
+
+    w = with_wetland_input(d)
+    assert w.covariate_names[-1] == WETLAND_INPUT and w.covariate_range[WETLAND_INPUT] == (0.0, 1.0)
+    np.testing.assert_array_equal(w.covariates[:, -1], d.wetland)
+    np.testing.assert_array_equal(w.subset(np.arange(5)).wetland, d.wetland[:5])

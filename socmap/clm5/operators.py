@@ -397,11 +397,30 @@ def environment_means(theta: torch.Tensor, prepared: PreparedForcing) -> tuple[t
     return (tw * prepared.oxygen).mean(0), (tw * prepared.oxygen_nitrogen).mean(0)
 
 
-def build_operators(theta: torch.Tensor, prepared: PreparedForcing) -> Operators:
-    """All month-averaged operators for physical parameters ``theta`` [B, 21] (float64)."""
+def check_o_scalar(o_scalar: torch.Tensor, batch_size: int) -> None:
+    """Raise ``ValueError`` unless ``o_scalar`` is a [B, 20] tensor of 0–1 values (NaN-free)."""
+    if tuple(o_scalar.shape) != (batch_size, grid.N_LAYERS):
+        raise ValueError(f"o_scalar must have shape [{batch_size}, {grid.N_LAYERS}] (sites × layers); got {tuple(o_scalar.shape)}")
+    v = o_scalar.detach()
+    if not bool(((v >= 0) & (v <= 1)).all()):
+        raise ValueError("o_scalar is an oxygen (anoxia) scalar: every value must lie in [0, 1] (no NaN)")
+
+
+def build_operators(theta: torch.Tensor, prepared: PreparedForcing, o_scalar: torch.Tensor | None = None) -> Operators:
+    """All month-averaged operators for physical parameters ``theta`` [B, 21] (float64).
+
+    ``o_scalar`` [B, 20] (0–1, optional, may require grad) is an extra oxygen scalar per site and
+    layer, constant over the year, multiplying the decay rate of every pool (docs/model.md §5.10:
+    the learned wetland anoxia). Because it is constant over the months it multiplies the
+    monthly means of ξ^T ξ^W ξ^O exactly as a factor on the forcing's O would. None leaves the
+    operators untouched; ones give the same numbers bit for bit.
+    """
     if theta.shape[0] != prepared.batch_size:
         raise ValueError(f"theta has {theta.shape[0]} sites but the prepared forcing has {prepared.batch_size}")
     env, env_n = environment_means(theta, prepared)
+    if o_scalar is not None:
+        o = o_scalar.to(env.dtype).movedim(0, -1)  # [20, B], sites innermost like env
+        env, env_n = env * o, env_n * o
     node = grid.grid_tensor("NODE_M", theta)[:, None]
     xi_depth = torch.exp(-node / _col(theta, "efolding"))  # [20, B]
     tau_yr = torch.stack([_col(theta, n) for n in POOL_TAU])  # [7, B]

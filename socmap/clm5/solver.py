@@ -24,7 +24,9 @@ import torch
 
 from socmap.clm5 import grid
 from socmap.clm5.forcing import Forcing
-from socmap.clm5.operators import TRANSFER_EDGES, BedrockRule, Operators, PreparedForcing, build_operators, prepare_forcing
+from socmap.clm5.operators import (
+    TRANSFER_EDGES, BedrockRule, Operators, PreparedForcing, build_operators, check_o_scalar, prepare_forcing,
+)
 from socmap.clm5.parameters import N_PARAMS, check_bounds
 from socmap import allocator
 
@@ -257,6 +259,7 @@ def steady_state(
     check: bool = True,
     check_bounds_: bool = True,
     return_operators: bool = False,
+    o_scalar: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, Operators]:
     """Steady-state carbon pools of the CLM5 soil matrix model.
 
@@ -280,6 +283,10 @@ def steady_state(
     return_operators : bool
         Also return the :class:`~socmap.clm5.operators.Operators` the solve was built from, so
         that diagnostics of the same state need not build them again (mapping).
+    o_scalar : Tensor [B, 20], optional
+        Extra oxygen (anoxia) scalar per site and layer, 0–1, multiplying every decay rate
+        (:func:`~socmap.clm5.operators.build_operators`; the learned wetland anoxia,
+        docs/model.md §5.10); differentiable. None: no change.
 
     Returns
     -------
@@ -304,7 +311,9 @@ def steady_state(
         forcing = prepare_forcing(forcing, bedrock_rule)
     elif forcing.bedrock_rule != bedrock_rule:
         raise ValueError(f"the forcing was prepared with bedrock_rule={forcing.bedrock_rule!r}, not {bedrock_rule!r}")
-    ops = build_operators(theta, forcing)
+    if o_scalar is not None and check:
+        check_o_scalar(o_scalar, theta.shape[0])
+    ops = build_operators(theta, forcing, o_scalar)
     x = solve_structured(ops) if method == "structured" else solve_dense(ops)
     pools = _flag_failures(x.movedim(-1, 0))
     return (pools, ops) if return_operators else pools

@@ -6,7 +6,7 @@ cleaning, the checks row by row, the SOC density and the load report live in
 
 Columns
 -------
-Each *field* (``site_id, lat, lon, top, bottom, oc, total_c, caco3, bd, cf``) is found by a list
+Each *field* (``site_id, lat, lon, top, bottom, oc, total_c, caco3, bd, cf, wetland``) is found by a list
 of common names (:data:`ALIASES`; matching ignores case, spaces and punctuation, and a unit
 suffix such as ``_cm``, ``_pct`` or ``(g/kg)``), or named in a column map (YAML)::
 
@@ -31,6 +31,9 @@ A unit is *given* (column map), read from the column name (``hzn_top_cm``, ``oc_
   overlap in value, so without measured densities a table often needs its unit stated.
 - bulk density: all values ≤ 2.9 → g cm-3; all 20–2,900 → kg m-3; otherwise ask.
 - coarse fragments (volume): largest value > 1 → %; all zero → % (no effect); otherwise ask.
+
+The optional ``wetland`` field is a flag, not a measurement: 1/0, true/false, yes/no, y/n or
+wetland/upland (:func:`flag_column`); a blank is upland (0).
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ FIELD_DESCRIPTIONS: dict[str, str] = {
     "caco3": "calcium carbonate content",
     "bd": "bulk density of the fine earth",
     "cf": "coarse fragments (volume)",
+    "wetland": "the site is a wetland (1/0, true/false, yes/no, wetland/upland; optional, default 0)",
 }
 
 #: Common column names per field, normalised (see :func:`normalise`), most specific first.
@@ -100,6 +104,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
            "dbthirdbar", "db_od", "bulkdensity"),
     "cf": ("cf", "cfvo", "coarse_frag", "coarse_fragments", "coarse_fragment", "cf_vol", "frag_vol",
            "rock_fragments", "gravel", "stones"),
+    "wetland": ("wetland", "is_wetland", "wetland_flag", "hydric", "hydric_soil"),
 }
 
 #: Field kind -> unit spelling -> factor to the working unit (cm, %, g cm-3, volume fraction).
@@ -378,6 +383,30 @@ def numeric_column(df: pd.DataFrame, col: str, path: Path | str, notes: list[str
         notes.append(f"{Path(path).name}: column {col!r} holds text that is not a number on line(s) "
                      f"{line_list(df.loc[bad, '_line'])} (e.g. {', '.join(map(repr, examples))}){hint}")
     return num, bad
+
+
+#: Spellings of a yes/no flag (normalised: stripped, lower case).
+FLAG_TRUE = ("1", "1.0", "true", "t", "yes", "y", "wetland")
+FLAG_FALSE = ("0", "0.0", "false", "f", "no", "n", "upland")
+
+
+def flag_column(df: pd.DataFrame, col: str, path: Path | str) -> pd.Series:
+    """Column ``col`` as a boolean flag (:data:`FLAG_TRUE` / :data:`FLAG_FALSE`; blanks are False).
+
+    Raises :class:`ProfileDataError` naming the column, the lines and the values it cannot read.
+    """
+    raw = df[col]
+    if pd.api.types.is_bool_dtype(raw):
+        return raw.fillna(False).astype(bool)
+    text = raw.astype("string").str.strip().str.lower()
+    blank = text.isna() | text.isin([b.lower() for b in _BLANKS])
+    yes, no = text.isin(FLAG_TRUE), text.isin(FLAG_FALSE)
+    bad = ~(blank | yes | no)
+    if bad.any():
+        examples = ", ".join(repr(str(v)) for v in raw[bad].unique()[:3])
+        raise ProfileDataError(f"{path}: column {col!r} (wetland flag) holds {examples} on line(s) "
+                               f"{line_list(df.loc[bad, '_line'])}; use 1/0, true/false, yes/no or wetland/upland")
+    return yes.fillna(False).astype(bool)
 
 
 def _ask(path, field_name: str, column: str, why: str) -> ProfileDataError:

@@ -7,7 +7,8 @@ returns a :class:`ProfileSet` ``(table, report)``:
 - ``table`` — the tidy profile table of DESIGN.md, one row per layer: ``site_id, lon, lat,
   top_m, bottom_m, depth_m`` (mid depth), ``soc_g_m3`` (SOC density, g C m-3), ``oc_pct``
   (organic C, % mass), ``bd_g_cm3`` (bulk density used), ``bd_estimated`` (True where the
-  density comes from the pedotransfer function), ``source`` and provenance columns
+  density comes from the pedotransfer function), ``wetland`` (True where the site is a wetland:
+  see "Wetland sites" below), ``source`` and provenance columns
   (``source_file``, ``source_line`` — the 1-based line in the file, header = line 1 —,
   ``profile_id``, ``observation_date`` and source-specific flags);
 - ``report`` — a :class:`LoadReport`: rows read, kept and dropped *by reason* with their file
@@ -50,6 +51,12 @@ Decisions (documented, each an option)
   dropped with its reason.
 - **Coordinates** must lie in the CONUS box lon −125…−66, lat 24…50; a point that would be
   inside with lat and lon exchanged is reported as ``outside CONUS (lat/lon look swapped)``.
+- **Wetland sites** (column ``wetland``, a site-level attribute: the site's own land unit, which a
+  0.25° cell's covariates cannot see): every NWCA 2011 site is a wetland (its field class
+  ``CLASS_FIELD_FWSST`` is kept as ``wetland_class``); a SoDaH site is a wetland where its
+  ``land_cover`` is ``woodyWetlands`` or ``emergentHerbaceousWetlands``; a user's table may carry
+  an optional ``wetland`` column (1/0, true/false, yes/no, wetland/upland; blank = 0), else every
+  site is taken as upland (0) and the report says so.
 - **Cross-source duplicates**: sites of different sources within ~100 m (coordinates equal to
   3 decimals) are flagged (``dup_coords_other_source``) and counted; both are kept.
 """
@@ -65,7 +72,7 @@ import numpy as np
 import pandas as pd
 
 from socmap.data.intake import (
-    FIELD_KIND, MAX_OC_PCT, MAX_SOC_G_M3, UNITS, ColumnMap, ProfileDataError, UnitChoice, canonical_unit, infer_bd_unit,
+    FIELD_KIND, MAX_OC_PCT, MAX_SOC_G_M3, UNITS, ColumnMap, ProfileDataError, UnitChoice, canonical_unit, flag_column, infer_bd_unit,
     infer_carbon_unit, infer_cf_unit, infer_depth_unit, line_list, match_columns, numeric_column, read_table,
     require_fields,
 )
@@ -85,11 +92,14 @@ SODAH_FRACTION_FILES = ("Wisconsin DIRT soil", "CWThemlock_soilCN")
 
 TIDY_COLUMNS = [
     "site_id", "lon", "lat", "top_m", "bottom_m", "depth_m", "soc_g_m3", "oc_pct", "bd_g_cm3",
-    "bd_estimated", "source", "source_file", "source_line", "profile_id", "observation_date",
+    "bd_estimated", "wetland", "source", "source_file", "source_line", "profile_id", "observation_date",
 ]
 
 #: Boolean provenance flags (False where a source does not have them).
-FLAG_COLUMNS = ("top_inferred", "caco3_corrected", "carbon_is_total", "carbon_was_fraction", "forest_floor")
+FLAG_COLUMNS = ("top_inferred", "caco3_corrected", "carbon_is_total", "carbon_was_fraction", "forest_floor", "wetland")
+
+#: SoDaH ``land_cover`` values (NLCD-style names) that make a site a wetland.
+SODAH_WETLAND_COVERS = ("woodyWetlands", "emergentHerbaceousWetlands")
 
 # drop reasons (in the order the checks run)
 R_NON_NUMERIC = "non-numeric value in {col}"
@@ -480,7 +490,9 @@ def load_nwca2011(folder: str | Path | None = None, *, bulk_density: str = "fill
     chem = chem[~m]
     lat_s, _ = _numeric(sites, "AA_CENTER_LAT", site_path, rep)
     lon_s, _ = _numeric(sites, "AA_CENTER_LON", site_path, rep)
-    coords = pd.DataFrame({"UID": sites["UID"].to_numpy(), "lat": lat_s.to_numpy(), "lon": lon_s.to_numpy()})
+    coords = pd.DataFrame({"UID": sites["UID"].to_numpy(), "lat": lat_s.to_numpy(), "lon": lon_s.to_numpy(),
+                           "wetland_class": (sites["CLASS_FIELD_FWSST"].astype("string").to_numpy()
+                                             if "CLASS_FIELD_FWSST" in sites else None)})
     chem = chem.merge(coords, on="UID", how="left", validate="many_to_one")
     chem.index = pd.RangeIndex(len(chem))
 
@@ -513,7 +525,7 @@ def load_nwca2011(folder: str | Path | None = None, *, bulk_density: str = "fill
         "profile_id": "nwca2011:" + chem["UID"].astype(str) + "-" + chem["PIT"].astype(str),
         "observation_date": chem["DATE_COL"].astype(str) if "DATE_COL" in chem else None,
         "layer_no": chem["_layer"], "top_inferred": top_inferred.astype(bool), "caco3_corrected": corrected.astype(bool),
-        "total_carbon_pct": tc,
+        "total_carbon_pct": tc, "wetland": True, "wetland_class": chem["wetland_class"],  # NWCA samples wetlands only
     })
     table = _finish(raw, rep, chem_path, bulk_density=bulk_density, bd_range=NWCA_BD_RANGE,
                     dup_key=["profile_id", "top_cm", "bottom_cm", "oc_pct", "bd_meas"],
@@ -578,6 +590,7 @@ def load_sodah(path: str | Path | None = None, *, bulk_density: str = "fill", fo
         "horizon": df["hzn"].astype("string") if "hzn" in df else None,
         "network": df["network"].astype("string") if "network" in df else None,
         "site_code": df["site_code"].astype("string") if "site_code" in df else None,
+        "wetland": df["land_cover"].isin(SODAH_WETLAND_COVERS).to_numpy() if "land_cover" in df else False,
     })[keep.to_numpy()]
     # text in the carbon columns: only a problem when no usable carbon is left
     bad_c = (bad_soc & ctot.isna()) | (bad_ctot & soc.isna())
@@ -714,6 +727,12 @@ def load_profile_table(path: str | Path, *, columns: ColumnMap | dict[str, Any] 
     })
     if "cf" in found:
         raw["cf_vol"] = value("cf", "cf")
+    if "wetland" in found:  # the site's own land unit (module docstring, "Wetland sites")
+        raw["wetland"] = flag_column(df, found["wetland"], path)
+    else:
+        raw["wetland"] = False
+        rep.notes.append(f"{path.name}: no wetland column: every site taken as upland (wetland = 0); add a column "
+                         "'wetland' (1/0) to mark wetland sites")
     table = _finish(raw[keep.to_numpy()], rep, path, bulk_density=bulk_density, bd_range=USER_BD_RANGE,
                     dup_key=["site_id", "top_cm", "bottom_cm", "oc_pct", "bd_meas"],
                     required_numeric={found["lat"]: text["lat"], found["lon"]: text["lon"], found["top"]: text["top"],

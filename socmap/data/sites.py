@@ -62,6 +62,7 @@ class SiteData:
     bd_estimated: np.ndarray | None = None  # [N, L] bool: the observation's bulk density is a pedotransfer estimate
     top_m: np.ndarray | None = None  # [N, L] NaN-padded observed layer tops (m), where the table has them
     bottom_m: np.ndarray | None = None  # [N, L] NaN-padded observed layer bottoms (m)
+    wetland: np.ndarray | None = None  # [N] float64 0/1: the site's own land unit is a wetland (None: unknown = upland)
 
     def __post_init__(self) -> None:
         n = len(self.site_id)
@@ -78,6 +79,8 @@ class SiteData:
             raise ValueError(f"SiteData.depth_m {self.depth_m.shape} and soc_g_m3 {self.soc_g_m3.shape} must both be [{n}, L]")
         if self.forcing.batch_size != n:
             raise ValueError(f"SiteData.forcing has {self.forcing.batch_size} sites, not {n}")
+        if self.wetland is not None and tuple(np.shape(self.wetland)) != (n,):
+            raise ValueError(f"SiteData.wetland has shape {np.shape(self.wetland)}; expected ({n},)")
         if self.true_p is not None and self.true_p.shape != (n, len(NAMES)):
             raise ValueError(f"SiteData.true_p has shape {self.true_p.shape}; expected {(n, len(NAMES))}")
 
@@ -105,6 +108,10 @@ class SiteData:
                 out[f.name] = v
         return SiteData(**out)
 
+    def wetland_flag(self) -> np.ndarray:
+        """The site-level wetland flag [N] float64 (0 = upland, 1 = wetland); zeros when unknown."""
+        return np.zeros(len(self)) if self.wetland is None else np.asarray(self.wetland, dtype=np.float64)
+
     def covariate_frame(self) -> pd.DataFrame:
         """Covariates as a DataFrame (columns = covariate names)."""
         return pd.DataFrame(self.covariates, columns=self.covariate_names)
@@ -126,6 +133,28 @@ class SiteData:
             lo.append(float(a))
             hi.append(float(b))
         return lo, hi
+
+
+#: Name of the site-level wetland flag when it is an encoder input (:func:`with_wetland_input`).
+WETLAND_INPUT = "wetland"
+
+
+def with_wetland_input(data: SiteData) -> SiteData:
+    """``data`` with the site-level wetland flag appended as the last covariate :data:`WETLAND_INPUT`
+    (0 = upland, 1 = wetland; scaling range 0–1), so every encoder and baseline sees it.
+
+    The flag is an attribute of the site, not of its cell: a map evaluates each cell once as
+    upland (0) and once as wetland (1) and area-weights the two columns
+    (:func:`socmap.cells.wetland_weighted`).
+    """
+    if WETLAND_INPUT in data.covariate_names:
+        return data
+    out = {f.name: getattr(data, f.name) for f in fields(data)}
+    out["covariates"] = np.column_stack([data.covariates, data.wetland_flag()])
+    out["covariate_names"] = [*data.covariate_names, WETLAND_INPUT]
+    out["covariate_units"] = [*data.covariate_units, "1"]
+    out["covariate_range"] = {**(data.covariate_range or {}), WETLAND_INPUT: (0.0, 1.0)}
+    return SiteData(**out)
 
 
 def profiles_to_arrays(profiles: pd.DataFrame, site_ids) -> tuple[np.ndarray, np.ndarray]:
@@ -252,7 +281,8 @@ def aggregate_layers(table: pd.DataFrame) -> pd.DataFrame:
     t = table.assign(_log=np.log(table["soc_g_m3"].to_numpy(np.float64)))
     g = t.groupby(["site_id", "top_m", "bottom_m"], sort=False)
     out = g.agg(lon=("lon", "first"), lat=("lat", "first"), depth_m=("depth_m", "first"), _log=("_log", "mean"),
-                n_obs=("_log", "size"), source=("source", "first"), bd_estimated=("bd_estimated", "mean")).reset_index()
+                n_obs=("_log", "size"), source=("source", "first"), bd_estimated=("bd_estimated", "mean"),
+                **({"wetland": ("wetland", "max")} if "wetland" in t else {})).reset_index()
     out["soc_g_m3"] = np.exp(out.pop("_log"))
     return out
 
@@ -338,7 +368,7 @@ def load_real(directory: str | Path, *, sources: list[str] | None = None, bulk_d
             raise ValueError(f"{directory / 'profiles.csv'} lacks column(s) {missing}")
         if "depth_m" not in table:
             table["depth_m"] = 0.5 * (table["top_m"] + table["bottom_m"])
-        for c, v in (("source", "profiles.csv"), ("bd_estimated", False)):
+        for c, v in (("source", "profiles.csv"), ("bd_estimated", False), ("wetland", False)):
             if c not in table:
                 table[c] = v
         report["profiles"] = {"file": str(directory / "profiles.csv"), "rows": len(table)}
@@ -356,8 +386,12 @@ def load_real(directory: str | Path, *, sources: list[str] | None = None, bulk_d
     if bad_soc.any():
         by_reason[R_BAD_SOC] = by_reason.get(R_BAD_SOC, 0) + int(bad_soc.sum())
     table = table[~bad_soc]
+    if "wetland" not in table:  # a table from before the wetland column: every site upland
+        table = table.assign(wetland=False)
+    table = table.assign(wetland=table["wetland"].fillna(False).astype(bool))
     cube = open_cube(directory / "cube.zarr").load()
-    sites = table.groupby("site_id", sort=True).agg(lon=("lon", "first"), lat=("lat", "first"), source=("source", "first")).reset_index()
+    sites = table.groupby("site_id", sort=True).agg(lon=("lon", "first"), lat=("lat", "first"), source=("source", "first"),
+                                                    wetland=("wetland", "max")).reset_index()
     rows_per_site = table.groupby("site_id", sort=True).size().reindex(sites["site_id"]).to_numpy()
     where = sample_grid(cube, sites["lon"].to_numpy(), sites["lat"].to_numpy())
     where, snapped = snap_to_land(cube, where, sites["lon"].to_numpy(), sites["lat"].to_numpy(), max_cells=snap_cells)
@@ -394,7 +428,9 @@ def load_real(directory: str | Path, *, sources: list[str] | None = None, bulk_d
             "rows_read": rows_read, "rows_kept": layers_before, "rows_dropped": int(sum(by_reason.values())),
             "sites_read": len(reason), "sites_kept": len(sites), "sites_snapped_to_nearest_land_cell": int(snapped),
             "layers_after_merging_repeats": len(table), "bd_measured_rows": layers_before - n_est, "bd_estimated_rows": n_est,
+            "wetland_sites": int(sites["wetland"].sum()), "upland_sites": int((~sites["wetland"].astype(bool)).sum()),
         },
+        "wetland": _wetland_note(sites),
         "dropped_by_reason": by_reason,
         "sites_dropped_by_reason": sites_dropped,
         "bulk_density": opts["bulk_density"],
@@ -426,8 +462,17 @@ def load_real(directory: str | Path, *, sources: list[str] | None = None, bulk_d
         bd_estimated=np.where(np.isfinite(est), est > 0, False),
         top_m=top,
         bottom_m=bottom,
+        wetland=sites["wetland"].to_numpy(np.float64),
     )
     return RealSites(data=data, profiles=table.reset_index(drop=True), report=report)
+
+
+def _wetland_note(sites: pd.DataFrame) -> str:
+    """The load-report line on the site-level wetland flag: how many sites of each source are wetlands."""
+    per = sites.groupby("source")["wetland"].agg(["sum", "size"])
+    parts = [f"{src}: {int(r['sum'])} of {int(r['size'])}" for src, r in per.iterrows()]
+    return ("wetland sites (the site's own land unit; sources without the flag count as upland): "
+            + "; ".join(parts))
 
 
 #: Catalog variable names of a ``profiles`` entry -> intake fields (:mod:`socmap.data.intake`).

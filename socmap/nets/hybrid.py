@@ -6,12 +6,14 @@ Covariates enter in physical units and are min–max scaled with a range fixed a
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
 from socmap.clm5 import interpolate_to_depths, soc_nodes, steady_state
+from socmap.clm5.grid import grid_tensor
 from socmap.clm5.operators import PreparedForcing
 from socmap.clm5.parameters import INDEX, N_PARAMS, resolve_subset, to_physical
 
@@ -32,6 +34,8 @@ class HybridSpec:
     fixed_p: list[float] = field(default_factory=lambda: [0.5] * N_PARAMS)
     bound: str = "hardsigmoid"
     encoder_kwargs: dict = field(default_factory=dict)
+    anoxia: str = "none"  # "none" | "learned": :class:`WetlandAnoxia` at wetland sites (docs/model.md §5.10)
+    wetland_saturated: bool = False  # wetland sites get the water scalar of saturated soil, 1 (§5.10)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,6 +60,46 @@ class CovariateScaler(nn.Module):
         return s * self.span + self.lo
 
 
+class WetlandAnoxia(nn.Module):
+    """The learned oxygen scalar of waterlogged soil at wetland sites (docs/model.md §5.10).
+
+    ``o[b, j] = 1 − w_b (1 − o_min) s_j`` with ``s_j = σ((z_j − z_wt) / 0.05 m)`` a smooth step
+    at the water-table depth ``z_wt`` over the layer nodes ``z_j``, and ``w_b`` the site's
+    wetland flag (0 upland, 1 wetland; a fraction is allowed). Two learned numbers, shared by all
+    wetland sites: ``o_min`` ∈ [0.01, 1], the decomposition rate below the water table as a
+    fraction of the aerated rate (starts at CLM's ``mino2lim`` 0.2), and ``z_wt`` ∈ [0, 1] m
+    (starts at 0.1 m, the forcing's wetland water table). At ``w_b = 0`` every factor is exactly 1.
+    """
+
+    O_MIN_LO = 0.01
+    WT_MAX_M = 1.0
+    WT_WIDTH_M = 0.05
+
+    def __init__(self, o_min: float = 0.2, water_table_m: float = 0.1) -> None:
+        super().__init__()
+        # float32 like the encoder's weights (one dtype for the L-BFGS polish); evaluated in float64
+        self.o_raw = nn.Parameter(torch.logit(torch.tensor((o_min - self.O_MIN_LO) / (1 - self.O_MIN_LO))))
+        self.wt_raw = nn.Parameter(torch.logit(torch.tensor(water_table_m / self.WT_MAX_M)))
+
+    @property
+    def o_min(self) -> torch.Tensor:
+        return self.O_MIN_LO + (1.0 - self.O_MIN_LO) * torch.sigmoid(self.o_raw.to(torch.float64))
+
+    @property
+    def water_table_m(self) -> torch.Tensor:
+        return self.WT_MAX_M * torch.sigmoid(self.wt_raw.to(torch.float64))
+
+    def forward(self, wetland: torch.Tensor) -> torch.Tensor:
+        """Oxygen scalar [B, 20] (float64) of sites with wetland flag ``wetland`` [B]."""
+        z = grid_tensor("NODE_M", self.o_min)  # layer node depths (m)
+        step = torch.sigmoid((z - self.water_table_m) / self.WT_WIDTH_M)  # [20]
+        return 1.0 - wetland.to(torch.float64)[:, None] * ((1.0 - self.o_min) * step)[None, :]
+
+    def summary(self) -> dict[str, float]:
+        """The learned values: ``o_min`` (fraction) and ``water_table_m`` (m)."""
+        return {"o_min": float(self.o_min.detach()), "water_table_m": float(self.water_table_m.detach())}
+
+
 class HybridModel(nn.Module):
     """Encoder + bounding layer producing all 21 normalised parameters per site.
 
@@ -76,6 +120,9 @@ class HybridModel(nn.Module):
         self.register_buffer("p_lo", torch.zeros(len(names)))
         self.register_buffer("p_hi", torch.ones(len(names)))
         self.solver_method = "structured"  # "dense" only for benchmarks and cross-checks
+        if spec.anoxia not in ("none", "learned"):
+            raise ValueError(f"HybridSpec.anoxia must be 'none' or 'learned', not {spec.anoxia!r}")
+        self.anoxia = WetlandAnoxia() if spec.anoxia == "learned" else None
 
     @property
     def is_kan(self) -> bool:
@@ -91,13 +138,35 @@ class HybridModel(nn.Module):
     def forward(self, covariates: torch.Tensor) -> torch.Tensor:
         return self.encode(covariates)[0]
 
+    def o_scalar(self, wetland: torch.Tensor | None) -> torch.Tensor | None:
+        """The oxygen scalar [B, 20] of sites with wetland flags ``wetland`` [B], or None (no anoxia)."""
+        if self.anoxia is None or wetland is None:
+            return None
+        return self.anoxia(wetland)
+
+    def column_forcing(self, prepared: PreparedForcing, wetland: torch.Tensor | None) -> PreparedForcing:
+        """``prepared`` as the model sees it at sites with wetland flags ``wetland`` [B]: with
+        ``spec.wetland_saturated`` the water scalar of a wetland site is that of saturated soil,
+        W + w (1 − W) (1 at w = 1: wet soil is not water-limited in CLM; the excess water acts
+        through the anoxia). Unchanged otherwise (the same object)."""
+        if not self.spec.wetland_saturated or wetland is None or not bool((wetland > 0).any()):
+            return prepared
+        w = wetland.to(prepared.water.dtype).to(prepared.water.device)
+        water = prepared.water + w * (1.0 - prepared.water)  # [12, 20, B], sites innermost
+        return dataclasses.replace(prepared, water=water)
+
     def simulate(
-        self, covariates: torch.Tensor, prepared: PreparedForcing, depth_m: torch.Tensor
+        self, covariates: torch.Tensor, prepared: PreparedForcing, depth_m: torch.Tensor,
+        wetland: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """SOC (g C m-3, float64) at ``depth_m`` [B, L], plus p_sub and u for the penalties."""
+        """SOC (g C m-3, float64) at ``depth_m`` [B, L], plus p_sub and u for the penalties.
+
+        ``wetland`` [B] (0/1) is the sites' wetland flag, used by the learned anoxia (if any).
+        """
         p_full, p_sub, u = self.encode(covariates)
         theta = to_physical(p_full.to(torch.float64))
-        pools = steady_state(theta, prepared, method=self.solver_method, check=False)
+        pools = steady_state(theta, self.column_forcing(prepared, wetland), method=self.solver_method, check=False,
+                             o_scalar=self.o_scalar(wetland))
         return interpolate_to_depths(soc_nodes(pools), depth_m), p_sub, u
 
     @torch.no_grad()

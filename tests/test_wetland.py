@@ -1,0 +1,175 @@
+"""The site-level wetland flag in training: the learned anoxia and the wetland input (docs/model.md §5.10)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_forcing
+from socmap.clm5 import prepare_forcing
+from socmap.data.sites import WETLAND_INPUT, with_wetland_input
+from socmap.data.synthetic import SynthConfig, write_synthetic
+from socmap.nets.hybrid import HybridModel, HybridSpec
+from socmap.splits import make_folds
+from socmap.train import load_sites
+from socmap.train_config import load_config
+from socmap.trainer import HybridTrainer
+
+PARAMS = ["efolding", "tau4s3", "fs1s3", "w_scaling"]
+
+
+def _model(anoxia: str, seed: int = 0) -> HybridModel:
+    torch.manual_seed(seed)
+    spec = HybridSpec(encoder="mlp", covariate_names=["a", "b"], covariate_lo=[0.0, 0.0], covariate_hi=[1.0, 1.0],
+                      params=PARAMS, anoxia=anoxia, encoder_kwargs={"hidden": [8]})
+    return HybridModel(spec).double().eval()
+
+
+def test_anoxia_at_upland_sites_leaves_the_solution_unchanged_bit_for_bit():
+    n = 12
+    forcing = prepare_forcing(make_forcing(n, seed=4))
+    x = torch.rand(n, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    depth = torch.tensor([[0.05, 0.3, 0.8]], dtype=torch.float64).expand(n, -1)
+    plain, anoxic = _model("none"), _model("learned")
+    anoxic.encoder.load_state_dict(plain.encoder.state_dict())
+    with torch.no_grad():
+        ref, _, _ = plain.simulate(x, forcing, depth)
+        upland, _, _ = anoxic.simulate(x, forcing, depth, torch.zeros(n, dtype=torch.float64))
+        wet, _, _ = anoxic.simulate(x, forcing, depth, torch.ones(n, dtype=torch.float64))
+    assert torch.equal(upland, ref)
+    # an oxygen scalar below 1 under the water table: more carbon at depth at every wetland site
+    assert bool((wet[:, 1:] > ref[:, 1:]).all())
+    o = anoxic.o_scalar(torch.tensor([0.0, 1.0])).detach()
+    assert torch.equal(o[0], torch.ones(20, dtype=torch.float64))
+    assert 0.2 - 1e-6 <= float(o[1].min()) and float(o[1, -1]) == pytest.approx(0.2, abs=1e-6)
+    assert bool((o[1, 1:] <= o[1, :-1]).all())  # less oxygen deeper below the water table
+
+
+def test_anoxia_survives_a_checkpoint_and_old_specs_load_without_it():
+    m = _model("learned")
+    with torch.no_grad():
+        m.anoxia.o_raw.fill_(0.3)
+        m.anoxia.wt_raw.fill_(-0.5)
+    back = HybridModel.from_checkpoint(m.to_checkpoint())
+    assert back.anoxia.summary() == pytest.approx(m.anoxia.summary())
+    ckpt = _model("none").to_checkpoint()
+    ckpt["spec"].pop("anoxia")  # a model saved before the option existed
+    assert HybridModel.from_checkpoint(ckpt).anoxia is None
+    with pytest.raises(ValueError, match="anoxia must be 'none' or 'learned'"):
+        HybridModel(HybridSpec(**{**m.spec.to_dict(), "anoxia": "maybe"}))
+
+
+@pytest.fixture(scope="module")
+def twin(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wet") / "data"
+    write_synthetic(out, SynthConfig(resolution_deg=1.0, n_sites=80, seed=5, noise=0.05))
+    return out
+
+
+def test_training_learns_the_anoxia_from_wetland_sites_only(twin, tmp_path):
+    cfg = load_config(data_dir=str(twin), folds=3, epochs=3, batch_size=32, encoder="mlp", anoxia="learned")
+    data = load_sites(cfg)
+    fold = make_folds(data.lon, data.lat, cfg.folds, cfg.split, cfg.seed)[0]
+    start = _model("learned").anoxia.summary()
+    # no wetland site: the anoxia gets no gradient and keeps its starting values
+    trainer = HybridTrainer(cfg, data, fold, tmp_path / "upland", torch.device("cpu"))
+    trainer.fit(progress=False)
+    assert trainer.model.anoxia.summary() == pytest.approx(start, rel=1e-6)
+    # half the sites wetlands: the anoxia moves
+    data.wetland = (np.arange(len(data)) % 2).astype(np.float64)
+    trainer = HybridTrainer(cfg, data, fold, tmp_path / "wet", torch.device("cpu"))
+    trainer.fit(progress=False)
+    assert trainer.model.anoxia.summary() != pytest.approx(start, rel=1e-3)
+
+
+def test_wetland_input_is_one_more_encoder_covariate(twin):
+    cfg = load_config(data_dir=str(twin), folds=3, wetland_input=True)
+    data = load_sites(cfg)
+    assert data.covariate_names[-1] == WETLAND_INPUT and (data.covariates[:, -1] == 0).all()
+    assert with_wetland_input(data) is data  # applied once
+
+
+# -- maps: an upland and a wetland column per cell, area-weighted by the cell's wetland fraction
+
+def _cells(n: int = 6):
+    from conftest import make_forcing as mf
+
+    x = np.random.default_rng(2).uniform(0.1, 0.9, (n, 2))
+    return x, mf(n, seed=7)
+
+
+def test_columns_weight_upland_and_wetland_by_area():
+    from socmap.cells import predict_cells, predict_columns
+
+    m = _model("learned").float()
+    with torch.no_grad():
+        m.anoxia.o_raw.fill_(-2.0)
+    x, forcing = _cells()
+    f = np.array([0.0, 0.25, 0.5, 1.0, 0.0, 0.75])
+    kw = {"default": False, "diagnostics": False}
+    up = predict_cells([m], x, forcing, **kw).values
+    wet = predict_cells([m], x, forcing, wetland=1.0, **kw).values
+    mixed = predict_columns([m], x, forcing, f, **kw).values
+    for key in ("soc", "soc_stock_0_30cm", "soc_stock_0_100cm"):
+        w = f.reshape((-1,) + (1,) * (up[key].ndim - 1))
+        np.testing.assert_allclose(mixed[key], (1 - w) * up[key] + w * wet[key], rtol=1e-12)
+    assert (wet["soc_stock_0_100cm"] > up["soc_stock_0_100cm"]).all()  # the anoxic column stores more
+    # all upland (no fraction): exactly the plain prediction
+    plain = predict_columns([m], x, forcing, None, **kw).values
+    assert all(np.array_equal(plain[k], up[k]) for k in up)
+
+
+def test_columns_set_the_wetland_input_of_models_trained_with_it():
+    from socmap.cells import cube_inputs, predict_cells, predict_columns
+
+    torch.manual_seed(3)
+    spec = HybridSpec(encoder="mlp", covariate_names=["a", "b", WETLAND_INPUT], covariate_lo=[0.0, 0.0, 0.0],
+                      covariate_hi=[1.0, 1.0, 1.0], params=PARAMS, encoder_kwargs={"hidden": [8]})
+    m = HybridModel(spec).eval()
+    assert cube_inputs(spec.covariate_names) == ["a", "b"]
+    x, forcing = _cells()
+    kw = {"default": False, "diagnostics": False}
+    ones = predict_cells([m], np.column_stack([x, np.ones(len(x))]), forcing, **kw).values
+    zeros = predict_cells([m], np.column_stack([x, np.zeros(len(x))]), forcing, **kw).values
+    f = np.full(len(x), 0.4)
+    mixed = predict_columns([m], x, forcing, f, **kw).values
+    np.testing.assert_allclose(mixed["soc_stock_0_100cm"], 0.6 * zeros["soc_stock_0_100cm"] + 0.4 * ones["soc_stock_0_100cm"], rtol=1e-12)
+
+
+def test_wetland_fraction_from_the_cube_or_upland():
+    import xarray as xr
+
+    from socmap.cells import WETLAND_FRACTION, wetland_fraction
+
+    frac = np.array([[0.0, 0.3], [np.nan, 1.2]])
+    with_layer = xr.Dataset({WETLAND_FRACTION: (("y", "x"), frac)})
+    np.testing.assert_array_equal(wetland_fraction(with_layer, np.array([0, 1, 1]), np.array([1, 0, 1])), [0.3, 0.0, 1.0])
+    np.testing.assert_array_equal(wetland_fraction(xr.Dataset(), np.array([0]), np.array([0])), [0.0])
+
+
+def test_saturated_wetlands_take_the_water_scalar_of_wet_soil():
+    n = 6
+    prepared = prepare_forcing(make_forcing(n, seed=9))
+    spec = _model("none").spec.to_dict()
+    m = HybridModel(HybridSpec(**{**spec, "wetland_saturated": True}))
+    flag = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 0.0], dtype=torch.float64)
+    col = m.column_forcing(prepared, flag)
+    assert torch.equal(col.water[..., flag == 0], prepared.water[..., flag == 0])
+    assert bool((col.water[..., flag == 1] == 1.0).all())
+    assert m.column_forcing(prepared, torch.zeros(n, dtype=torch.float64)) is prepared
+    assert _model("none").column_forcing(prepared, flag) is prepared  # the option off: unchanged
+
+
+def test_anoxia_auto_is_learned_only_where_some_site_is_a_wetland(twin):
+    from socmap.trainer import build_model, resolve_anoxia
+
+    cfg = load_config(data_dir=str(twin), folds=3, encoder="mlp")
+    data = load_sites(cfg)
+    assert cfg.anoxia == "auto" and resolve_anoxia(cfg, data) == "none" and build_model(cfg, data).anoxia is None
+    data.wetland = np.zeros(len(data))
+    data.wetland[0] = 1.0
+    assert resolve_anoxia(cfg, data) == "learned" and build_model(cfg, data).anoxia is not None
+    assert resolve_anoxia(cfg.model_copy(update={"anoxia": "none"}), data) == "none"
