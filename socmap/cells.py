@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from socmap import store as S
+from socmap.data.covariates import WETLAND_FRACTION
 from socmap.stages import StageClock, maybe_stage
 
 #: Key of SOC at the requested depths in :attr:`CellPrediction.values` (not a store variable).
@@ -229,11 +230,6 @@ def _predict_baseline(models: Sequence, covariates: np.ndarray, forcing, *, ense
 # ----------------------------------------------------------------------------------------
 # sub-grid land units: an upland and a wetland column per cell (docs/model.md §5.10)
 # ----------------------------------------------------------------------------------------
-
-#: The cube layer holding each cell's wetland area fraction (0–1): the real cube's MODIS share
-#: (``covariates=[..., "wetland_frac"]``) or a user raster of that name through the catalog.
-WETLAND_FRACTION = "wetland_frac"
-
 
 def wetland_fraction(cube, iy: np.ndarray, ix: np.ndarray) -> np.ndarray:
     """Wetland area fraction f [N] (0–1) of cells (iy, ix): the cube's :data:`WETLAND_FRACTION`

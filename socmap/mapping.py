@@ -53,6 +53,7 @@ from socmap.data.cube import (
     regrid_cube,
     sample_grid,
 )
+from socmap.data.covariates import WETLAND_FRACTION
 from socmap.fsutil import probe_writable, swap_into_place, write_atomic
 from socmap.kan_curves import write_kan_curves
 from socmap.stages import StageClock, sum_stages
@@ -111,7 +112,7 @@ def map_chunk(job: ChunkJob) -> dict[str, Any]:
     import torch
     import zarr
 
-    from socmap.cells import predict_cells
+    from socmap.cells import predict_columns, wetland_fraction
 
     t0 = time.perf_counter()
     if job.single_thread:
@@ -120,7 +121,8 @@ def map_chunk(job: ChunkJob) -> dict[str, Any]:
     with clock.stage("read"):
         cube = cached_cube(job.cube_path, True)
         names = list(job.covariates)
-        win = cube[[*names, *CLIMATE_VARS]].isel(y=slice(job.y0, job.y1), x=slice(job.x0, job.x1)).load()
+        extra = [WETLAND_FRACTION] if WETLAND_FRACTION in cube.data_vars and WETLAND_FRACTION not in names else []
+        win = cube[[*names, *CLIMATE_VARS, *extra]].isel(y=slice(job.y0, job.y1), x=slice(job.x0, job.x1)).load()
     ny, nx = job.y1 - job.y0, job.x1 - job.x0
     with clock.stage("covariates"):
         land = np.asarray(win["land_mask"].values, dtype=bool)
@@ -146,8 +148,9 @@ def map_chunk(job: ChunkJob) -> dict[str, Any]:
             sl = slice(start, min(iy.size, start + job.batch))
             with clock.stage("forcing"):
                 forcing = cell_forcing(win, iy[sl], ix[sl])
-            res = predict_cells(models, cov_cells[sl], forcing, ensemble=job.ensemble, method=job.method,
-                                device=job.device, clock=clock).values
+            # an upland column, and a wetland column weighted by the cell's wetland share (docs/model.md §5.10)
+            res = predict_columns(models, cov_cells[sl], forcing, wetland_fraction(win, iy[sl], ix[sl]),
+                                  ensemble=job.ensemble, method=job.method, device=job.device, clock=clock).values
             with clock.stage("assemble"):
                 failed += int((~np.isfinite(res["soc_stock_0_100cm"])).sum())
                 for name, v in res.items():
@@ -342,11 +345,16 @@ def site_profiles(inputs: _Inputs, batch: int = 4096, device: str = "cpu") -> S.
             y=xr.DataArray(iy, dims="site"), x=xr.DataArray(ix, dims="site")).load()
         good = np.isfinite(cov).all(1) & climate_ok(at)
         ok, iy, ix, cov = ok[good], iy[good], ix[good], cov[good]
-        for start in range(0, ok.size, batch):
-            sl = slice(start, min(ok.size, start + batch))
-            forcing = cell_forcing(cube, iy[sl], ix[sl], lat[ok[sl]])
-            res = predict_cells(models, cov[sl], forcing, per_model=True, default=False, diagnostics=False, device=device)
-            soc[ok[sl]] = res.soc_models.transpose(1, 0, 2)
+        # each site in its own land unit, as it was trained (a wetland site: the learned anoxia acts)
+        flag = sites["wetland"].to_numpy(np.float64)[ok] if "wetland" in sites else np.zeros(ok.size)
+        for wet in np.unique(flag):
+            grp = np.flatnonzero(flag == wet)
+            for start in range(0, grp.size, batch):
+                sl = grp[start:start + batch]
+                forcing = cell_forcing(cube, iy[sl], ix[sl], lat[ok[sl]])
+                res = predict_cells(models, cov[sl], forcing, per_model=True, default=False, diagnostics=False,
+                                    device=device, wetland=float(wet))
+                soc[ok[sl]] = res.soc_models.transpose(1, 0, 2)
     return S.SiteProfiles(site_id=sites["site_id"].astype(str).to_numpy(), lon_deg=lon, lat_deg=lat,
                           soc_fold_g_m3=soc, models=tuple(inputs.model_files))
 

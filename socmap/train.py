@@ -457,10 +457,13 @@ def _write_predictions(out: Path, data: SiteData, sim: np.ndarray, p: np.ndarray
 
 def _write_sites(out: Path, data: SiteData, fold_of: np.ndarray) -> None:
     """``sites.csv``: site_id, lon, lat, held-out fold (-1: not tested), covariates (physical units),
-    land cover and, for the synthetic twin, the true normalised parameters ``true_p_*``."""
+    land cover, the wetland flag (when known) and, for the synthetic twin, the true normalised
+    parameters ``true_p_*``."""
     table = pd.DataFrame({"site_id": data.site_id, "lon": data.lon, "lat": data.lat, "fold": fold_of})
     table = pd.concat([table, data.covariate_frame()], axis=1)
     table["land_cover"] = data.land_cover
+    if data.wetland is not None:  # the site's land unit (docs/model.md §5.10): its fold profiles at map time
+        table["wetland"] = data.wetland_flag().astype(np.int8)
     if data.true_p is not None:
         table = pd.concat([table, pd.DataFrame(data.true_p, columns=[f"true_p_{n}" for n in NAMES])], axis=1)
     _write_csv(out / "sites.csv", table)

@@ -142,7 +142,8 @@ def test_columns_set_the_wetland_input_of_models_trained_with_it():
 def test_wetland_fraction_from_the_cube_or_upland():
     import xarray as xr
 
-    from socmap.cells import WETLAND_FRACTION, wetland_fraction
+    from socmap.cells import wetland_fraction
+    from socmap.data.covariates import WETLAND_FRACTION
 
     frac = np.array([[0.0, 0.3], [np.nan, 1.2]])
     with_layer = xr.Dataset({WETLAND_FRACTION: (("y", "x"), frac)})

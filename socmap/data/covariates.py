@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["COVARIATES", "Covariate", "covariate", "long_name"]
+__all__ = ["COVARIATES", "WETLAND_FRACTION", "Covariate", "covariate", "long_name"]
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,10 @@ _TABLE = (
 
 #: Every known covariate, by name.
 COVARIATES: dict[str, Covariate] = {c.name: c for c in _TABLE}
+#: The cube layer with each cell's wetland area fraction (0–1): the real cube always writes it (MODIS
+#: share), a user raster of that name through the catalog replaces it; maps weight a wetland column
+#: by it (:func:`socmap.cells.predict_columns`, docs/model.md §5.10).
+WETLAND_FRACTION = "wetland_frac"
 
 
 def covariate(name: str) -> Covariate:

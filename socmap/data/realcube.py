@@ -41,7 +41,7 @@ import warnings
 from pathlib import Path
 
 from socmap.data.cube import to_grid
-from socmap.data.covariates import covariate, long_name
+from socmap.data.covariates import WETLAND_FRACTION, covariate, long_name
 from socmap.fsutil import swap_into_place
 from typing import Any
 
@@ -480,6 +480,10 @@ def build_real_cube(resolution_deg: float = 0.25, progress: bool = False, covari
     pet = pet_thornthwaite_mm(tl, lat).sum(1)
     derived["aridity_index"] = np.clip(derived["map_mm"] / np.maximum(pet, 50.0), 0.0, 5.0)
     extra = [k for k in names if k not in derived]
+    # the wetland share is always written (an encoder input only when named): maps weight a wetland
+    # column by it (socmap.cells.predict_columns, docs/model.md §5.10)
+    if WETLAND_FRACTION not in extra:
+        extra.append(WETLAND_FRACTION)
     if npp_method == "lue":
         extra += [k for k in ("ndvi_max", "ndvi_min") if k not in extra]
     if extra:
@@ -500,6 +504,10 @@ def build_real_cube(resolution_deg: float = 0.25, progress: bool = False, covari
         if k == "npp_g_m2_yr" and npp_method == "lue":
             long = "net primary productivity (light-use efficiency from MODIS NDVI, socmap.climate_forcing.lue_npp_g_m2_yr)"
         data_vars[k] = (("y", "x"), to_grid(derived[k], iy, ix, (ny, nx)), {"units": units, "long_name": long})
+    if WETLAND_FRACTION not in names:
+        units, long = REAL_COVARIATES[WETLAND_FRACTION]
+        data_vars[WETLAND_FRACTION] = (("y", "x"), to_grid(derived[WETLAND_FRACTION], iy, ix, (ny, nx)),
+                                       {"units": units, "long_name": long + "; weights the wetland column of the maps"})
     data_vars["land_cover"] = (("y", "x"), lc, {
         "units": "1", "long_name": "IGBP land-cover class, MODIS MCD12C1 2019 (0 = water / outside land)",
         "flag_values": list(IGBP_CLASSES), "method": lc_method,
