@@ -78,7 +78,10 @@ class Phase:
 
     def optimizer(self, model: HybridModel, config: TrainConfig) -> torch.optim.Optimizer:
         """A fresh AdamW for this phase (same parameter groups in every phase)."""
-        return torch.optim.AdamW(model.parameters(), lr=config.lr / self.lr_divisor, weight_decay=config.weight_decay)
+        # foreach: one multi-tensor update per step instead of a loop over the ~20 parameter tensors
+        # (torch uses it by default only on CUDA; same values on a CPU, a few % of an epoch faster)
+        return torch.optim.AdamW(model.parameters(), lr=config.lr / self.lr_divisor, weight_decay=config.weight_decay,
+                                 foreach=True)
 
     def begin_epoch(self, fit: Fitting, state: ScheduleState, phase_epoch: int) -> None:
         """Called in train mode before the batches of epoch ``phase_epoch`` of this phase."""
