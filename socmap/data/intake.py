@@ -180,17 +180,9 @@ class ColumnMap:
     @classmethod
     def from_yaml(cls, path: str | Path) -> "ColumnMap":
         """Read a column map file: ``{columns: {field: column}, units: {field: unit}, source: name}``."""
-        import yaml
+        from socmap.yaml_file import read_mapping
 
-        path = Path(path)
-        if not path.is_file():
-            raise ProfileDataError(f"{path}: column map not found; check the path given to --columns")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ProfileDataError(f"{path}: not a YAML file ({exc}); write it as `columns: {{lat: my_lat}}`") from None
-        if not isinstance(raw, dict):
-            raise ProfileDataError(f"{path}: a column map is a mapping with keys columns, units, source")
+        raw = read_mapping(path, ProfileDataError, what="column map (--columns)", keys_hint="keys columns, units, source")
         return cls.from_dict(raw, where=str(path))
 
     @classmethod
