@@ -174,3 +174,42 @@ def test_anoxia_auto_is_learned_only_where_some_site_is_a_wetland(twin):
     data.wetland[0] = 1.0
     assert resolve_anoxia(cfg, data) == "learned" and build_model(cfg, data).anoxia is not None
     assert resolve_anoxia(cfg.model_copy(update={"anoxia": "none"}), data) == "none"
+
+
+def test_maps_weight_the_wetland_column_by_the_cubes_wetland_share(twin, tmp_path):
+    """`socmap map`: cells without a wetland share keep the upland column bit for bit; cells with
+    share f get (1 − f)·upland + f·wetland, which the learned anoxia (o_min < 1) makes richer."""
+    import json
+    import shutil
+
+    import xarray as xr
+
+    from socmap.data.covariates import WETLAND_FRACTION
+    from socmap.mapping import map_run
+    from socmap.train import train
+
+    upland_dir, wet_dir = tmp_path / "upland", tmp_path / "wet"
+    shutil.copytree(twin, upland_dir)
+    run = tmp_path / "runs" / "anoxia"
+    train(load_config(data_dir=str(upland_dir), folds=3, epochs=2, batch_size=32, encoder="mlp", anoxia="learned"),
+          run, progress=False)
+    map_run(run, scheduler="synchronous", chunks=16, progress=False)
+    upland = xr.open_zarr(run / "maps.zarr")["soc_stock_0_100cm"].values
+
+    shutil.copytree(upland_dir, wet_dir)  # the same cube with a wetland share on every other row
+    cube = xr.open_zarr(wet_dir / "cube.zarr")
+    f = np.zeros(cube["land_mask"].shape, dtype=np.float32)
+    f[::2] = 0.5
+    xr.Dataset({WETLAND_FRACTION: (("y", "x"), f)}, coords={"y": cube["y"], "x": cube["x"]}).to_zarr(
+        wet_dir / "cube.zarr", mode="a")
+    record = json.loads((run / "run.json").read_text())
+    record["data"]["dir"] = str(wet_dir)
+    (run / "run.json").write_text(json.dumps(record))
+    shutil.rmtree(run / "maps.zarr")
+    map_run(run, scheduler="synchronous", chunks=16, progress=False)
+    mixed = xr.open_zarr(run / "maps.zarr")["soc_stock_0_100cm"].values
+
+    land = np.isfinite(upland)
+    np.testing.assert_array_equal(mixed[1::2][land[1::2]], upland[1::2][land[1::2]])  # f = 0: unchanged
+    wet = land & (f > 0)
+    assert wet.sum() > 10 and (mixed[wet] > upland[wet]).all()  # the wetland column decomposes slower
