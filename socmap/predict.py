@@ -32,6 +32,8 @@ from socmap.store import STOCKS
 
 log = logging.getLogger(__name__)
 REQUIRED = ("lon", "lat", "depth_m")
+#: Optional column: the point's land unit (wetland flag), see :func:`wetland_flags`.
+WETLAND = "wetland"
 #: Deepest point depth (m): the bottom interface of the 20 CLM5 layers.
 MAX_DEPTH_M = 8.6
 #: Points per batch of ``socmap predict`` (~40 KB of working memory per point in the solve).
@@ -72,6 +74,8 @@ def check_points(df: pd.DataFrame, path: str | Path, offset: int = 0) -> list[tu
     if bad_lat.any() and (lon[bad_lat].abs() <= 90).all():
         raise PointsError(f"{path}: lat is outside -90..90 at line(s) {_rows(df.index[bad_lat], offset)} while lon "
                           "holds latitude-like values: lon and lat look swapped; swap the two columns")
+    if WETLAND in df.columns:
+        wetland_flags(df, path, offset)  # raises naming the column, lines and values it cannot read
     problems = []
     for c in REQUIRED:
         rows = df.index[values[c].isna()]
@@ -105,6 +109,23 @@ def read_points(path: str | Path, *, skip_bad_rows: bool = False) -> pd.DataFram
     return df
 
 
+def wetland_flags(df: pd.DataFrame, path: str | Path = "points", offset: int = 0) -> np.ndarray:
+    """The points' land unit [N] float64: 1 in a wetland, 0 upland (the optional ``wetland`` column,
+    spelled as in profile tables: 1/0, true/false, yes/no, wetland/upland; blank or absent = 0).
+
+    A hybrid trained with the learned anoxia solves a wetland point as a wetland column (docs/model.md §5.10).
+    """
+    from socmap.data.intake import ProfileDataError, flag_column
+
+    if WETLAND not in df.columns:
+        return np.zeros(len(df))
+    lines = pd.DataFrame({WETLAND: df[WETLAND].to_numpy(), "_line": df.index.to_numpy() + 2 + offset})
+    try:
+        return flag_column(lines, WETLAND, path).to_numpy(np.float64)
+    except ProfileDataError as exc:
+        raise PointsError(str(exc)) from None
+
+
 def _raise_row_problems(problems: list[tuple[pd.Index, str]], path: str | Path, skip_bad_rows: bool, offset: int = 0) -> None:
     if problems and not skip_bad_rows:
         rows, why = problems[0]
@@ -130,12 +151,16 @@ def _predict_block(run: Run, cube, out: pd.DataFrame, device: str | None = None)
     for col in columns:
         out[col] = np.nan
     if len(ok):
-        forcing = cell_forcing(cube, sample.iy[ok], sample.ix[ok], lat[ok]) if run.hybrid else None
-        res = predict_cells(run.predictors, cov, forcing, default=False, diagnostics=False, depth_m=depth[ok, None],
-                            device=device if run.hybrid else None).values
-        out.loc[out.index[ok], "soc_g_m3"] = res[SOC_AT_DEPTH][:, 0]
-        for col in columns[1:]:
-            out.loc[out.index[ok], col] = res[col]
+        flags = wetland_flags(out)[ok]
+        for wet in np.unique(flags):  # each point in its own land unit (a wetland: the learned anoxia acts)
+            grp = np.flatnonzero(flags == wet)
+            rows = ok[grp]
+            forcing = cell_forcing(cube, sample.iy[rows], sample.ix[rows], lat[rows]) if run.hybrid else None
+            res = predict_cells(run.predictors, cov[grp], forcing, default=False, diagnostics=False,
+                                depth_m=depth[rows, None], device=device if run.hybrid else None, wetland=float(wet)).values
+            out.loc[out.index[rows], "soc_g_m3"] = res[SOC_AT_DEPTH][:, 0]
+            for col in columns[1:]:
+                out.loc[out.index[rows], col] = res[col]
     return out
 
 

@@ -90,6 +90,7 @@ CASES = [
     Case("points-depth-out-of-range", _predict("depth_out_of_range.csv"), ("depth_out_of_range.csv", "depth_m outside 0-8.6 m", "line(s) 3")),
     Case("points-lat-lon-swapped", _predict("lat_lon_swapped.csv"), ("lat_lon_swapped.csv", "lat", "swapped")),
     Case("points-non-numeric", _predict("non_numeric_depth.csv"), ("non_numeric_depth.csv", "column depth_m", "'10cm'")),
+    Case("points-bad-wetland-flag", _predict("bad_wetland_flag.csv"), ("bad_wetland_flag.csv", "column 'wetland'", "'sometimes'", "line(s) 3")),
     Case("points-header-only", _predict("header_only.csv"), ("header_only.csv", "no points")),
     Case("points-out-folder-missing", _predict("nan_lat.csv", "missing/pred.csv"), ("missing", "does not exist")),
     # training configs (socmap train --config)

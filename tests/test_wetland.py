@@ -213,3 +213,29 @@ def test_maps_weight_the_wetland_column_by_the_cubes_wetland_share(twin, tmp_pat
     np.testing.assert_array_equal(mixed[1::2][land[1::2]], upland[1::2][land[1::2]])  # f = 0: unchanged
     wet = land & (f > 0)
     assert wet.sum() > 10 and (mixed[wet] > upland[wet]).all()  # the wetland column decomposes slower
+
+
+def test_predict_solves_wetland_points_as_wetland_columns(twin, tmp_path):
+    """`socmap predict`: a point flagged wetland gets the wetland column (more SOC under the learned
+    anoxia), an unflagged one the upland column; an unreadable flag is a clear error."""
+    import pandas as pd
+
+    from socmap.predict import PointsError, predict_file, predict_points
+    from socmap.train import train
+
+    run = tmp_path / "run"
+    train(load_config(data_dir=str(twin), folds=3, epochs=2, batch_size=32, encoder="mlp", anoxia="learned"),
+          run, progress=False)
+    sites = pd.read_csv(run / "sites.csv").head(4)
+    pts = pd.DataFrame({"lon": list(sites["lon"]) * 2, "lat": list(sites["lat"]) * 2, "depth_m": 0.3,
+                        "wetland": ["no"] * 4 + ["yes"] * 4})
+    out = predict_points(run, pts, device="cpu")
+    assert (out["status"] == "ok").all()
+    up, wet = out["soc_g_m3"].to_numpy()[:4], out["soc_g_m3"].to_numpy()[4:]
+    np.testing.assert_allclose(up, predict_points(run, pts.drop(columns="wetland").head(4), device="cpu")["soc_g_m3"])
+    assert (wet > up).all()
+    bad = tmp_path / "bad.csv"
+    pts.assign(wetland=["no", "maybe", "yes", "no", "1", "0", "1", "0"]).to_csv(bad, index=False)
+    with pytest.raises(PointsError, match=r"bad.csv: column 'wetland' \(wetland flag\) holds 'maybe' on line\(s\) 3"):
+        predict_file(run, bad, tmp_path / "out.csv")
+    assert not (tmp_path / "out.csv").exists()
