@@ -248,7 +248,7 @@ def cube_inputs(names: Sequence[str]) -> list[str]:
     return [n for n in names if n != WETLAND_INPUT]
 
 
-def _with_flag(models: Sequence, covariates: np.ndarray, flag: float) -> np.ndarray:
+def with_flag_input(models: Sequence, covariates: np.ndarray, flag: float) -> np.ndarray:
     """``covariates`` [N, C'] (the cube's inputs) with the wetland flag inserted where the models take it."""
     from socmap.data.sites import WETLAND_INPUT
 
@@ -300,12 +300,12 @@ def predict_columns(models: Sequence, covariates: np.ndarray, forcing, wetland_f
     wet = np.flatnonzero(f > 0) if _column_differs(models) else np.zeros(0, dtype=np.int64)
     if wet.size and isinstance(forcing, Forcing):  # prepared once for both columns
         forcing = prepare_forcing(forcing)
-    upland = predict_cells(models, _with_flag(models, covariates, 0.0), forcing, **kwargs)
+    upland = predict_cells(models, with_flag_input(models, covariates, 0.0), forcing, **kwargs)
     if not wet.size:
         return upland
     sub = {k: (v[wet] if k == "depth_m" and v is not None else v) for k, v in kwargs.items()}
     forcing_wet = forcing.subset(wet) if forcing is not None else None
-    column = predict_cells(models, _with_flag(models, np.asarray(covariates)[wet], 1.0), forcing_wet, wetland=1.0, **sub)
+    column = predict_cells(models, with_flag_input(models, np.asarray(covariates)[wet], 1.0), forcing_wet, wetland=1.0, **sub)
     w = f[wet]
 
     def mix(a: np.ndarray, b: np.ndarray, axis: int) -> np.ndarray:

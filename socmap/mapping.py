@@ -236,7 +236,9 @@ def _open_inputs(run_dir: Path, opts: MapOptions, timings: dict[str, float]) -> 
     run = open_run(run_dir, allow_partial=opts.allow_partial)
     if opts.ensemble and len(run.predictors) < 2:
         raise MappingError(f"--ensemble needs at least 2 fold models; run {run.name} has {len(run.predictors)}")
-    covariates = run.covariates
+    from socmap.cells import cube_inputs
+
+    covariates = cube_inputs(run.covariates)  # a wetland-flag input is set per column, not read from the cube
     store = Path(opts.out).resolve() if opts.out else S.store_path(run_dir)
     _check_writable(store.parent)
 
@@ -327,7 +329,7 @@ def site_profiles(inputs: _Inputs, batch: int = 4096, device: str = "cpu") -> S.
     """
     import xarray as xr
 
-    from socmap.cells import predict_cells
+    from socmap.cells import predict_cells, with_flag_input
 
     sites = _training_sites(inputs.run_dir)
     if sites is None:
@@ -352,8 +354,8 @@ def site_profiles(inputs: _Inputs, batch: int = 4096, device: str = "cpu") -> S.
             for start in range(0, grp.size, batch):
                 sl = grp[start:start + batch]
                 forcing = cell_forcing(cube, iy[sl], ix[sl], lat[ok[sl]])
-                res = predict_cells(models, cov[sl], forcing, per_model=True, default=False, diagnostics=False,
-                                    device=device, wetland=float(wet))
+                res = predict_cells(models, with_flag_input(models, cov[sl], wet), forcing, per_model=True, default=False,
+                                    diagnostics=False, device=device, wetland=float(wet))
                 soc[ok[sl]] = res.soc_models.transpose(1, 0, 2)
     return S.SiteProfiles(site_id=sites["site_id"].astype(str).to_numpy(), lon_deg=lon, lat_deg=lat,
                           soc_fold_g_m3=soc, models=tuple(inputs.model_files))

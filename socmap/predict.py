@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from socmap.cells import SOC_AT_DEPTH, predict_cells
+from socmap.cells import SOC_AT_DEPTH, cube_inputs, predict_cells, with_flag_input
 from socmap.clm5.parameters import NAMES
 from socmap.data.cube import cell_forcing, cell_values, open_cube, sample_grid
 from socmap.fsutil import atomic_path, probe_writable
@@ -142,7 +142,7 @@ def _predict_block(run: Run, cube, out: pd.DataFrame, device: str | None = None)
     status[(status == "ok") & ~(np.isfinite(depth) & (depth >= 0) & (depth <= MAX_DEPTH_M))] = f"bad depth (need 0-{MAX_DEPTH_M:g} m)"
     ok = np.flatnonzero(status == "ok")
     if len(ok):
-        cov = cell_values(cube, run.covariates, sample.iy[ok], sample.ix[ok])
+        cov = cell_values(cube, cube_inputs(run.covariates), sample.iy[ok], sample.ix[ok])
         finite = np.isfinite(cov).all(1)
         status[ok[~finite]] = "missing covariates"
         ok, cov = ok[finite], cov[finite]
@@ -156,8 +156,9 @@ def _predict_block(run: Run, cube, out: pd.DataFrame, device: str | None = None)
             grp = np.flatnonzero(flags == wet)
             rows = ok[grp]
             forcing = cell_forcing(cube, sample.iy[rows], sample.ix[rows], lat[rows]) if run.hybrid else None
-            res = predict_cells(run.predictors, cov[grp], forcing, default=False, diagnostics=False,
-                                depth_m=depth[rows, None], device=device if run.hybrid else None, wetland=float(wet)).values
+            x = with_flag_input(run.predictors, cov[grp], wet)  # a model trained with the flag as an input
+            res = predict_cells(run.predictors, x, forcing, default=False, diagnostics=False, depth_m=depth[rows, None],
+                                device=device if run.hybrid else None, wetland=float(wet)).values
             out.loc[out.index[rows], "soc_g_m3"] = res[SOC_AT_DEPTH][:, 0]
             for col in columns[1:]:
                 out.loc[out.index[rows], col] = res[col]

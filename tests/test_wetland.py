@@ -239,3 +239,30 @@ def test_predict_solves_wetland_points_as_wetland_columns(twin, tmp_path):
     with pytest.raises(PointsError, match=r"bad.csv: column 'wetland' \(wetland flag\) holds 'maybe' on line\(s\) 3"):
         predict_file(run, bad, tmp_path / "out.csv")
     assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.parametrize("encoder", ["mlp", "rf"])
+def test_runs_with_the_wetland_flag_as_input_map_and_predict(twin, tmp_path, encoder):
+    """A run trained with `wetland_input` maps from a cube without a `wetland` layer (the flag is set per
+    column) and predicts points with and without the flag."""
+    import pandas as pd
+    import xarray as xr
+
+    from socmap.mapping import map_run
+    from socmap.predict import predict_points
+    from socmap.train import train
+
+    run = tmp_path / "run"
+    train(load_config(data_dir=str(twin), folds=3, epochs=2, batch_size=32, encoder=encoder, wetland_input=True,
+                      anoxia="none"), run, progress=False)
+    map_run(run, scheduler="synchronous", chunks=16, progress=False)
+    stock = xr.open_zarr(run / "maps.zarr")["soc_stock_0_100cm"].values
+    assert np.isfinite(stock).sum() > 100
+    sites = pd.read_csv(run / "sites.csv").head(3)
+    pts = pd.DataFrame({"lon": list(sites["lon"]) * 2, "lat": list(sites["lat"]) * 2, "depth_m": 0.2,
+                        "wetland": [0] * 3 + [1] * 3})
+    out = predict_points(run, pts, device="cpu")
+    assert (out["status"] == "ok").all() and np.isfinite(out["soc_g_m3"]).all()
+    same = np.allclose(out["soc_g_m3"][:3].to_numpy(), out["soc_g_m3"][3:].to_numpy())
+    # the twin has no wetland site: the forest never splits on the flag; the MLP's weight on it is its init
+    assert same if encoder == "rf" else not same
