@@ -468,6 +468,23 @@ class RunSummary(pn.viewable.Viewer):
             out.append(pn.pane.DataFrame(pd.DataFrame(rows, columns=["", "rows"]), index=False, width=620, sizing_mode="fixed"))
         return out
 
+    def wetland_table(self) -> pd.DataFrame | None:
+        """The run's wetland process (run.json ``wetland``): each fold's learned oxygen scalar and
+        water table, or None for a run without the learned anoxia."""
+        w = self.run.record.get("wetland")
+        if not isinstance(w, dict) or not w.get("learned"):
+            return None
+        rows = [{"fold": str(k), "o_min (decay below the water table, × aerated)": round(float(v["o_min"]), 3),
+                 "water table (m)": round(float(v["water_table_m"]), 3)}
+                for k, v in sorted(w["learned"].items(), key=lambda kv: int(kv[0]))]
+        return pd.DataFrame(rows)
+
+    def wetland_md(self) -> str:
+        w = self.run.record.get("wetland") or {}
+        return (f"**Wetland process** (docs/model.md §5.10): {w.get('wetland_sites', 0)} wetland sites, anoxia "
+                f"{w.get('anoxia')}, saturated water scalar {'on' if w.get('saturated') else 'off'}, flag as an "
+                f"encoder input {'on' if w.get('wetland_input') else 'off'}")
+
     def recovery_table(self) -> pd.DataFrame | None:
         m = self.run.record.get("metrics", {})
         if "param_recovery" not in m:
@@ -501,12 +518,15 @@ class RunSummary(pn.viewable.Viewer):
         rec = self.record_md()
         rt = self.recovery_table()
         tt = self.totals_table()
+        wt = self.wetland_table()
         return pn.FlexBox(
             pn.Column(pn.pane.Markdown(rec, width=620),
                       *( [pn.pane.Markdown("**CONUS totals** (from the map; fold spread where recorded)"),
                           pn.pane.DataFrame(tt, index=False, width=620, sizing_mode="fixed")] if tt is not None else []),
                       pn.pane.Markdown("**Cross-validated skill** (held-out folds)"),
                       pn.pane.DataFrame(self.metrics_table(), index=False, width=620, sizing_mode="fixed"),
+                      *( [pn.pane.Markdown(self.wetland_md()), pn.pane.DataFrame(wt, index=False, width=620, sizing_mode="fixed")]
+                         if wt is not None else []),
                       *( [pn.pane.Markdown("**Recovery of the truth** (synthetic twin, held-out sites)"),
                           pn.pane.DataFrame(_no_nan(rt), index=False, width=620, sizing_mode="fixed")] if rt is not None else []),
                       *self.load_report_tables()),

@@ -482,6 +482,14 @@ def test_summary_shows_totals_and_load_report_when_present(run, monkeypatch):
     assert "soc_stock_0_30cm_pg · mean" in set(t["quantity"]) and "61.2" in set(t["value"])
     panes = s.load_report_tables()
     assert len(panes) == 3 and "negative SOC" in panes[2].object.to_string()
+    assert s.wetland_table() is None  # a run without the learned anoxia
+    monkeypatch.setitem(run.record, "wetland", {"wetland_sites": 12, "anoxia": "learned", "saturated": True,
+                                                "learned": {"1": {"o_min": 0.31, "water_table_m": 0.12},
+                                                            "0": {"o_min": 0.25, "water_table_m": 0.1}}})
+    wt = s.wetland_table()
+    assert list(wt["fold"]) == ["0", "1"] and wt.iloc[1, 1] == 0.31
+    assert "12 wetland sites" in s.wetland_md() and "saturated water scalar on" in s.wetland_md()
+    s.__panel__()  # the summary builds with the wetland table
 
 
 def test_sessions_share_one_loaded_run(run):
