@@ -57,7 +57,7 @@ from socmap.data.covariates import WETLAND_FRACTION
 from socmap.fsutil import probe_writable, swap_into_place, write_atomic
 from socmap.kan_curves import write_kan_curves
 from socmap.stages import StageClock, sum_stages
-from socmap.windows import WindowTask, cached_cube, grid_windows
+from socmap.windows import WindowTask, cached_cube, grid_windows, run_tasks
 
 log = logging.getLogger(__name__)
 
@@ -630,22 +630,7 @@ def _run_jobs(jobs: list[ChunkJob], client, partial: Path, progress: dict[str, A
             raise MapInterrupted(f"stopped after {len(stats)} chunks (stop_after); re-run to resume")
 
     try:
-        if client is None:
-            from socmap.devices import torch_threads
-
-            with torch_threads(1):  # one worker, one thread (as the cluster workers)
-                for job in jobs:
-                    done(map_chunk(job))
-        else:
-            from distributed import as_completed
-
-            futures = client.map(map_chunk, jobs, pure=False, key=[f"map_chunk-{j.key}-{os.getpid()}-{time.time_ns()}" for j in jobs])
-            try:
-                for fut in as_completed(futures):
-                    done(fut.result())
-            except BaseException:
-                client.cancel(futures)
-                raise
+        run_tasks(map_chunk, jobs, done, client)
     except OSError as exc:
         raise MappingError(f"writing the store failed ({exc}); finished chunks are kept in {partial}, re-run to resume") from exc
     finally:

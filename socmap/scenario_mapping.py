@@ -51,7 +51,7 @@ import numpy as np
 
 from socmap import store as S
 from socmap.scenario import Scenario
-from socmap.windows import WindowTask, cached_cube, grid_windows
+from socmap.windows import WindowTask, cached_cube, grid_windows, run_tasks
 
 log = logging.getLogger(__name__)
 
@@ -572,26 +572,7 @@ def _run_jobs(jobs: list[WindowJob], progress: dict[str, Any], partial: Path, op
             raise ScenarioInterrupted(f"stopped after {ran} windows (stop_after); re-run to resume")
 
     try:
-        if client is None:
-            import torch
-
-            threads = torch.get_num_threads()
-            try:
-                for job in jobs:
-                    done(scenario_window(job))
-            finally:
-                torch.set_num_threads(threads)
-        else:
-            from distributed import as_completed
-
-            futures = client.map(scenario_window, jobs, pure=False,
-                                 key=[f"scenario_window-{j.key}-{os.getpid()}-{time.time_ns()}" for j in jobs])
-            try:
-                for fut in as_completed(futures):
-                    done(fut.result())
-            except BaseException:
-                client.cancel(futures)
-                raise
+        run_tasks(scenario_window, jobs, done, client)
     except OSError as exc:
         raise ScenarioRunError(f"writing the store failed ({exc}); finished windows are kept in {partial}, re-run to resume") from exc
     finally:

@@ -8,8 +8,10 @@ and ``socmap.scenario_mapping.WindowJob`` add their own options.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 Window = tuple[tuple[int, int], int, int, int, int]  # ((row, col), y0, y1, x0, x1)
 
@@ -49,3 +51,32 @@ def cached_cube(path: str, lazy_numpy: bool = False):
     from socmap.data.cube import open_cube
 
     return open_cube(path, lazy_numpy=lazy_numpy)
+
+
+def run_tasks(task: Callable[[Any], dict], jobs: list, done: Callable[[dict], None], client=None) -> None:
+    """Run ``task(job)`` for every job and call ``done(result)`` as each one finishes.
+
+    Without a Dask ``client`` the tasks run here, one after another, on one torch thread (as a
+    cluster worker runs them); with one they run on its workers, and an error (or an exception
+    from ``done``, e.g. a stop hook) cancels what is still pending before it propagates.
+    """
+    if client is None:
+        from socmap.devices import torch_threads
+
+        with torch_threads(1):
+            for job in jobs:
+                done(task(job))
+        return
+    import os
+    import time
+
+    from distributed import as_completed
+
+    name = getattr(task, "__name__", "task")
+    futures = client.map(task, jobs, pure=False, key=[f"{name}-{j.key}-{os.getpid()}-{time.time_ns()}" for j in jobs])
+    try:
+        for fut in as_completed(futures):
+            done(fut.result())
+    except BaseException:
+        client.cancel(futures)
+        raise
