@@ -27,11 +27,6 @@ from dashboards.views import MapExplorer, ParameterFields, RunSummary, SiteView
 
 log = logging.getLogger(__name__)
 
-# Panel 1.9 sends MathJax (bokeh-mathjax.min.js, 1.8 MB, the largest script of the page) to every
-# page that holds a Markdown/HTML pane, whether or not it has any TeX. The dashboard has none, and
-# every visitor's browser would parse it before the first map: ask Bokeh's own test instead.
-pn_resources._panel_use_mathjax = lambda roots: False
-
 # Panel's Fast design links Google's Open Sans on every page (its ``_resources["font"]``): the
 # same design without that link. Named ``Fast`` on purpose: Panel resolves the design's bundled
 # files under the lower-cased class name (``fast/js/...``).
@@ -117,7 +112,6 @@ class Dashboard(pn.viewable.Viewer):
         self._fill(active)
         self.tabs.param.watch(lambda e: self._fill(e.new), "active")
         self.main[:] = [self.tabs]
-        threading.Thread(target=data.warm, daemon=True).start()
 
     @staticmethod
     def _scenario_view(run_dir: str):
@@ -182,10 +176,16 @@ def serve(runs: list[str | Path], *, port: int = 5006, address: str = "127.0.0.1
     if not runs or missing:
         raise FileNotFoundError(f"no run store at {', '.join(missing) or 'runs/*'}: train and map a run first "
                                 "(`socmap train`, `socmap map`)")
-    for r in runs:  # open the stores once, before the first visitor (a damaged run: an error panel)
+    for r in runs:  # open the stores and curves once, before the first visitor (a damaged run: an error panel)
         err = open_error(r)
         if err is not None:
             log.warning("run %s cannot be opened; the dashboard shows why: %s", r, err)
+        else:
+            threading.Thread(target=load_run(r).warm, daemon=True).start()
+    # Panel 1.9 sends MathJax (bokeh-mathjax.min.js, 1.8 MB, the largest script of the page) to every
+    # page that holds a Markdown/HTML pane, whether or not it has any TeX. The dashboard has none, and
+    # every visitor's browser would parse it before the first map: leave the choice to Bokeh's own test.
+    pn_resources._panel_use_mathjax = lambda roots: False
     pn.extension(sizing_mode="fixed", notifications=False)
     pn.serve(
         lambda: build_app(runs),

@@ -151,7 +151,7 @@ class CurveAnalysis:
                 self._curves[param] = curves_from_dataset(ds, param)
             return self._curves[param]
 
-    def warm(self, params: list[str] | None = None) -> None:
+    def warm(self) -> None:
         """Load (or, for a run mapped before they were stored, compute) the curves ahead of the first visit."""
         _ = self.dataset
 

@@ -62,7 +62,7 @@ class RunData:
 
     def warm(self) -> None:
         """Load the stored KAN curves (computed once for a run mapped before they were stored)."""
-        self.analysis.warm(self.parameters)
+        self.analysis.warm()
 
 
 @lru_cache(maxsize=8)
