@@ -9,6 +9,16 @@ from collections.abc import Callable
 
 import holoviews as hv
 
+def use_bokeh_canvas() -> None:
+    """Load HoloViews' Bokeh backend, drawing on a 2-D canvas instead of WebGL (HoloViews' default).
+
+    A browser without a GPU (a headless or virtual machine) emulates WebGL on its CPU: each page
+    then spent ~0.25 s more CPU on the same maps (measured with ``benchmarks/dashboard.py
+    --concurrent``), and the dashboard's grids are small enough for a canvas."""
+    hv.extension("bokeh", logo=False)
+    hv.renderer("bokeh").webgl = False
+
+
 MAP_W, MAP_H = 560, 290  # frame size of a map image in px (fits 1366 px beside the location panel)
 MAP_BACKGROUND = "#eef1f4"  # behind transparent (NaN: water, outside CONUS) cells
 

@@ -12,12 +12,12 @@ import holoviews as hv
 from holoviews.operation.datashader import rasterize
 
 from dashboards.layers import KIND_LABEL
-from dashboards.map_style import MAP_W, map_image_opts, tap_marker
+from dashboards.map_style import MAP_W, map_image_opts, tap_marker, use_bokeh_canvas
 from dashboards.outlines import state_outlines
 from dashboards.run import RunData, load_run
 from socmap.clm5.parameters import INDEX, LOWER, NAMES, PARAMETERS, UPPER
 
-hv.extension("bokeh", logo=False)
+use_bokeh_canvas()
 
 CMAPS = {
     "soc": "viridis", "stock": "viridis", "parameter": "cividis", "diagnostic": "inferno",

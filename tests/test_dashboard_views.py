@@ -342,7 +342,7 @@ def test_app_builds(run):
     from dashboards.app import build_app
 
     tpl = build_app([run.path])
-    assert isinstance(tpl, pn.template.FastListTemplate)
+    assert isinstance(tpl, pn.template.VanillaTemplate) and not tpl._resources["css"]  # no web font
     dash = tpl.dashboard
     assert dash._filename() == "kan_soc_stock_0_30cm.tif"
     dash.map.layer = "soc"
