@@ -144,18 +144,28 @@ def chromium_cpu_seconds() -> float:
     return total
 
 
-def open_page(browser, off_host: list[str], size: tuple[int, int] = VIEWPORT):
+def _off_host(url: str) -> bool:
+    return not url.startswith(("data:", "blob:")) and urllib.parse.urlparse(url).hostname not in LOCAL_HOSTS
+
+
+def open_page(browser, off_host: list[str], size: tuple[int, int] = VIEWPORT, intercept: bool = True):
     """A new context and page whose every request is routed: local ones go through, any other is
-    recorded in ``off_host`` and aborted (the dashboard must not reach outside the machine)."""
+    recorded in ``off_host`` and aborted (the dashboard must not reach outside the machine).
+
+    With ``intercept=False`` requests are only watched (off-host ones recorded, not stopped): a
+    routed request waits for this process to answer it, which would add Playwright's own CPU and
+    delays to every one of a page's ~20 requests when timing pages."""
     ctx = browser.new_context(viewport={"width": size[0], "height": size[1]}, accept_downloads=True)
+    if not intercept:
+        ctx.on("request", lambda req: off_host.append(req.url) if _off_host(req.url) else None)
+        return ctx, ctx.new_page()
 
     def route(r):
-        host = urllib.parse.urlparse(r.request.url).hostname
-        if r.request.url.startswith(("data:", "blob:")) or host in LOCAL_HOSTS:
-            r.continue_()
-        else:
+        if _off_host(r.request.url):
             off_host.append(r.request.url)
             r.abort()
+        else:
+            r.continue_()
 
     ctx.route("**/*", route)
     return ctx, ctx.new_page()
@@ -172,7 +182,7 @@ def concurrent_first_map(browser, url: str, n: int, server_pid: int | None = Non
         If a page requested anything off the machine or not every map appeared in ``timeout_s``.
     """
     off_host: list[str] = []
-    pages = [open_page(browser, off_host) for _ in range(n)]
+    pages = [open_page(browser, off_host, intercept=False) for _ in range(n)]
     cdp = []
     for ctx, page in pages:
         page.add_init_script(FIRST_MAP_PROBE)
@@ -186,7 +196,7 @@ def concurrent_first_map(browser, url: str, n: int, server_pid: int | None = Non
         page.evaluate("u => { setTimeout(() => { window.location.href = u; }, 0); }", url)
     stamps: dict[int, float] = {}
     while len(stamps) < n and time.time() < t0 + timeout_s:
-        time.sleep(0.1)
+        pages[0][1].wait_for_timeout(100)  # (not time.sleep: Playwright handles its events meanwhile)
         for i, (_, page) in enumerate(pages):
             if i in stamps:
                 continue
