@@ -27,6 +27,8 @@ session and for N sessions opened at once, against the dashboard's own server
 * ``browser_cpu_s``: CPU seconds of all Chromium processes per page (``/proc``, renderers, GPU and
   network processes) and ``renderer_task_s`` / ``script_s``, the page's own main-thread time
   (CDP ``Performance.getMetrics`` TaskDuration / ScriptDuration);
+* ``cores_used``: server and Chromium CPU seconds over the slowest session's time: how many of the
+  machine's cores the measured work had (on a shared machine, fewer than it has);
 * ``floor_ratio``: the slowest of N sessions against one session cannot beat
   max(N (server + browser CPU) / cores, N × server CPU [one server thread]) / one session's time
   (server and browsers on the same cores, as here).
@@ -95,7 +97,8 @@ def dashboard_server(runs: list[str | Path], timeout_s: float = 90.0) -> Iterato
     """
     port = free_port()
     runs = [str(r) for r in runs]
-    cmd = [sys.executable, "-c", f"from dashboards.app import serve; serve({runs!r}, port={port}, show=False)"]
+    # -X faulthandler: a crash of the server (a native library) prints where it happened into its log
+    cmd = [sys.executable, "-X", "faulthandler", "-c", f"from dashboards.app import serve; serve({runs!r}, port={port}, show=False)"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     # its output goes to a file: an unread pipe would fill up and stall the server mid-measurement
     log = tempfile.TemporaryFile(mode="w+")
@@ -106,7 +109,10 @@ def dashboard_server(runs: list[str | Path], timeout_s: float = 90.0) -> Iterato
         while True:
             if proc.poll() is not None:
                 log.seek(0)
-                raise RuntimeError(f"the dashboard server exited (status {proc.returncode}): {log.read()[-3000:]}")
+                text = log.read()
+                crash = text.find("Fatal Python error")  # faulthandler's report: where it crashed
+                raise RuntimeError(f"the dashboard server exited (status {proc.returncode}): "
+                                   f"{text[crash:crash + 12000] if crash >= 0 else text[-3000:]}")
             try:
                 urllib.request.urlopen(url, timeout=30).read(100)
                 break
@@ -227,6 +233,7 @@ def concurrent_first_map(browser, url: str, n: int, server_pid: int | None = Non
     }
     if server_cpu is not None:
         out["server_cpu_s"] = server_cpu / n
+    out["cores_used"] = ((server_cpu or 0.0) + browser_cpu) / out["first_map_s"][-1]
     return out
 
 
@@ -246,7 +253,7 @@ def describe(one: dict, many: dict, cores: int) -> str:
     def costs(r: dict) -> str:
         server = f"server {r['server_cpu_s']:.2f} s CPU/session, " if "server_cpu_s" in r else ""
         return (f"{server}Chromium {r['browser_cpu_s']:.2f} s CPU/page (renderer main thread "
-                f"{r['renderer_task_s']:.2f} s, script {r['script_s']:.2f} s)")
+                f"{r['renderer_task_s']:.2f} s, script {r['script_s']:.2f} s); {r['cores_used']:.2f} cores busy")
 
     n = many["n"]
     return (f"1 session: first map {one['first_map_s'][0]:.2f} s; {costs(one)}\n"

@@ -187,12 +187,15 @@ def serve(runs: list[str | Path], *, port: int = 5006, address: str = "127.0.0.1
     if not runs or missing:
         raise FileNotFoundError(f"no run store at {', '.join(missing) or 'runs/*'}: train and map a run first "
                                 "(`socmap train`, `socmap map`)")
-    for r in runs:  # open the stores and curves once, before the first visitor (a damaged run: an error panel)
+    warm = []
+    for r in runs:  # open the stores once, before the first visitor (a damaged run: an error panel)
         err = open_error(r)
         if err is not None:
             log.warning("run %s cannot be opened; the dashboard shows why: %s", r, err)
         else:
-            threading.Thread(target=load_run(r).warm, daemon=True).start()
+            warm.append(load_run(r))
+    # the curves load in one thread, run after run, while the server starts (see dashboards.curves)
+    threading.Thread(target=lambda: [run.warm() for run in warm], daemon=True, name="socmap-warm-curves").start()
     # Panel 1.9 sends MathJax (bokeh-mathjax.min.js, 1.8 MB, the largest script of the page) to every
     # page that holds a Markdown/HTML pane, whether or not it has any TeX. The dashboard has none, and
     # every visitor's browser would parse it before the first map: leave the choice to Bokeh's own test.
