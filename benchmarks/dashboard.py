@@ -304,7 +304,8 @@ def main(argv: list[str] | None = None) -> dict:
     from bokeh.document import Document
 
     from dashboards.run import RunData
-    from dashboards.views import KanInspector, MapExplorer
+    from dashboards.kan_inspector import KanInspector
+    from dashboards.views import MapExplorer
     from socmap import kan_curves
     from socmap.runs import open_run
 
