@@ -1,4 +1,4 @@
-"""The socmap dashboard: one FastListTemplate over one (or several) run folders.
+"""The socmap dashboard: one page (Panel's VanillaTemplate) over one (or several) run folders.
 
     socmap serve --run runs/NAME [--run runs/OTHER ...]
 
@@ -8,6 +8,7 @@ Importable: ``build_app(runs)`` returns the template, ``Dashboard`` is the top-l
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import panel as pn
 import param
 from panel.io import resources as pn_resources
-from panel.theme.fast import Fast
+from panel.io import server as pn_server
 
 from socmap.resources import shipped_file
 
@@ -27,17 +28,18 @@ from dashboards.views import MapExplorer, ParameterFields, RunSummary, SiteView
 
 log = logging.getLogger(__name__)
 
-# Panel's Fast design links Google's Open Sans on every page (its ``_resources["font"]``): the
-# same design without that link. Named ``Fast`` on purpose: Panel resolves the design's bundled
-# files under the lower-cased class name (``fast/js/...``).
-OfflineFast = type("Fast", (Fast,), {"_resources": {**Fast._resources, "font": {}},
-                                      "__doc__": "The Fast design without web fonts (system fonts only)."})
+class OfflineVanilla(pn.template.VanillaTemplate):
+    """Panel's VanillaTemplate without its web font (Lato from Google; no request leaves the
+    machine: the page uses the system's fonts, ``assets/dashboard.css``).
+
+    Chosen over the FastListTemplate, whose design scripts (fast-components.js, 0.9 MB) every
+    visitor's browser parsed before the first map."""
+
+    _resources = {"css": {}}
+
 
 TABS = ("Map", "Compare", "Parameters", "KAN inspector", "Sites", "Run summary")
 SCENARIO_TAB = "Scenarios"  # shown after TABS when the run has scenarios (runs/R/scenarios/NAME)
-#: served at /socmap-assets/ by `socmap serve`; fonts are the system's (no request leaves the machine)
-ASSETS_ROUTE = "socmap-assets"
-FONT = "system-ui, 'DejaVu Sans', 'Liberation Sans', Arial, sans-serif"
 
 
 class Dashboard(pn.viewable.Viewer):
@@ -146,21 +148,30 @@ class Dashboard(pn.viewable.Viewer):
         return pn.Row(self.sidebar, self.main)
 
 
-def build_app(runs: list[str | Path]) -> pn.template.FastListTemplate:
+def build_app(runs: list[str | Path]) -> OfflineVanilla:
     """The dashboard page over these run folders (each with run.json and maps.zarr)."""
     dash = Dashboard(runs)
-    template = pn.template.FastListTemplate(
-        title="socmap — soil organic carbon", sidebar=[dash.sidebar], main=[dash.main], sidebar_width=300,
-        accent="#3b6e4f", header_background="#2f5640", raw_css=[shipped_file("assets/dashboard.css").read_text()],
-        theme_toggle=False, main_layout=None,
-        # no web fonts: the template's default pulls Open Sans from Google on every page
-        font=FONT, font_url=f"/{ASSETS_ROUTE}/fonts.css", design=OfflineFast,
+    template = OfflineVanilla(
+        title="socmap — soil organic carbon", sidebar=[dash.sidebar], main=[dash.main], sidebar_width=340,
+        header_background="#2f5640", raw_css=[shipped_file("assets/dashboard.css").read_text()],
         # Panel's busy state is one per process: with the header spinner every event of any visitor
         # repainted the spinner of every open session (cost grew with the square of the sessions)
         busy_indicator=None,
     )
     template.dashboard = dash  # for tests
     return template
+
+
+_BUNDLE_RESOURCES = pn_server.bundle_resources
+
+
+def _bundle_without_webgl(roots, resources, *args, **kwargs):
+    """Panel's page bundle without Bokeh's WebGL bundle (bokeh-gl, 0.2 MB), which Bokeh's
+    server sends to every page: the dashboard draws on a 2-D canvas (``use_bokeh_canvas``)."""
+    if resources is not None and "bokeh-gl" in getattr(resources, "components", ()):
+        resources = copy.copy(resources)
+        resources.components = [c for c in resources.components if c != "bokeh-gl"]
+    return _BUNDLE_RESOURCES(roots, resources, *args, **kwargs)
 
 
 def serve(runs: list[str | Path], *, port: int = 5006, address: str = "127.0.0.1", show: bool = False) -> None:
@@ -176,20 +187,23 @@ def serve(runs: list[str | Path], *, port: int = 5006, address: str = "127.0.0.1
     if not runs or missing:
         raise FileNotFoundError(f"no run store at {', '.join(missing) or 'runs/*'}: train and map a run first "
                                 "(`socmap train`, `socmap map`)")
-    for r in runs:  # open the stores and curves once, before the first visitor (a damaged run: an error panel)
+    warm = []
+    for r in runs:  # open the stores once, before the first visitor (a damaged run: an error panel)
         err = open_error(r)
         if err is not None:
             log.warning("run %s cannot be opened; the dashboard shows why: %s", r, err)
         else:
-            threading.Thread(target=load_run(r).warm, daemon=True).start()
+            warm.append(load_run(r))
+    # the curves load in one thread, run after run, while the server starts (see dashboards.curves)
+    threading.Thread(target=lambda: [run.warm() for run in warm], daemon=True, name="socmap-warm-curves").start()
     # Panel 1.9 sends MathJax (bokeh-mathjax.min.js, 1.8 MB, the largest script of the page) to every
     # page that holds a Markdown/HTML pane, whether or not it has any TeX. The dashboard has none, and
     # every visitor's browser would parse it before the first map: leave the choice to Bokeh's own test.
     pn_resources._panel_use_mathjax = lambda roots: False
+    pn_server.bundle_resources = _bundle_without_webgl
     pn.extension(sizing_mode="fixed", notifications=False)
     pn.serve(
         lambda: build_app(runs),
         port=port, address=address, show=show, threaded=False, title="socmap",
-        static_dirs={ASSETS_ROUTE: str(shipped_file("assets/fonts.css").parent)},
         websocket_origin=[f"localhost:{port}", f"127.0.0.1:{port}", f"{address}:{port}"],
     )

@@ -16,11 +16,12 @@ import param
 import holoviews as hv
 from holoviews.operation.datashader import rasterize
 
+from dashboards.map_style import use_bokeh_canvas
 from dashboards.outlines import state_outlines
 from dashboards.run import RunData
 from socmap.store import align_layer
 
-hv.extension("bokeh", logo=False)
+use_bokeh_canvas()
 
 #: the "other side" that is this run's own map with CLM5 default parameters
 DEFAULT_SIDE = "CLM5 default parameters (this run)"

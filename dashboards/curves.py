@@ -19,6 +19,11 @@ from socmap.store import PARTIAL_ENSEMBLE_ATTR
 
 from dashboards.layers import MapLayers
 
+# One run's curves are read (or computed and written) at a time in the process: netCDF4/HDF5 is
+# not thread-safe, and two runs warmed in two threads at once crashed the server (SIGSEGV) or
+# made a read fail (then the curves were recomputed from the fold models).
+_NETCDF_LOCK = threading.Lock()
+
 
 @dataclass
 class Curves:
@@ -106,7 +111,8 @@ class CurveAnalysis:
             if not self._loaded:
                 partial = bool(self.layers.ds.attrs.get(PARTIAL_ENSEMBLE_ATTR)) if self.layers is not None else False
                 try:
-                    self._ds = kan_curves.load_or_compute(self.path, allow_partial=partial)
+                    with _NETCDF_LOCK:
+                        self._ds = kan_curves.load_or_compute(self.path, allow_partial=partial)
                 except (OSError, RuntimeError, ValueError, KeyError) as exc:  # RunError is a RuntimeError
                     self._ds, self.error = None, str(exc) or type(exc).__name__
                 self._loaded = True

@@ -58,21 +58,27 @@ class MapLayers:
         out.update({name: "other" for name in maps if name not in out})
         return out
 
+    @cached_property
+    def _meta(self) -> dict[str, tuple[tuple[str, ...], dict]]:
+        """(dims, attrs) of every variable and coordinate, read once: each session asks for the
+        units and dims of every layer (its layer menu), and xarray's lookup by name is slow."""
+        return {str(name): (tuple(var.dims), dict(var.attrs)) for name, var in self.ds.variables.items()}
+
     def kind(self, name: str) -> str:
         return self.variables.get(name, "other")
 
     def attrs(self, name: str) -> dict:
-        return dict(self.ds[name].attrs)
+        return dict(self._meta[name][1])
 
     def units(self, name: str) -> str:
-        return str(self.ds[name].attrs.get("units", ""))
+        return str(self._meta[name][1].get("units", ""))
 
     def has_layers(self, name: str) -> bool:
-        return "layer" in self.ds[name].dims
+        return "layer" in self._meta[name][0]
 
     def label(self, name: str, layer: int | None = None) -> str:
         """``long_name`` (prefixed by the name for parameters), with the soil layer's depth."""
-        text = str(self.ds[name].attrs.get("long_name", name))
+        text = str(self._meta[name][1].get("long_name", name))
         if name in INDEX:
             text = f"{name}: {text}"
         if self.has_layers(name) and layer is not None and self.depth_m is not None:
@@ -83,9 +89,14 @@ class MapLayers:
         """Interfaces and node depth of one soil layer, e.g. ``layer 3: 0.06–0.12 m (node 0.09 m)``."""
         if self.depth_m is None:
             return ""
-        top = self.ds["layer_top_m"].values[layer] if "layer_top_m" in self.ds.coords else np.nan
-        bottom = self.ds["layer_bottom_m"].values[layer] if "layer_bottom_m" in self.ds.coords else np.nan
+        top, bottom = self._interfaces[0][layer], self._interfaces[1][layer]
         return f"layer {layer}: {top:.2f}–{bottom:.2f} m (node {self.depth_m[layer]:.2f} m)"
+
+    @cached_property
+    def _interfaces(self) -> tuple[np.ndarray, np.ndarray]:
+        """Top and bottom depth of each soil layer [layer] in m (NaN where the store has none)."""
+        nan = np.full(self.n_layers, np.nan)
+        return tuple(self.ds[c].values if c in self.ds.coords else nan for c in ("layer_top_m", "layer_bottom_m"))
 
     def array(self, name: str, layer: int | None = None) -> np.ndarray:
         """The 2-D float32 array [y, x] of a variable (at soil ``layer`` for 3-D ones); cached."""

@@ -12,12 +12,13 @@ import holoviews as hv
 from holoviews.operation.datashader import rasterize
 
 from dashboards.layers import KIND_LABEL
-from dashboards.map_style import MAP_W, map_image_opts, tap_marker
+from dashboards.map_figure import MapFigure
+from dashboards.map_style import MAP_W, map_image_opts, tap_marker, use_bokeh_canvas
 from dashboards.outlines import state_outlines
 from dashboards.run import RunData, load_run
 from socmap.clm5.parameters import INDEX, LOWER, NAMES, PARAMETERS, UPPER
 
-hv.extension("bokeh", logo=False)
+use_bokeh_canvas()
 
 CMAPS = {
     "soc": "viridis", "stock": "viridis", "parameter": "cividis", "diagnostic": "inferno",
@@ -80,6 +81,7 @@ class MapExplorer(pn.viewable.Viewer):
         self._range = hv.streams.RangeXY()
         self._range.add_subscriber(self._on_range)
         self._plot = None
+        self._figure: MapFigure | None = None
 
     def _on_range(self, x_range=None, y_range=None, **_):
         if x_range is not None and y_range is not None and None not in (*x_range, *y_range):
@@ -141,17 +143,26 @@ class MapExplorer(pn.viewable.Viewer):
         logz = bool(self.log_colour and lo > 0 and not self.is_difference)
         return dict(cmap=self._resolved_cmap(), clim=(lo, hi), logz=logz, clabel=self.colorbar_title(), title=self.title())
 
-    @param.depends("show_sites", "site_colour")
-    def sites(self) -> hv.Points:
+    def site_values(self) -> tuple[pd.DataFrame, str, tuple[float, float], str] | None:
+        """The shown sites (lon, lat, site_id, value, fold), their colour map, limits and value
+        label; None when sites are hidden or the run has none."""
         df = self.run.sites.summary
         if not self.show_sites or df.empty:
-            return hv.Points([], kdims=["lon", "lat"], vdims=["site_id", "value"])
+            return None
         if self.site_colour.startswith("observed"):
             vals, cmap, clim, label = df["soc_obs_top"], "viridis", tuple(np.nanpercentile(df["soc_obs_top"], [2, 98])), "observed SOC, top sample (g C m-3)"
         else:
             m = float(np.nanpercentile(np.abs(df["log_ratio"]), 98)) or 1.0
             vals, cmap, clim, label = df["log_ratio"], "RdBu_r", (-m, m), "log(sim/obs), site mean"
         data = pd.DataFrame({"lon": df["lon"], "lat": df["lat"], "site_id": df["site_id"], "value": vals, "fold": df["fold"]})
+        return data, cmap, clim, label
+
+    @param.depends("show_sites", "site_colour")
+    def sites(self) -> hv.Points:
+        shown = self.site_values()
+        if shown is None:
+            return hv.Points([], kdims=["lon", "lat"], vdims=["site_id", "value"])
+        data, cmap, clim, label = shown
         return hv.Points(data, kdims=["lon", "lat"], vdims=[hv.Dimension("value", label=label), "site_id", "fold"]).opts(
             color="value", cmap=cmap, clim=clim, size=6, line_color="white", line_width=0.6, tools=["hover"],
             colorbar=False)
@@ -160,10 +171,46 @@ class MapExplorer(pn.viewable.Viewer):
     def marker(self) -> hv.Points:
         return tap_marker(self.tap_x, self.tap_y)
 
+    @property
+    def rasterized(self) -> bool:
+        """Whether the grid is big enough to be rasterized per view (a HoloViews map, :meth:`plot`)
+        instead of sent whole in one Bokeh figure (:meth:`figure`)."""
+        return self.run.layers.x.size * self.run.layers.y.size > RASTERIZE_CELLS
+
+    def figure(self) -> MapFigure:
+        """The map as one Bokeh figure (grids up to RASTERIZE_CELLS), made on the first call; later
+        parameter changes replace its data in place."""
+        if self._figure is None:
+            self._figure = MapFigure(self.run.layers.bounds, on_tap=lambda x, y: self._on_tap(x=x, y=y),
+                                     on_range=lambda x0, x1, y0, y1: self._on_range(x_range=(x0, x1), y_range=(y0, y1)))
+            self._show_image()
+            self._show_sites()
+            self._figure.show_marker(self.tap_x, self.tap_y)
+            self.param.watch(lambda *_: self._show_image(), ["layer", "soc_layer", "cmap", "log_colour", "compare"])
+            self.param.watch(lambda *_: self._show_sites(), ["show_sites", "site_colour"])
+            self.param.watch(lambda *_: self._figure.show_marker(self.tap_x, self.tap_y), ["tap_x", "tap_y"])
+        return self._figure
+
+    def _show_image(self) -> None:
+        style = self._style()
+        layers = self.run.layers
+        self._figure.show_image(self.current_array(), layers.x, layers.y, layers.resolution_deg, cmap=style["cmap"],
+                                clim=style["clim"], logz=style["logz"], title=style["title"],
+                                colorbar_title=style["clabel"], value_name=self.layer)
+
+    def _show_sites(self) -> None:
+        shown = self.site_values()
+        if shown is None:
+            self._figure.show_sites(None)
+        else:
+            data, cmap, clim, label = shown
+            self._figure.show_sites(data, cmap=cmap, clim=clim, label=label)
+
     def plot(self) -> hv.DynamicMap:
+        """The map as a HoloViews overlay, rasterized per view (for grids over RASTERIZE_CELLS)."""
         if self._plot is None:
             img = hv.DynamicMap(self.image)
-            if self.run.layers.x.size * self.run.layers.y.size > RASTERIZE_CELLS:  # big grids: send screen pixels only
+            if self.rasterized:  # big grids: send screen pixels only
                 img = rasterize(img, precompute=True, dynamic=True)
             img = img.apply(self._restyle).opts(colorbar=True, **map_image_opts(self.run.layers.bounds, self.colorbar_title))
             self._tap.source = img
@@ -255,9 +302,14 @@ class MapExplorer(pn.viewable.Viewer):
         self.param.watch(lambda e: setattr(slider, "value", int(e.new)), "soc_layer")
         return slider
 
+    def _map_pane(self):
+        if self.rasterized:
+            return pn.pane.HoloViews(self.plot(), linked_axes=False)
+        return pn.pane.Bokeh(self.figure().figure, sizing_mode="fixed")
+
     def __panel__(self):
         return pn.FlexBox(
-            pn.Column(self.caption, self.depth_slider(), pn.pane.HoloViews(self.plot(), linked_axes=False), sizing_mode="fixed"),
+            pn.Column(self.caption, self.depth_slider(), self._map_pane(), sizing_mode="fixed"),
             self.location_panel,
         )
 

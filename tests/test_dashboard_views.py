@@ -39,8 +39,57 @@ def test_layer_switch_changes_image_data(run):
     m.soc_layer = 0
     assert not np.allclose(np.nan_to_num(arr5), np.nan_to_num(m.current_array()))
     assert "layer 0" in m.title()
-    # the plot builds (rasterized dynamic map with outlines and sites)
-    assert isinstance(m.plot(), hv.DynamicMap)
+
+
+def test_map_figure_follows_the_parameters(run):
+    """The Map tab's Bokeh figure: built once, then a layer, colour, site or click change
+    replaces its data and colour mapping in place."""
+    from bokeh import events
+
+    from dashboards.map_figure import palette
+    from dashboards.views import MapExplorer
+
+    m = MapExplorer(run)
+    assert not m.rasterized
+    f = m.figure()
+    assert m.figure() is f
+    shown = f.image.data["image"][0]
+    arr = run.layers.array("soc_stock_0_30cm")
+    assert run.layers.y[0] > run.layers.y[-1]  # the store runs north to south; the glyph south to north
+    np.testing.assert_array_equal(shown, arr[::-1])
+    left, bottom, right, top = run.layers.bounds
+    assert (f.image.data["x"][0], f.image.data["y"][0]) == pytest.approx((left, bottom))
+    assert f.image.data["dw"][0] == pytest.approx(right - left) and f.image.data["dh"][0] == pytest.approx(top - bottom)
+    assert (f.linear.low, f.linear.high) == pytest.approx(run.layers.clim("soc_stock_0_30cm"))
+    m.layer, m.soc_layer = "soc", 3
+    np.testing.assert_array_equal(f.image.data["image"][0], run.layers.array("soc", 3)[::-1])
+    assert "layer 3 (" in f.figure.title.text and f.colorbar.title == m.colorbar_title() and "(g C m-3)" in f.colorbar.title
+    m.log_colour = True
+    assert f.image_renderer.glyph.color_mapper is f.log is f.colorbar.color_mapper
+    m.log_colour, m.cmap = False, "magma"
+    assert f.image_renderer.glyph.color_mapper is f.linear and tuple(f.linear.palette) == palette("magma")
+    m.layer, m.cmap = "diff_default_soc_stock_0_30cm", "auto"
+    assert tuple(f.linear.palette) == palette("RdBu_r") and f.linear.low == pytest.approx(-f.linear.high)
+    n_sites = len(run.sites.summary)
+    assert len(f.sites.data["site_id"]) == n_sites
+    m.site_colour = "residual (log sim/obs)"
+    assert tuple(f.site_mapper.palette) == palette("RdBu_r") and f.site_mapper.low == pytest.approx(-f.site_mapper.high)
+    m.show_sites = False
+    assert len(f.sites.data["site_id"]) == 0
+    # a click and a zoom in the browser arrive as Bokeh events
+    f.figure._trigger_event(events.Tap(f.figure, x=-95.5, y=40.5))
+    assert (m.tap_x, m.tap_y) == (-95.5, 40.5) and f.marker.data == {"x": [-95.5], "y": [40.5]}
+    f.figure._trigger_event(events.RangesUpdate(f.figure, x0=-110.0, x1=-90.0, y0=30.0, y1=45.0))
+    assert m.view_range == (-110.0, -90.0, 30.0, 45.0)
+
+
+def test_big_grids_are_rasterized_per_view(run, monkeypatch):
+    from dashboards import views
+
+    monkeypatch.setattr(views, "RASTERIZE_CELLS", 100)
+    m = views.MapExplorer(run)
+    assert m.rasterized and isinstance(m.plot(), hv.DynamicMap)
+    assert isinstance(m._map_pane(), pn.pane.HoloViews)
 
 
 def test_difference_layers_are_diverging_and_symmetric(run):
@@ -342,7 +391,7 @@ def test_app_builds(run):
     from dashboards.app import build_app
 
     tpl = build_app([run.path])
-    assert isinstance(tpl, pn.template.FastListTemplate)
+    assert isinstance(tpl, pn.template.VanillaTemplate) and not tpl._resources["css"]  # no web font
     dash = tpl.dashboard
     assert dash._filename() == "kan_soc_stock_0_30cm.tif"
     dash.map.layer = "soc"
