@@ -63,6 +63,7 @@ class TrainConfig(BaseModel):
     dropout: float = Field(0.0, ge=0, lt=1)
     rf_trees: int = Field(200, ge=1)
     seed: int = Field(0, description="Random seed of the folds, initial weights and batches")
+    member_seed: int = Field(0, ge=0, description="Seed of the hybrid's initial weights and batch order only (the folds keep `seed`): members of a fold seed ensemble (benchmarks/real_data.py --ensemble-seeds); 0 = as before")
     device: str = Field("auto", description="auto | cpu | cuda")
     threads: int | None = Field(None, ge=1)
     profiles: str | None = Field(None, description="Horizon table(s) to train on: a file (CSV, Parquet, Excel; read as by `socmap profiles check`) or a catalog entry of kind profiles, comma-separated for several (default: the data entry's profile sets); implies --data real-conus")

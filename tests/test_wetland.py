@@ -305,3 +305,27 @@ def test_a_wetland_column_on_an_igbp11_cell_gets_exactly_one_anoxia_factor():
     assert torch.equal(wet_cell[1], fixed_only[1])
     # and the fixed anoxia does act there: without it the upland column would store less at depth
     assert bool((dry_cell[1, 1:] < wet_cell[1, 1:]).all())
+
+
+def test_member_seed_changes_the_weights_and_batches_not_the_folds(twin, tmp_path):
+    """Fold seed-ensemble members (benchmarks/real_data.py --ensemble-seeds): member_seed 0 is the
+    historic seeding; another member starts from other weights and shuffles otherwise."""
+    cfg = load_config(data_dir=str(twin), folds=3, encoder="mlp")
+    data = load_sites(cfg)
+    fold = make_folds(data.lon, data.lat, cfg.folds, cfg.split, cfg.seed)[0]
+
+    def start(member: int) -> tuple[torch.Tensor, np.ndarray]:
+        trainer = HybridTrainer(cfg.model_copy(update={"member_seed": member}), data, fold, tmp_path / str(member),
+                                torch.device("cpu"))
+        w = next(trainer.model.encoder.parameters()).detach().clone()
+        rng = np.random.default_rng([cfg.seed, fold.index, 0] + ([member] if member else []))
+        return w, rng.permutation(len(fold.train))
+
+    from socmap.trainer import build_model
+
+    torch.manual_seed(cfg.seed * 1000 + fold.index)  # the seeding before member_seed existed
+    historic = next(build_model(cfg, data).encoder.parameters()).detach()
+    (w0, order0), (w0b, _), (w1, order1) = start(0), start(0), start(1)
+    assert torch.equal(w0, w0b) and torch.equal(w0, historic)
+    assert not torch.equal(w0, w1) and not np.array_equal(order0, order1)
+    assert make_folds(data.lon, data.lat, cfg.folds, cfg.split, cfg.seed)[0].test.tolist() == fold.test.tolist()
