@@ -23,6 +23,9 @@ Usage::
 
     python benchmarks/real_data.py --quick            # 2 epochs, fold 0 only: a smoke run (~5 min)
     python benchmarks/real_data.py --epochs 80 --json # the full comparison (long on 2 cores)
+    python benchmarks/real_data.py --models kan,rf --predictions bench/pred --json  # + held-out layers
+    python benchmarks/real_data.py --breakdown bench/pred   # where the error lies (depth, data set, land unit)
+    python benchmarks/real_data.py --models kan --ensemble-seeds 3 --json  # fold seed ensembles
 
 The cube is built once at ``--resolution`` (default 0.25) into ``--data-dir``
 (default data/real-conus) when that folder has no cube.zarr. Needs the real profiles
