@@ -23,6 +23,9 @@ Usage::
 
     python benchmarks/real_data.py --quick            # 2 epochs, fold 0 only: a smoke run (~5 min)
     python benchmarks/real_data.py --epochs 80 --json # the full comparison (long on 2 cores)
+    python benchmarks/real_data.py --models kan,rf --predictions bench/pred --json  # + held-out layers
+    python benchmarks/real_data.py --breakdown bench/pred   # where the error lies (depth, data set, land unit)
+    python benchmarks/real_data.py --models kan --ensemble-seeds 3 --json  # fold seed ensembles
 
 The cube is built once at ``--resolution`` (default 0.25) into ``--data-dir``
 (default data/real-conus) when that folder has no cube.zarr. Needs the real profiles
@@ -108,9 +111,48 @@ def blowup_and_bounds(out: Path) -> dict:
     return res
 
 
-def run_model(model: str, config: TrainConfig, out: Path) -> dict:
+def run_ensemble(model: str, config: TrainConfig, out: Path, members: int) -> dict:
+    """A fold seed ensemble: ``members`` runs of the same folds with ``member_seed`` 0 … members − 1
+    (different initial weights and batch order); each held-out layer is predicted by the mean of
+    the members' ln SOC (the geometric mean). ``out`` gets the ensemble's ``predictions.csv``
+    (member 0's table with the ensemble's SOC) and member 0's ``sites.csv``; the result also holds
+    each member's pooled NSE(log) (``member_nse_log``)."""
+    import pandas as pd
+
+    logs, member_nse_log, table = [], [], None
+    for k in range(members):
+        member_out = out / f"member{k}"
+        rec = train(config.model_copy(update={"encoder": model, "member_seed": k}), member_out, progress=False)
+        member_nse_log.append(rec["metrics"]["cv"]["pooled"]["nse_log"])
+        pred = pd.read_csv(member_out / "predictions.csv", dtype={"site_id": str})
+        if table is None:
+            table = pred
+            (out / "sites.csv").write_bytes((member_out / "sites.csv").read_bytes())
+        elif not (pred["site_id"].equals(table["site_id"]) and np.allclose(pred["depth_m"], table["depth_m"])):
+            raise RuntimeError("ensemble members predicted different observations: the folds must not depend on member_seed")
+        logs.append(np.log(pred["soc_sim_g_m3"].to_numpy(np.float64)))
+    table = table.assign(soc_sim_g_m3=np.exp(np.mean(logs, axis=0)))
+    table.to_csv(out / "predictions.csv", index=False)
+    tested = table["fold"] >= 0
+    obs, sim = table["soc_obs_g_m3"].to_numpy()[tested], table["soc_sim_g_m3"].to_numpy()[tested]
+    folds = table.loc[tested, "fold"].to_numpy()
+    res = {"pooled": metrics.skill(obs, sim), "member_nse_log": member_nse_log,
+           "fold_nse_log": {str(k): metrics.nse_log(obs[folds == k], sim[folds == k]) for k in np.unique(folds)},
+           **blowup_and_bounds(out)}
+    if "bd_estimated" in table:
+        measured = ~table.loc[tested, "bd_estimated"].astype(bool).to_numpy()
+        res["nse_log_measured_bd"] = metrics.nse_log(obs[measured], sim[measured])
+    return res
+
+
+def run_model(model: str, config: TrainConfig, out: Path, members: int = 1) -> dict:
     if model == "global":
         return run_global(config, out)
+    if members > 1:
+        if model not in ("kan", "mlp"):
+            raise SystemExit(f"--ensemble-seeds: only the hybrids (kan, mlp) have member seeds, not {model!r}")
+        out.mkdir(parents=True, exist_ok=True)
+        return run_ensemble(model, config, out, members)
     rec = train(config.model_copy(update={"encoder": model}), out, progress=False)
     folds = rec["metrics"]["cv"]["folds"]
     res = {"pooled": rec["metrics"]["cv"]["pooled"], "fold_nse_log": {str(f["fold"]): f["nse_log"] for f in folds},
@@ -122,6 +164,90 @@ def run_model(model: str, config: TrainConfig, out: Path) -> dict:
     if anoxia:  # the learned wetland anoxia (o_min, water_table_m) of each fold
         res["anoxia"] = anoxia
     return res
+
+
+def save_predictions(tmp: Path, model: str, splits: list[str], dest: Path, tag: str = "") -> None:
+    """Copy the held-out predictions (``predictions.csv``: one row per observed layer, with its
+    fold, depth, observed and predicted SOC) and ``sites.csv`` (covariates, land cover, wetland
+    flag) of ``model``'s run folders under ``tmp`` to ``dest``, named MODEL[-TAG]-SPLIT-*.csv."""
+    from socmap.fsutil import write_atomic
+
+    dest.mkdir(parents=True, exist_ok=True)
+    stem = f"{model}-{tag}" if tag else model
+    for split, short in (("block2deg", "block"), ("random", "random")):
+        if split not in splits:
+            continue
+        for name in ("predictions", "sites"):
+            src = tmp / f"{model}-{short}" / f"{name}.csv"
+            if src.is_file():
+                write_atomic(dest / f"{stem}-{split}-{name}.csv", src.read_bytes())
+
+
+DEPTH_BINS_M = (0.0, 0.1, 0.3, 1.0, np.inf)  # 0–10, 10–30, 30–100, > 100 cm (layer mid depth)
+
+
+def _same_cell_in_training(sites) -> np.ndarray:
+    """[N] bool: another site of the same covariate cell (equal cell covariates) lies in another
+    fold, i.e. was a training site when this one was held out. Site-level inputs (the wetland
+    flag, land classes) and the cube's land cover are not cell covariates."""
+    skip = {"site_id", "lon", "lat", "fold", "land_cover", "wetland"}
+    covs = [c for c in sites.columns if c not in skip and not c.startswith(("land_", "true_p_"))]
+    cell = sites[covs].round(6).astype(str).agg("|".join, axis=1)
+    folds = sites["fold"].to_numpy()
+    out = np.zeros(len(sites), dtype=bool)
+    for idx in sites.groupby(cell).indices.values():
+        if len(idx) > 1:
+            f = folds[idx]
+            out[idx] = [(f != k).any() for k in f]
+    return out
+
+
+def breakdown(pred_dir: Path) -> list[dict]:
+    """Where a model's held-out error lies: for each ``*-predictions.csv`` in ``pred_dir`` (written
+    by ``--predictions``), NSE(log) and the log bias per depth bin (layer mid depth, m:
+    :data:`DEPTH_BINS_M`), per data set (NWCA / SoDaH, from the site id) and per land unit
+    (wetland / upland, from the sites table), and by whether another site of the same cell was a
+    training site (``same cell in training``: the cell's covariates were seen with their own SOC).
+
+    Returns one dict per file and group: ``run`` (MODEL[-TAG]-SPLIT), ``group``, ``n`` (layers),
+    ``nse_log`` (within the group, against the group's own mean), ``bias_log`` (mean of
+    ln sim − ln obs: > 0 over-predicts), ``rmse_log`` and ``sse_share`` (the group's share of the
+    pooled sum of squared log errors; the groups of one kind sum to 1).
+    """
+    import pandas as pd
+
+    rows = []
+    for path in sorted(pred_dir.glob("*-predictions.csv")):
+        run = path.name[: -len("-predictions.csv")]
+        pred = pd.read_csv(path, dtype={"site_id": str})
+        pred = pred[(pred["fold"] >= 0) & (pred["soc_obs_g_m3"] > 0) & (pred["soc_sim_g_m3"] > 0)]
+        sites_path = path.with_name(f"{run}-sites.csv")
+        if sites_path.is_file():
+            sites = pd.read_csv(sites_path, dtype={"site_id": str})
+            sites["same_cell"] = _same_cell_in_training(sites)
+            keep = ["site_id", "same_cell"] + (["wetland"] if "wetland" in sites else [])
+            pred = pred.merge(sites[keep], on="site_id", how="left")
+        err = np.log(pred["soc_sim_g_m3"].to_numpy()) - np.log(pred["soc_obs_g_m3"].to_numpy())
+        sse = float((err ** 2).sum())
+        bins = pd.cut(pred["depth_m"], DEPTH_BINS_M, right=False, labels=["0-10cm", "10-30cm", "30-100cm", ">100cm"])
+        groups = {f"depth {b}": (bins == b).to_numpy() for b in bins.cat.categories}
+        source = np.where(pred["site_id"].str.upper().str.startswith("NWCA"), "NWCA", "SoDaH")
+        groups.update({f"data {d}": source == d for d in ("NWCA", "SoDaH")})
+        if "wetland" in pred:
+            wet = pred["wetland"].fillna(0).to_numpy() > 0
+            groups.update({"wetland": wet, "upland": ~wet})
+        if "same_cell" in pred:
+            same = pred["same_cell"].fillna(False).to_numpy(bool)
+            groups.update({"same cell in training": same, "no same cell in training": ~same})
+        groups["all"] = np.ones(len(pred), dtype=bool)
+        for name, mask in groups.items():
+            if not mask.any():
+                continue
+            obs, sim = pred["soc_obs_g_m3"].to_numpy()[mask], pred["soc_sim_g_m3"].to_numpy()[mask]
+            rows.append({"run": run, "group": name, "n": int(mask.sum()), "nse_log": metrics.nse_log(obs, sim),
+                         "bias_log": float(err[mask].mean()), "rmse_log": float(np.sqrt((err[mask] ** 2).mean())),
+                         "sse_share": float((err[mask] ** 2).sum() / sse)})
+    return rows
 
 
 def _parse_set(items: list[str]) -> dict:
@@ -152,7 +278,25 @@ def main(argv=None) -> int:
                     help="TrainConfig override for every model of this run (repeatable), e.g. --set lambda_prior=1")
     ap.add_argument("--tag", default="", help="ablation label added to each JSON row (``model`` becomes MODEL/TAG)")
     ap.add_argument("--splits", default="block2deg,random", help="splits to run: block2deg,random (default both)")
+    ap.add_argument("--predictions", default=None, metavar="DIR",
+                    help="also write each trained model's held-out predictions per layer and its sites table to DIR "
+                         "(MODEL[-TAG]-SPLIT-predictions.csv / -sites.csv; not for ``global``)")
+    ap.add_argument("--ensemble-seeds", type=int, default=1, metavar="N",
+                    help="hybrids: predict each held-out layer by the mean ln SOC of N models per fold trained with "
+                         "member_seed 0 … N−1 (same folds); N times the training time")
+    ap.add_argument("--breakdown", default=None, metavar="DIR",
+                    help="no training: print (JSON lines with --json) the per-depth / data-set / land-unit breakdown "
+                         "of the predictions a --predictions run wrote to DIR")
     args = ap.parse_args(argv)
+    if args.breakdown:
+        rows = breakdown(Path(args.breakdown))
+        if not rows:
+            raise SystemExit(f"--breakdown {args.breakdown}: no *-predictions.csv there (write them with --predictions DIR)")
+        for r in rows:
+            print(json.dumps(r) if args.json else
+                  f"{r['run']:<28} {r['group']:<16} n={r['n']:>5} NSE(log) {r['nse_log']:>7.3f} "
+                  f"bias(log) {r['bias_log']:>+7.3f} RMSE(log) {r['rmse_log']:.3f} share {r['sse_share']:.3f}")
+        return 0
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     data_dir = Path(args.data_dir)
@@ -176,8 +320,8 @@ def main(argv=None) -> int:
                 ap.error(f"unknown model {m!r}")
             t = time.perf_counter()
             nan = {"pooled": {"nse": float("nan"), "nse_log": float("nan"), "rmse": float("nan")}}
-            blk = run_model(m, base.model_copy(update={"split": "block2deg"}), Path(tmp) / f"{m}-block") if "block2deg" in splits else nan
-            rnd = run_model(m, base.model_copy(update={"split": "random"}), Path(tmp) / f"{m}-random") if "random" in splits else nan
+            blk = run_model(m, base.model_copy(update={"split": "block2deg"}), Path(tmp) / f"{m}-block", args.ensemble_seeds) if "block2deg" in splits else nan
+            rnd = run_model(m, base.model_copy(update={"split": "random"}), Path(tmp) / f"{m}-random", args.ensemble_seeds) if "random" in splits else nan
             results[m] = {
                 "model": f"{m}/{args.tag}" if args.tag else m, "nse_block": blk["pooled"]["nse"],
                 "nse_log_block": blk["pooled"]["nse_log"],
@@ -185,9 +329,12 @@ def main(argv=None) -> int:
                 "rmse_block": blk["pooled"]["rmse"], "seconds": round(time.perf_counter() - t, 1),
                 "covariates": load_sites(base).covariate_names if m == models[0] else None,
                 "overrides": _parse_set(args.set),
+                **({"ensemble_seeds": args.ensemble_seeds} if args.ensemble_seeds > 1 and m in ("kan", "mlp") else {}),
                 **{f"{k}_block": v for k, v in blk.items() if k not in ("pooled", "p_per_fold")},
                 **{f"{k}_random": v for k, v in rnd.items() if k not in ("pooled", "p_per_fold")},
             }
+            if args.predictions and m != "global":
+                save_predictions(Path(tmp), m, splits, Path(args.predictions), args.tag)
             print(f"{m}: done in {results[m]['seconds']:.0f} s", file=sys.stderr)
             if args.json:
                 print(json.dumps({**results[m], "epochs": epochs, "folds": args.folds}), flush=True)

@@ -242,9 +242,18 @@ def wetland_fraction(cube, iy: np.ndarray, ix: np.ndarray) -> np.ndarray:
 
 def cube_inputs(names: Sequence[str]) -> list[str]:
     """The models' covariates that a cube provides: ``names`` without the site-level wetland flag
-    (:data:`socmap.data.sites.WETLAND_INPUT`), which :func:`predict_columns` sets per column."""
-    from socmap.data.sites import WETLAND_INPUT
+    (:data:`socmap.data.sites.WETLAND_INPUT`), which :func:`predict_columns` sets per column.
 
+    Raises ``ValueError`` for a run with the site land-class inputs (``land_class_input``,
+    docs/model.md §5.11): a cell would need its share of each class, which no cube holds yet.
+    """
+    from socmap.data.sites import WETLAND_INPUT, land_class_inputs
+
+    site_only = [n for n in names if n in land_class_inputs()]
+    if site_only:
+        raise ValueError(f"this run takes the site's own land class as input ({', '.join(site_only)}: trained with "
+                         "land_class_input); maps and point predictions would need each cell's land-class shares, "
+                         "which socmap does not build yet. Map a run trained without land_class_input")
     return [n for n in names if n != WETLAND_INPUT]
 
 

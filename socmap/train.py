@@ -187,6 +187,10 @@ def load_run_data(config: TrainConfig, *, progress: bool = True) -> RunData:
         from socmap.data.sites import with_wetland_input
 
         data = with_wetland_input(data)
+    if config.land_class_input:  # the site's own land class as one-hot inputs (docs/model.md §5.11)
+        from socmap.data.sites import with_land_class_input
+
+        data = with_land_class_input(data)
     if report is not None:
         report["totals"]["observations"] = int(np.isfinite(data.soc_g_m3).sum())
         est = data.bd_estimated if data.bd_estimated is not None else np.zeros(data.soc_g_m3.shape, bool)

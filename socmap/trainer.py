@@ -96,7 +96,8 @@ class HybridTrainer:
     def __init__(self, config: TrainConfig, data: SiteData, fold: Fold, fold_dir: Path, device: torch.device) -> None:
         self.config, self.data, self.fold, self.dir, self.device = config, data, fold, fold_dir, device
         self.dir.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(config.seed * 1000 + fold.index)
+        # member_seed 0 keeps the historic seeding bit for bit; others start a fold seed-ensemble member
+        torch.manual_seed(config.seed * 1000 + fold.index + 1_000_003 * config.member_seed)
         self.model = build_model(config, data).to(device)
         self.phases: list[Phase] = make_schedule(config, self.model.is_kan)
         self.opt = self.phases[0].optimizer(self.model, config)
@@ -217,7 +218,7 @@ class HybridTrainer:
         cfg, fold, loop = self.config, self.fold, self.loop
         self.model.train()
         self._current().begin_epoch(self, self.state, loop.phase_epoch)
-        rng = np.random.default_rng([cfg.seed, fold.index, loop.epoch])
+        rng = np.random.default_rng([cfg.seed, fold.index, loop.epoch] + ([cfg.member_seed] if cfg.member_seed else []))
         order = fold.train[rng.permutation(len(fold.train))]
         losses = []
         for start in range(0, len(order), cfg.batch_size):

@@ -128,3 +128,9 @@ def test_write_and_load_real_sites(tmp_path, cube, monkeypatch):
     assert w.covariate_names[-1] == WETLAND_INPUT and w.covariate_range[WETLAND_INPUT] == (0.0, 1.0)
     np.testing.assert_array_equal(w.covariates[:, -1], d.wetland)
     np.testing.assert_array_equal(w.subset(np.arange(5)).wetland, d.wetland[:5])
+    # the site's own land class: NWCA sites in wetland classes (or farmed), SoDaH's wetland covers
+    # exactly its wetland-flagged sites
+    wet_classes = np.isin(d.land_class, ["emergent_wetland", "woody_wetland", "tidal_wetland"])
+    assert set(d.land_class[nwca]) <= {"emergent_wetland", "woody_wetland", "tidal_wetland", "crop"}
+    np.testing.assert_array_equal(wet_classes[~nwca], d.wetland[~nwca] == 1)
+    assert (d.land_class[~nwca] == "forest").mean() > 0.3

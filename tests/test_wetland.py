@@ -266,3 +266,66 @@ def test_runs_with_the_wetland_flag_as_input_map_and_predict(twin, tmp_path, enc
     same = np.allclose(out["soc_g_m3"][:3].to_numpy(), out["soc_g_m3"][3:].to_numpy())
     # the twin has no wetland site: the forest never splits on the flag; the MLP's weight on it is its init
     assert same if encoder == "rf" else not same
+
+
+def test_a_wetland_column_on_an_igbp11_cell_gets_exactly_one_anoxia_factor():
+    """The forcing of a permanent-wetland cell (IGBP 11) already carries CLM's fixed anoxia
+    (``mino2lim`` below 0.1 m, docs/model.md §5.8); the learned anoxia replaces it in a wetland
+    column instead of multiplying on top of it (§5.10). An upland column keeps it."""
+    from socmap.climate_forcing import ForcingConfig, oxygen_scalar
+    from socmap.clm5.grid import NODE_M
+
+    n = 4
+    base = make_forcing(n, seed=11)
+    igbp = np.array([11, 11, 5, 5])  # wetland cell, wetland cell, forest cell, forest cell
+    o_fixed = oxygen_scalar(igbp, NODE_M)
+    assert o_fixed[0].min() == ForcingConfig().anoxic_oxygen_scalar and (o_fixed[2:] == 1).all()
+    on_cells = prepare_forcing(base.replace(oxygen_scalar=torch.as_tensor(o_fixed)))
+    aerated = prepare_forcing(base.replace(oxygen_scalar=torch.ones_like(base.oxygen_scalar)))
+    flag = torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=torch.float64)
+    x = torch.rand(n, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    depth = torch.tensor([[0.05, 0.3, 0.8]], dtype=torch.float64).expand(n, -1)
+    m, plain = _model("learned"), _model("none")
+    plain.encoder.load_state_dict(m.encoder.state_dict())
+    with torch.no_grad():
+        m.anoxia.o_raw.fill_(-1.0)  # o_min ≈ 0.27, not CLM's 0.2: the two factors are told apart
+        col = m.column_forcing(on_cells, flag)
+        # the wetland columns' forcing O is 1 and O·N is N; the upland columns' fields are untouched
+        assert bool((col.oxygen[..., flag == 1] == 1.0).all())
+        torch.testing.assert_close(col.oxygen_nitrogen[..., flag == 1], base.nitrogen_scalar[flag == 1].permute(1, 2, 0),
+                                   rtol=1e-14, atol=0)
+        assert torch.equal(col.oxygen[..., flag == 0], on_cells.oxygen[..., flag == 0])
+        assert torch.equal(col.oxygen_nitrogen[..., flag == 0], on_cells.oxygen_nitrogen[..., flag == 0])
+        wet_cell, _, _ = m.simulate(x, on_cells, depth, flag)
+        dry_cell, _, _ = m.simulate(x, aerated, depth, flag)
+        fixed_only, _, _ = plain.simulate(x, on_cells, depth)
+    # IGBP-11 wetland column (site 0) = the same column on an aerated cell: only the learned factor
+    torch.testing.assert_close(wet_cell[0], dry_cell[0], rtol=1e-12, atol=0)
+    # upland column on the IGBP-11 cell (site 1) keeps CLM's fixed anoxia, bit for bit
+    assert torch.equal(wet_cell[1], fixed_only[1])
+    # and the fixed anoxia does act there: without it the upland column would store less at depth
+    assert bool((dry_cell[1, 1:] < wet_cell[1, 1:]).all())
+
+
+def test_member_seed_changes_the_weights_and_batches_not_the_folds(twin, tmp_path):
+    """Fold seed-ensemble members (benchmarks/real_data.py --ensemble-seeds): member_seed 0 is the
+    historic seeding; another member starts from other weights and shuffles otherwise."""
+    cfg = load_config(data_dir=str(twin), folds=3, encoder="mlp")
+    data = load_sites(cfg)
+    fold = make_folds(data.lon, data.lat, cfg.folds, cfg.split, cfg.seed)[0]
+
+    def start(member: int) -> tuple[torch.Tensor, np.ndarray]:
+        trainer = HybridTrainer(cfg.model_copy(update={"member_seed": member}), data, fold, tmp_path / str(member),
+                                torch.device("cpu"))
+        w = next(trainer.model.encoder.parameters()).detach().clone()
+        rng = np.random.default_rng([cfg.seed, fold.index, 0] + ([member] if member else []))
+        return w, rng.permutation(len(fold.train))
+
+    from socmap.trainer import build_model
+
+    torch.manual_seed(cfg.seed * 1000 + fold.index)  # the seeding before member_seed existed
+    historic = next(build_model(cfg, data).encoder.parameters()).detach()
+    (w0, order0), (w0b, _), (w1, order1) = start(0), start(0), start(1)
+    assert torch.equal(w0, w0b) and torch.equal(w0, historic)
+    assert not torch.equal(w0, w1) and not np.array_equal(order0, order1)
+    assert make_folds(data.lon, data.lat, cfg.folds, cfg.split, cfg.seed)[0].test.tolist() == fold.test.tolist()

@@ -57,6 +57,10 @@ Decisions (documented, each an option)
   ``land_cover`` is ``woodyWetlands`` or ``emergentHerbaceousWetlands``; a user's table may carry
   an optional ``wetland`` column (1/0, true/false, yes/no, wetland/upland; blank = 0), else every
   site is taken as upland (0) and the report says so.
+- **Land class** (column ``land_class``, site-level, :data:`LAND_CLASSES`): the sources' own site
+  classes grouped into forest, shrub, grass, crop, emergent, woody and tidal wetland
+  (:data:`LAND_CLASS_OF`; NWCA from ``CLASS_FIELD_FWSST``, SoDaH from ``land_cover``); "" where a
+  site has none (user tables, blanks, urban).
 - **Cross-source duplicates**: sites of different sources within ~100 m (coordinates equal to
   3 decimals) are flagged (``dup_coords_other_source``) and counted; both are kept.
 """
@@ -100,6 +104,27 @@ FLAG_COLUMNS = ("top_inferred", "caco3_corrected", "carbon_is_total", "carbon_wa
 
 #: SoDaH ``land_cover`` values (NLCD-style names) that make a site a wetland.
 SODAH_WETLAND_COVERS = ("woodyWetlands", "emergentHerbaceousWetlands")
+
+#: The site's own land class (column ``land_class``; docs/model.md §5.11): a few groups of the
+#: sources' own site classes, "" where a site has none (a user table, SoDaH blanks, urban).
+LAND_CLASSES = ("forest", "shrub", "grass", "crop", "emergent_wetland", "woody_wetland", "tidal_wetland")
+#: Source value -> land class: SoDaH ``land_cover`` (NLCD-style names) and NWCA 2011
+#: ``CLASS_FIELD_FWSST`` (Cowardin: P palustrine, E2 estuarine intertidal; EM emergent, SS
+#: scrub-shrub, FO forested, UB/AB open water / aquatic bed, F farmed).
+LAND_CLASS_OF = {
+    "forest": "forest", "deciduousForest": "forest", "evergreenForest": "forest", "mixedForest": "forest",
+    "shrubScrub": "shrub", "shrubland": "shrub",
+    "grasslandHerbaceous": "grass", "rangeland/grassland": "grass", "pastureHay": "grass",
+    "cultivatedCrops": "crop", "cultivated": "crop", "PF": "crop",
+    "emergentHerbaceousWetlands": "emergent_wetland", "PEM": "emergent_wetland", "PUBPAB": "emergent_wetland",
+    "woodyWetlands": "woody_wetland", "PFO": "woody_wetland", "PSS": "woody_wetland",
+    "E2EM": "tidal_wetland", "E2SS": "tidal_wetland",
+}
+
+
+def land_class(values: pd.Series) -> pd.Series:
+    """The land class (:data:`LAND_CLASSES`) of each source class value; "" where unknown."""
+    return values.astype("string").str.strip().map(LAND_CLASS_OF).fillna("").astype(object)
 
 # drop reasons (in the order the checks run)
 R_NON_NUMERIC = "non-numeric value in {col}"
@@ -526,6 +551,7 @@ def load_nwca2011(folder: str | Path | None = None, *, bulk_density: str = "fill
         "observation_date": chem["DATE_COL"].astype(str) if "DATE_COL" in chem else None,
         "layer_no": chem["_layer"], "top_inferred": top_inferred.astype(bool), "caco3_corrected": corrected.astype(bool),
         "total_carbon_pct": tc, "wetland": True, "wetland_class": chem["wetland_class"],  # NWCA samples wetlands only
+        "land_class": land_class(chem["wetland_class"]),
     })
     table = _finish(raw, rep, chem_path, bulk_density=bulk_density, bd_range=NWCA_BD_RANGE,
                     dup_key=["profile_id", "top_cm", "bottom_cm", "oc_pct", "bd_meas"],
@@ -591,6 +617,7 @@ def load_sodah(path: str | Path | None = None, *, bulk_density: str = "fill", fo
         "network": df["network"].astype("string") if "network" in df else None,
         "site_code": df["site_code"].astype("string") if "site_code" in df else None,
         "wetland": df["land_cover"].isin(SODAH_WETLAND_COVERS).to_numpy() if "land_cover" in df else False,
+        "land_class": land_class(df["land_cover"]) if "land_cover" in df else "",
     })[keep.to_numpy()]
     # text in the carbon columns: only a problem when no usable carbon is left
     bad_c = (bad_soc & ctot.isna()) | (bad_ctot & soc.isna())

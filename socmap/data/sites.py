@@ -63,6 +63,7 @@ class SiteData:
     top_m: np.ndarray | None = None  # [N, L] NaN-padded observed layer tops (m), where the table has them
     bottom_m: np.ndarray | None = None  # [N, L] NaN-padded observed layer bottoms (m)
     wetland: np.ndarray | None = None  # [N] float64 0/1: the site's own land unit is a wetland (None: unknown = upland)
+    land_class: np.ndarray | None = None  # [N] str: the site's own land class (profiles.LAND_CLASSES; "" unknown)
 
     def __post_init__(self) -> None:
         n = len(self.site_id)
@@ -81,6 +82,8 @@ class SiteData:
             raise ValueError(f"SiteData.forcing has {self.forcing.batch_size} sites, not {n}")
         if self.wetland is not None and tuple(np.shape(self.wetland)) != (n,):
             raise ValueError(f"SiteData.wetland has shape {np.shape(self.wetland)}; expected ({n},)")
+        if self.land_class is not None and tuple(np.shape(self.land_class)) != (n,):
+            raise ValueError(f"SiteData.land_class has shape {np.shape(self.land_class)}; expected ({n},)")
         if self.true_p is not None and self.true_p.shape != (n, len(NAMES)):
             raise ValueError(f"SiteData.true_p has shape {self.true_p.shape}; expected {(n, len(NAMES))}")
 
@@ -137,6 +140,46 @@ class SiteData:
 
 #: Name of the site-level wetland flag when it is an encoder input (:func:`with_wetland_input`).
 WETLAND_INPUT = "wetland"
+
+
+#: Prefix of the one-hot site land-class inputs (:func:`with_land_class_input`): ``land_forest``, …
+LAND_CLASS_PREFIX = "land_"
+
+
+def land_class_inputs() -> list[str]:
+    """The names of the one-hot land-class inputs, one per :data:`socmap.data.profiles.LAND_CLASSES`."""
+    from socmap.data.profiles import LAND_CLASSES
+
+    return [LAND_CLASS_PREFIX + c for c in LAND_CLASSES]
+
+
+def with_land_class_input(data: SiteData) -> SiteData:
+    """``data`` with the site's own land class (docs/model.md §5.11) appended as one-hot covariates
+    ``land_<class>`` (0/1, scaling range 0–1; a site of unknown class has all zeros), so every
+    encoder and baseline sees it. In the KAN each is one edge per parameter evaluated at 0 or 1
+    only: a constant offset for the sites of that class.
+
+    Raises
+    ------
+    ValueError
+        No site has a land class (a table without the sources' site classes).
+    """
+    from socmap.data.profiles import LAND_CLASSES
+
+    names = land_class_inputs()
+    if names[0] in data.covariate_names:
+        return data
+    classes = np.asarray(data.land_class if data.land_class is not None else np.full(len(data), ""), dtype=object)
+    if not any(c in LAND_CLASSES for c in classes):
+        raise ValueError("land_class_input: no site has a land class; it comes from the real profiles' own site "
+                         "classes (NWCA 2011 CLASS_FIELD_FWSST, SoDaH land_cover). Train without land_class_input")
+    onehot = np.column_stack([(classes == c).astype(np.float64) for c in LAND_CLASSES])
+    out = {f.name: getattr(data, f.name) for f in fields(data)}
+    out["covariates"] = np.column_stack([data.covariates, onehot])
+    out["covariate_names"] = [*data.covariate_names, *names]
+    out["covariate_units"] = [*data.covariate_units, *(["1"] * len(names))]
+    out["covariate_range"] = {**(data.covariate_range or {}), **{n: (0.0, 1.0) for n in names}}
+    return SiteData(**out)
 
 
 def with_wetland_input(data: SiteData) -> SiteData:
@@ -390,8 +433,12 @@ def load_real(directory: str | Path, *, sources: list[str] | None = None, bulk_d
         table = table.assign(wetland=False)
     table = table.assign(wetland=table["wetland"].fillna(False).astype(bool))
     cube = open_cube(directory / "cube.zarr").load()
+    if "land_class" in table:  # the site's own land class: its first non-blank value
+        table = table.assign(land_class=table["land_class"].fillna("").astype(str).replace("", None))
     sites = table.groupby("site_id", sort=True).agg(lon=("lon", "first"), lat=("lat", "first"), source=("source", "first"),
-                                                    wetland=("wetland", "max")).reset_index()
+                                                    wetland=("wetland", "max"),
+                                                    **({"land_class": ("land_class", "first")} if "land_class" in table else {})
+                                                    ).reset_index()
     rows_per_site = table.groupby("site_id", sort=True).size().reindex(sites["site_id"]).to_numpy()
     where = sample_grid(cube, sites["lon"].to_numpy(), sites["lat"].to_numpy())
     where, snapped = snap_to_land(cube, where, sites["lon"].to_numpy(), sites["lat"].to_numpy(), max_cells=snap_cells)
@@ -463,6 +510,7 @@ def load_real(directory: str | Path, *, sources: list[str] | None = None, bulk_d
         top_m=top,
         bottom_m=bottom,
         wetland=sites["wetland"].to_numpy(np.float64),
+        land_class=sites["land_class"].fillna("").to_numpy(object) if "land_class" in sites else None,
     )
     return RealSites(data=data, profiles=table.reset_index(drop=True), report=report)
 

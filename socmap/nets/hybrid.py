@@ -145,15 +145,35 @@ class HybridModel(nn.Module):
         return self.anoxia(wetland)
 
     def column_forcing(self, prepared: PreparedForcing, wetland: torch.Tensor | None) -> PreparedForcing:
-        """``prepared`` as the model sees it at sites with wetland flags ``wetland`` [B]: with
-        ``spec.wetland_saturated`` the water scalar of a wetland site is that of saturated soil,
-        W + w (1 − W) (1 at w = 1: wet soil is not water-limited in CLM; the excess water acts
-        through the anoxia). Unchanged otherwise (the same object)."""
-        if not self.spec.wetland_saturated or wetland is None or not bool((wetland > 0).any()):
+        """``prepared`` as the model sees it at sites with wetland flags ``wetland`` [B] (0–1).
+
+        - With ``spec.wetland_saturated`` the water scalar of a wetland site is that of saturated
+          soil, W + w (1 − W) (1 at w = 1: wet soil is not water-limited in CLM; the excess water
+          acts through the anoxia).
+        - With the learned anoxia, a wetland site's forcing oxygen scalar O is reset towards 1,
+          O + w (1 − O), and O·N becomes N times that: the learned scalar *replaces* the forcing's
+          fixed anoxia (CLM's ``mino2lim`` below 0.1 m on IGBP-11 cells, docs/model.md §5.8)
+          instead of multiplying on top of it (§5.10). N is recovered as O·N / O (O > 0; where
+          the forcing's O is 0, N is unknown and taken as 1).
+
+        Upland sites (w = 0) keep every field bit for bit; with neither option, or no wetland site,
+        the same object is returned.
+        """
+        saturate, reset_oxygen = self.spec.wetland_saturated, self.anoxia is not None
+        if not (saturate or reset_oxygen) or wetland is None or not bool((wetland > 0).any()):
             return prepared
-        w = wetland.to(prepared.water.dtype).to(prepared.water.device)
-        water = prepared.water + w * (1.0 - prepared.water)  # [12, 20, B], sites innermost
-        return dataclasses.replace(prepared, water=water)
+        w = wetland.to(prepared.water.dtype).to(prepared.water.device)  # sites innermost: broadcasts on [12, 20, B]
+        changes: dict[str, torch.Tensor] = {}
+        if saturate:
+            changes["water"] = prepared.water + w * (1.0 - prepared.water)
+        if reset_oxygen:
+            o = prepared.oxygen
+            oxygen = o + w * (1.0 - o)
+            nitrogen = torch.where(o > 0, prepared.oxygen_nitrogen / torch.where(o > 0, o, 1.0), 1.0)
+            # upland sites (w = 0) keep their O·N exactly (no round trip through the division)
+            changes["oxygen"] = oxygen
+            changes["oxygen_nitrogen"] = torch.where(w > 0, oxygen * nitrogen, prepared.oxygen_nitrogen)
+        return dataclasses.replace(prepared, **changes)
 
     def simulate(
         self, covariates: torch.Tensor, prepared: PreparedForcing, depth_m: torch.Tensor,
