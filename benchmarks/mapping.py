@@ -26,7 +26,12 @@ each cell twice (the hybrid and the CLM5-default map), so 0.5 is the ceiling of 
 chunk tasks; ``dask_overhead`` = workers × chunk phase − the tasks' own wall time: scheduling,
 worker start-up imports and idle workers at the end).
 
+``--cpu-windows N`` adds ``cpu_us_per_cell_cold`` / ``_warm``: CPU µs per cell of the chunk task in
+this process on the N largest windows (no Dask; robust to other jobs on the machine);
+``--cpu-only`` gives just those.
+
     python benchmarks/mapping.py [--json] [--resolution 0.05] [--chunks 256] [--dense-chunks 2] [--device cpu]
+    python benchmarks/mapping.py --json --cpu-only --cpu-windows 3
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+
+class _Done(Exception):
+    """``--cpu-only``: the figures are complete."""
 
 
 def build_run(base: Path) -> Path:
@@ -110,6 +119,46 @@ def solver_rate(run: Path, resolution: float, threads: int, batch: int, device: 
             "solver_cells": n, "solver_batch": batch}
 
 
+def cpu_per_cell(run: Path, resolution: float, chunks: int, windows: int, device: str) -> dict:
+    """CPU µs per cell of the chunk task alone (``map_chunk`` in this process, one torch thread) on
+    the ``windows`` largest windows, cold (every default solved) and warm (defaults from the cube's
+    cache): the per-cell cost without Dask, cluster start or waiting, and so much less sensitive to
+    other jobs on the machine than wall time."""
+    import dataclasses
+    import resource
+
+    from socmap.devices import torch_threads
+    from socmap.mapping import MapOptions, _open_inputs, _pending_jobs, map_chunk, map_run
+    from socmap.windows import grid_windows
+
+    def cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    out = Path(tempfile.mkdtemp(prefix="socmap-bench-cpu-")) / "cpu.zarr"
+    try:
+        # a template to write into: one window mapped in-process (imports, model loading, regrid)
+        map_run(run, scheduler="synchronous", out=str(out), max_chunks=1, resolution=resolution, chunks=chunks,
+                progress=False, device=device)
+        opts = MapOptions(resolution=resolution, chunks=chunks, out=str(out), device=device)
+        inputs = _open_inputs(run, opts, {})
+        grid = grid_windows(inputs.cube.sizes["y"], inputs.cube.sizes["x"], chunks)
+        jobs = _pending_jobs(inputs, opts, grid, {"chunks_done": {}}, None, single_thread=True, device=device)[:windows]
+        res = {}
+        with torch_threads(1):
+            for mode, js in (("cold", [dataclasses.replace(j, default_cache=None) for j in jobs]), ("warm", jobs)):
+                if mode == "warm":
+                    for j in jobs:  # fill the cache (not timed)
+                        map_chunk(j)
+                t = cpu()
+                cells = sum(map_chunk(j)["cells"] for j in js)
+                res[f"cpu_us_per_cell_{mode}"] = round((cpu() - t) / cells * 1e6, 2)
+        res["cpu_cells"] = cells
+    finally:
+        shutil.rmtree(out.parent, ignore_errors=True)
+    return res
+
+
 def stage_table(rec: dict, workers: int) -> dict:
     """Per-stage wall/user/sys seconds of one map run, with the task remainder and the Dask overhead."""
     stages = dict(rec["timings_s"]["worker_stages"])
@@ -132,6 +181,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="cpu", help="auto | cpu | cuda (socmap map --device); default cpu")
     ap.add_argument("--solver-batch", type=int, default=16384, help="sites per solve of the solver-alone rate")
     ap.add_argument("--skip-1-worker", action="store_true", help="skip the 1-worker run (quicker)")
+    ap.add_argument("--cpu-windows", type=int, default=0,
+                    help="also time map_chunk in-process on the N largest windows (cpu_us_per_cell_cold/_warm)")
+    ap.add_argument("--cpu-only", action="store_true", help="only the --cpu-windows figures (default 3 windows)")
     args = ap.parse_args(argv)
 
     from socmap.devices import DeviceError, resolve_device
@@ -147,6 +199,10 @@ def main(argv: list[str] | None = None) -> dict:
         t = time.perf_counter()
         run = args.run.resolve() if args.run else build_run(tmp)
         setup_s = time.perf_counter() - t
+        if args.cpu_only:
+            out = {"resolution_deg": args.resolution, "chunks": args.chunks,
+                   **cpu_per_cell(run, args.resolution, args.chunks, args.cpu_windows or 3, args.device)}
+            raise _Done
         common = dict(resolution=args.resolution, chunks=args.chunks, progress=not args.json, device=args.device)
         # warm-up: the one-off regrid into run/cache (not part of the rates)
         t = time.perf_counter()
@@ -204,11 +260,15 @@ def main(argv: list[str] | None = None) -> dict:
             out["workers_1_cells_per_s_warm"] = round(rate(one), 1)
             out["workers_2_over_1_warm"] = round(rate(warm) / rate(one), 2)
             out["workers_1_seconds_warm"] = one["seconds"]
+        if args.cpu_windows:
+            out.update(cpu_per_cell(run, args.resolution, args.chunks, args.cpu_windows, args.device))
         full_conus_1km = fast["cells_mapped"] * (0.05 / 0.009) ** 2 if args.resolution == 0.05 else None
         if full_conus_1km:
             out["extrapolated_1km_cells"] = int(full_conus_1km)
             out["extrapolated_1km_seconds_2_workers"] = round(full_conus_1km / rate(fast), 0)
             out["extrapolated_1km_seconds_2_workers_warm"] = round(full_conus_1km / rate(warm), 0)
+    except _Done:
+        pass
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -219,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict:
             if k not in ("stages", "stages_warm"):
                 print(f"{k:32s} {v}")
         print(f"\n{'stage (2 workers, summed over tasks)':40s} {'wall s':>8} {'user s':>8} {'sys s':>8}")
-        for name, row in out["stages"].items():  # the cold run's
+        for name, row in out.get("stages", {}).items():  # the cold run's
             print(f"{name:40s} " + " ".join(f"{row[f]:>8.2f}" if row[f] is not None else f"{'':>8}" for f in ("wall_s", "user_s", "sys_s")))
     return out
 
