@@ -78,7 +78,8 @@ def _solve(theta, prepared, method: str, bounds: bool, diagnostics: bool, clock:
 def predict_cells(models: Sequence, covariates: np.ndarray, forcing, *, ensemble: bool = False,
                   per_model: bool = False, default: bool = True, diagnostics: bool = True,
                   method: str = "structured", depth_m: np.ndarray | None = None,
-                  device: str | None = None, clock: StageClock | None = None, wetland: float = 0.0) -> CellPrediction:
+                  device: str | None = None, clock: StageClock | None = None, wetland: float = 0.0,
+                  default_stocks: dict[str, np.ndarray] | None = None) -> CellPrediction:
     """SOC per layer, stocks, θ and diagnostics at N cells or sites from a run's fold models.
 
     Parameters
@@ -115,6 +116,10 @@ def predict_cells(models: Sequence, covariates: np.ndarray, forcing, *, ensemble
         The column's wetland flag (0 upland, 1 wetland): a hybrid's learned anoxia acts at it
         (the mean of the fold models' oxygen scalars without ``ensemble``). A model input named
         ``wetland`` is set by :func:`predict_columns`, not here.
+    default_stocks : dict of str to ndarray [N], optional
+        The CLM5-default stocks of these cells (:func:`solve_default_stocks`, e.g. from the mapping's
+        per-cube cache): used with ``default`` instead of solving them again. They depend on
+        the forcing only, so the caller must pass those of the same forcing and column.
 
     Returns
     -------
@@ -127,7 +132,7 @@ def predict_cells(models: Sequence, covariates: np.ndarray, forcing, *, ensemble
 
     if models and isinstance(models[0], BaselineModel):
         return _predict_baseline(models, covariates, forcing, ensemble=ensemble, per_model=per_model, default=default,
-                                 method=method, depth_m=depth_m)
+                                 method=method, depth_m=depth_m, default_stocks=default_stocks)
 
     from socmap.clm5 import prepare_forcing
     from socmap.clm5.forcing import Forcing
@@ -166,7 +171,7 @@ def predict_cells(models: Sequence, covariates: np.ndarray, forcing, *, ensemble
         if members is not None:
             soc_models = _numpy(torch.stack([m[S.SOC] for m in members]))
         if default:
-            _add_default(values, prepared, n, method, clock)
+            _add_default(values, prepared, n, method, clock, default_stocks)
         if depth_m is not None:
             from socmap.clm5 import interpolate_to_depths
 
@@ -179,23 +184,45 @@ def _numpy(t) -> np.ndarray:
     return t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
 
 
-def _add_default(values: dict[str, Any], prepared, n: int, method: str, clock: StageClock | None = None) -> None:
-    """The CLM5-default stocks and this run's differences from them, added to ``values``."""
+def solve_default_stocks(prepared, method: str = "structured", clock: StageClock | None = None) -> dict[str, Any]:
+    """The CLM5-default stocks (``socmap.store.STOCKS``, kg C m-2, tensors [N]) of prepared forcing.
+
+    One parameter set (:func:`socmap.clm5.parameters.default_theta`) for every cell, so the
+    result depends on the forcing (and the solver) only, not on a run's models: mapping caches
+    it per cube (``socmap.mapping``) and passes it back as ``default_stocks``.
+    """
     import torch
 
     from socmap.clm5.parameters import default_theta
 
-    theta = default_theta(n).to(prepared.thawed.device)
-    dstocks = _solve(theta, prepared, method, False, False, clock, stage="solve_default")
+    with torch.no_grad():
+        theta = default_theta(prepared.batch_size).to(prepared.thawed.device)
+        solved = _solve(theta, prepared, method, False, False, clock, stage="solve_default")
+    return {k: solved[k] for k in S.STOCKS}
+
+
+def _add_default(values: dict[str, Any], prepared, n: int, method: str, clock: StageClock | None = None,
+                 known: dict[str, np.ndarray] | None = None) -> None:
+    """The CLM5-default stocks (``known``, else solved) and this run's differences from them, added to ``values``."""
+    import torch
+
+    if known is None:
+        dstocks = solve_default_stocks(prepared, method, clock)
+    else:
+        missing = [k for k in S.STOCKS if k not in known or np.shape(known[k]) != (n,)]
+        if missing:
+            raise ValueError(f"default_stocks must hold {list(S.STOCKS)}, each of shape ({n},); wrong or missing: {missing}")
+        dstocks = {k: torch.as_tensor(np.asarray(known[k], dtype=np.float64)) for k in S.STOCKS}
     for k in S.STOCKS:
-        default = dstocks[k]
         hybrid = values[k] if isinstance(values[k], torch.Tensor) else torch.as_tensor(values[k])
+        default = dstocks[k].to(hybrid.device)
         values[S.DEFAULT_PREFIX + k] = default
-        values[S.DIFF_DEFAULT_PREFIX + k] = hybrid.to(default.device) - default
+        values[S.DIFF_DEFAULT_PREFIX + k] = hybrid - default
 
 
 def _predict_baseline(models: Sequence, covariates: np.ndarray, forcing, *, ensemble: bool, per_model: bool,
-                      default: bool, method: str, depth_m: np.ndarray | None) -> CellPrediction:
+                      default: bool, method: str, depth_m: np.ndarray | None,
+                      default_stocks: dict[str, np.ndarray] | None = None) -> CellPrediction:
     """:func:`predict_cells` for baseline fold models: SOC at the nodes (mean of the models), stocks."""
     import torch
 
@@ -220,7 +247,7 @@ def _predict_baseline(models: Sequence, covariates: np.ndarray, forcing, *, ense
             raise ValueError("predict_cells(default=True) needs the forcing of the cells")
         prepared = prepare_forcing(forcing) if isinstance(forcing, Forcing) else forcing
         with torch.no_grad():
-            _add_default(values, prepared, n, method)
+            _add_default(values, prepared, n, method, known=default_stocks)
     if depth_m is not None:
         values[SOC_AT_DEPTH] = np.mean([m.soc_at(covariates, depth_m) for m in models], axis=0)
     return CellPrediction(values={k: _numpy(v) for k, v in values.items()}, p_models=np.zeros((len(models), n, 0)),
@@ -312,7 +339,8 @@ def predict_columns(models: Sequence, covariates: np.ndarray, forcing, wetland_f
     upland = predict_cells(models, with_flag_input(models, covariates, 0.0), forcing, **kwargs)
     if not wet.size:
         return upland
-    sub = {k: (v[wet] if k == "depth_m" and v is not None else v) for k, v in kwargs.items()}
+    # default_stocks are the upland column's: the wetland column (its own forcing) solves its own
+    sub = {k: (v[wet] if k == "depth_m" and v is not None else v) for k, v in kwargs.items() if k != "default_stocks"}
     forcing_wet = forcing.subset(wet) if forcing is not None else None
     column = predict_cells(models, with_flag_input(models, np.asarray(covariates)[wet], 1.0), forcing_wet, wetland=1.0, **sub)
     w = f[wet]

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from socmap.clm5.forcing import N_MONTHS, Forcing
+from socmap.clm5.forcing import N_MONTHS, Forcing, batch_first
 from socmap.clm5.grid import INTERFACE_BOTTOM_M, N_LAYERS, NODE_M
 from socmap.forcing_config import ForcingConfig, LitterQuality, metabolic_fraction
 from socmap.input_checks import as_float_array, check_celsius, check_nonnegative, rows_text
@@ -213,18 +213,25 @@ def water_scalar_from_climate(
     monthly = p / np.maximum(e, config.pet_floor_mm)
     annual = p.sum(1) / np.maximum(e.sum(1), config.pet_floor_mm)
     wz = np.exp(-z / config.moisture_memory_depth_m)  # [J]
-    ratio = monthly[:, :, None] * wz + annual[:, None, None] * (1.0 - wz)
+    # sites innermost, [12, J, N] (returned as its batch-first view, clm5.forcing.batch_first), and
+    # every step in place on that one array: the same operations in the same order as the formula
+    w = np.empty((N_MONTHS, z.size, p.shape[0]))
+    np.multiply(monthly.T[:, None, :], wz[None, :, None], out=w)  # out=: numpy would follow monthly's layout
+    w += (annual[None, :] * (1.0 - wz)[:, None])[None]  # ratio r_jm
     # W of ψ = ψ_fc (r/r_wet)^(−b) in log space: log(ψmin/ψ) = log(ψmin/ψ_fc) + b log(r/r_wet), so one
     # log over [N, 12, J] instead of a power and a log (the same values as water_scalar_from_potential
     # of that ψ to rounding; clipping ψ to [ψmin, ψmax] is clipping W to [0, 1])
-    log_ratio = np.log(np.maximum(ratio / config.moisture_ratio_wet, 1e-12))
-    w = (np.log(config.psi_min_mpa / config.psi_field_capacity_mpa) + config.psi_exponent * log_ratio) / np.log(
-        config.psi_min_mpa / config.psi_max_mpa)
-    w = np.clip(w, max(config.water_scalar_floor, 0.0), 1.0)
+    w /= config.moisture_ratio_wet
+    np.maximum(w, 1e-12, out=w)
+    np.log(w, out=w)
+    w *= config.psi_exponent
+    w += np.log(config.psi_min_mpa / config.psi_field_capacity_mpa)
+    w /= np.log(config.psi_min_mpa / config.psi_max_mpa)
+    np.clip(w, max(config.water_scalar_floor, 0.0), 1.0, out=w)
     if land_cover is not None:
         wet = land_cover_codes(land_cover) == WETLAND_CLASS
-        w[wet] = config.wetland_water_scalar
-    return w
+        w[:, :, wet] = config.wetland_water_scalar
+    return batch_first(w)
 
 
 def oxygen_scalar(
@@ -254,13 +261,15 @@ def oxygen_scalar(
     lc = land_cover_codes(land_cover)
     z = np.atleast_1d(np.asarray(depth_m, dtype=np.float64))
     anoxic = np.where(z > config.wetland_water_table_m, config.anoxic_oxygen_scalar, 1.0)  # [J]
-    per_site = np.where((lc == WETLAND_CLASS)[:, None], anoxic[None, :], 1.0)  # [N, J]
-    return np.repeat(per_site[:, None, :], N_MONTHS, axis=1)
+    per_site = np.where((lc == WETLAND_CLASS)[None, :], anoxic[:, None], 1.0)  # [J, N]
+    out = np.empty((N_MONTHS, *per_site.shape))  # sites innermost (clm5.forcing.batch_first)
+    out[:] = per_site
+    return batch_first(out)
 
 
 def nitrogen_scalar(n: int, config: ForcingConfig = ForcingConfig(), n_layers: int = N_LAYERS) -> np.ndarray:
     """Nitrogen scalar (FPI), the constant ``config.nitrogen_scalar`` as [n, 12, n_layers]."""
-    return np.full((n, N_MONTHS, n_layers), config.nitrogen_scalar, dtype=np.float64)
+    return batch_first(np.full((N_MONTHS, n_layers, n), config.nitrogen_scalar, dtype=np.float64))
 
 
 
@@ -488,7 +497,9 @@ def derive_forcing(
               "nitrogen_scalar": nitrogen_scalar(n, config), "alt_m": alt, "nbedrock": nb,
               "altmax_lastyear_m": altmax_lastyear}
     for name, arr in fields.items():
-        if not np.isfinite(arr).all():  # cannot happen with validated inputs; guards future edits
+        # cannot happen with validated inputs; guards future edits. A sum is non-finite exactly when
+        # an element is (the fields are bounded far below overflow) and costs no boolean temporary.
+        if not np.isfinite(arr.sum()):
             raise RuntimeError(f"derive_forcing produced non-finite {name!r} at {rows_text(~np.isfinite(arr.reshape(n, -1)).all(1))}")
     forcing = Forcing.from_numpy(**fields)
     if validate:

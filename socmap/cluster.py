@@ -54,7 +54,13 @@ def connect(scheduler: str | None, workers: int | None, n_tasks: int, timeout_s:
         return client, None
     n = workers or os.cpu_count() or 1
     n = max(1, min(n, n_tasks))
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                           silence_logs=logging.ERROR)
+    from socmap.allocator import worker_environ
+
+    # set before each worker process starts (glibc reads it only then); a variable already in the
+    # environment takes precedence (distributed's rule for pre-spawn-environ)
+    environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **worker_environ()}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+                               silence_logs=logging.ERROR)
     client = Client(cluster)
     return client, cluster

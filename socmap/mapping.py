@@ -89,6 +89,7 @@ class ChunkJob(WindowTask):
     hybrid: bool = True  # False: a baseline run (no parameter or diagnostic variables)
     allow_partial: bool = False  # the driver mapped a partial ensemble (socmap.runs.open_run)
     device: str = "cpu"  # resolved on the worker (socmap.devices.resolve_device)
+    default_cache: str | None = None  # folder of the cube's cached CLM5-default stocks (None: always solve)
 
 
 @lru_cache(maxsize=4)
@@ -105,14 +106,92 @@ def load_models(run_dir: str | Path, allow_partial: bool = False):
     return _models(run_dir, os.path.getmtime(Path(run_dir) / "run.json"), allow_partial)
 
 
+def default_cache_dir(cube_path: str | Path) -> Path:
+    """The folder beside a cube that caches its CLM5-default stocks per window (:class:`DefaultStockCache`)."""
+    p = Path(cube_path)
+    return p.with_name(p.name.removesuffix(".zarr") + "_default_stocks")
+
+
+class DefaultStockCache:
+    """The CLM5-default stocks of one window's cells, cached beside the cube.
+
+    The default map solves every cell with one parameter set (``socmap.cells.solve_default_stocks``),
+    so it depends on the window's forcing inputs, the forcing constants, the solver and the
+    socmap version only — not on the run. A second map on the same cube (another run, a re-map)
+    reads it instead of solving every cell a second time. The file name is a content key over
+    all of that (the cells ``iy, ix``, the window's :data:`~socmap.data.cube.FORCING_VARS` and
+    latitudes, :class:`~socmap.forcing_config.ForcingConfig`, the default θ, ``method``,
+    ``device``, ``socmap.__version__``), so a changed input reads as a miss and is solved
+    again; nothing is ever invalidated in place. Entries are ``<key>.npz`` (float64 [N] per
+    stock, ~16 B per cell), written atomically; stale ones may be deleted at any time. A folder
+    that cannot be written only costs the solve (logged).
+
+    Parameters
+    ----------
+    folder : str
+        :func:`default_cache_dir` of the cube.
+    win : xarray.Dataset
+        The window (its ``FORCING_VARS`` and ``y``).
+    iy, ix : ndarray [N]
+        The window's solved cells, in the order of the cached arrays.
+    method, device : str
+        Solver method and the torch device the stocks are solved on.
+    """
+
+    def __init__(self, folder: str, win, iy: np.ndarray, ix: np.ndarray, method: str, device: str) -> None:
+        import socmap
+        from socmap.clm5.parameters import DEFAULT
+        from socmap.data.cube import FORCING_VARS
+        from socmap.forcing_config import ForcingConfig
+
+        h = hashlib.blake2b(digest_size=20)
+        h.update(json.dumps({"socmap": socmap.__version__, "method": method, "device": device, "stocks": S.STOCKS,
+                             "forcing_config": repr(ForcingConfig()), "default_theta": np.asarray(DEFAULT).tolist()},
+                            sort_keys=True).encode())
+        for arr in (iy, ix, win["y"].values, *(win[v].values for v in FORCING_VARS)):
+            a = np.ascontiguousarray(arr)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(a.tobytes())
+        self.n = int(np.asarray(iy).size)
+        self.path = Path(folder) / f"{h.hexdigest()}.npz"
+
+    def read(self) -> dict[str, np.ndarray] | None:
+        """The cached stocks ``{stock: float64 [N]}``, or None (absent, unreadable or of other cells)."""
+        import zipfile
+
+        if not self.path.is_file():
+            return None
+        try:
+            with np.load(self.path) as z:
+                out = {k: np.asarray(z[k], dtype=np.float64) for k in S.STOCKS}
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            log.warning("ignoring the unreadable default-stock cache %s (%s): solving again", self.path, exc)
+            return None
+        return out if all(v.shape == (self.n,) for v in out.values()) else None
+
+    def write(self, stocks: dict[str, np.ndarray]) -> None:
+        """Store ``stocks`` ``{stock: [N]}`` atomically; a folder that cannot be written is logged, not raised."""
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, **{k: np.asarray(stocks[k], dtype=np.float64) for k in S.STOCKS})
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.path, buf.getvalue())
+        except OSError as exc:
+            log.warning("cannot cache the default stocks in %s (%s): the next map solves them again", self.path.parent, exc)
+
+
 def map_chunk(job: ChunkJob) -> dict[str, Any]:
     """Compute one window and write it into the store; returns counts and the per-stage seconds
-    (:class:`socmap.stages.StageClock` table: read, covariates, forcing, prepare, encoder, solve,
-    stocks, diagnostics, solve_default, assemble, write)."""
+    (:class:`socmap.stages.StageClock` table: read, covariates, default_cache, forcing, prepare,
+    encoder, solve, stocks, diagnostics, solve_default, assemble, write)."""
     import torch
     import zarr
 
-    from socmap.cells import predict_columns, wetland_fraction
+    from socmap.cells import predict_columns, solve_default_stocks, wetland_fraction
+    from socmap.clm5 import prepare_forcing
+    from socmap.devices import resolve_device
 
     t0 = time.perf_counter()
     if job.single_thread:
@@ -144,17 +223,32 @@ def map_chunk(job: ChunkJob) -> dict[str, Any]:
     if iy.size:
         with clock.stage("models"):
             models = load_models(job.run_dir, job.allow_partial)
+        dev = resolve_device(job.device)
+        with clock.stage("default_cache"):
+            cache = DefaultStockCache(job.default_cache, win, iy, ix, job.method, str(dev)) if job.default_cache else None
+            known = cache.read() if cache is not None else None
+        fresh = {k: np.empty(iy.size) for k in S.STOCKS} if known is None else None
         for start in range(0, iy.size, job.batch):
             sl = slice(start, min(iy.size, start + job.batch))
             with clock.stage("forcing"):
                 forcing = cell_forcing(win, iy[sl], ix[sl])
+            with clock.stage("prepare"):
+                prepared = prepare_forcing(forcing.to(torch.float64, dev))
+            if fresh is not None:  # θ-independent: solved once per cube and cached (DefaultStockCache)
+                for k, v in solve_default_stocks(prepared, job.method, clock).items():
+                    fresh[k][sl] = v.cpu().numpy()
+            defaults = {k: (fresh if known is None else known)[k][sl] for k in S.STOCKS}
             # an upland column, and a wetland column weighted by the cell's wetland share (docs/model.md §5.10)
-            res = predict_columns(models, cov_cells[sl], forcing, wetland_fraction(win, iy[sl], ix[sl]),
-                                  ensemble=job.ensemble, method=job.method, device=job.device, clock=clock).values
+            res = predict_columns(models, cov_cells[sl], prepared, wetland_fraction(win, iy[sl], ix[sl]),
+                                  ensemble=job.ensemble, method=job.method, device=job.device, clock=clock,
+                                  default_stocks=defaults).values
             with clock.stage("assemble"):
                 failed += int((~np.isfinite(res["soc_stock_0_100cm"])).sum())
                 for name, v in res.items():
                     arrays[name][iy[sl], ix[sl]] = v
+        if cache is not None and fresh is not None:
+            with clock.stage("default_cache"):
+                cache.write(fresh)
     if job.compare_store is not None:
         with clock.stage("read"):
             other = cached_cube(job.compare_store, True)
@@ -194,6 +288,7 @@ class MapOptions:
     progress: bool = True
     allow_partial: bool = False  # map with the fold models that load (recorded in the store attrs)
     device: str = "auto"  # auto | cpu | cuda | cuda:N (socmap.devices)
+    default_cache: bool = True  # read/write the cube's CLM5-default stocks beside it (DefaultStockCache)
 
 
 @dataclass
@@ -405,7 +500,8 @@ def _pending_jobs(inputs: _Inputs, opts: MapOptions, windows, progress: dict[str
     """
     jobs = [ChunkJob(idx, y0, y1, x0, x1, str(inputs.run_dir), str(inputs.cube_path), str(inputs.partial),
                      tuple(inputs.covariates), opts.ensemble, opts.method, compare_store, opts.batch, single_thread,
-                     hybrid=inputs.run.hybrid, allow_partial=opts.allow_partial, device=device)
+                     hybrid=inputs.run.hybrid, allow_partial=opts.allow_partial, device=device,
+                     default_cache=str(default_cache_dir(inputs.cube_path)) if opts.default_cache else None)
             for idx, y0, y1, x0, x1 in windows]
     jobs = [j for j in jobs if j.key not in progress["chunks_done"]]
     land = np.asarray(inputs.cube["land_mask"].values, dtype=bool)

@@ -106,3 +106,19 @@ def test_unreachable_scheduler_is_a_clear_error(run_copy):
 
     with pytest.raises(MappingError, match="not a Dask scheduler address"):
         map_run(run, scheduler="localhost:1", progress=False)
+
+
+def test_local_cluster_workers_run_on_one_malloc_arena(monkeypatch):
+    """connect() spawns its local workers with MALLOC_ARENA_MAX=1 (socmap.allocator.worker_environ)."""
+    import os
+
+    from socmap.cluster import connect
+
+    monkeypatch.delenv("SOCMAP_MALLOC", raising=False)
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    client, cluster = connect(None, 1, 1)
+    try:
+        assert client.run(lambda: os.environ.get("MALLOC_ARENA_MAX")) == {w: "1" for w in client.scheduler_info()["workers"]}
+    finally:
+        client.close()
+        cluster.close()

@@ -512,3 +512,21 @@ def test_read_cesm2_forcing_gridded_file_with_time_dim_and_column_inputs(tmp_pat
     with pytest.raises(ValueError, match=r"soil_temp_k.*indices 2"):
         read_cesm2_forcing(tmp_path / "grid_nan.nc")
     assert read_cesm2_forcing(tmp_path / "grid_nan.nc", validate=False).batch_size == 6
+
+
+def test_derived_fields_are_laid_out_sites_innermost_and_prepare_without_copies():
+    """derive_forcing's [N, 12, 20] fields are views of sites-innermost arrays, so prepare_forcing's
+    [12, 20, N] water and oxygen are the same memory (no transposing copy) and equal the fields."""
+    from socmap.clm5 import prepare_forcing
+    from socmap.clm5.operators import T_REF_K
+
+    rng = np.random.default_rng(4)
+    n = 37
+    f = derive_forcing(rng.normal(8, 12, (n, 12)), rng.uniform(0, 150, (n, 12)), rng.integers(1, 17, n), rng.uniform(25, 49, n))
+    for name in ("soil_temp_k", "water_scalar", "oxygen_scalar", "nitrogen_scalar"):
+        t = getattr(f, name)
+        assert tuple(t.shape) == (n, 12, 20) and t.stride() == (1, 20 * n, n), name
+    p = prepare_forcing(f)
+    assert p.water.data_ptr() == f.water_scalar.data_ptr() and p.oxygen.data_ptr() == f.oxygen_scalar.data_ptr()
+    np.testing.assert_array_equal(p.water.numpy(), f.water_scalar.numpy().transpose(1, 2, 0))
+    np.testing.assert_array_equal(p.temp_exponent.numpy(), ((f.soil_temp_k.numpy() - T_REF_K) / 10.0).transpose(1, 2, 0))

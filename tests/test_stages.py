@@ -54,10 +54,16 @@ def test_sum_stages_adds_field_by_field():
 def test_map_record_holds_the_stage_table(run_copy, map_chunks):
     from socmap.mapping import map_run
 
-    rec = map_run(run_copy("stages"), scheduler="synchronous", chunks=map_chunks, progress=False, device="cpu")
+    run = run_copy("stages")
+    # without the default-stock cache every cell's CLM5 default is solved (solve_default)
+    rec = map_run(run, scheduler="synchronous", chunks=map_chunks, progress=False, device="cpu", default_cache=False)
     stages = rec["timings_s"]["worker_stages"]
     assert {"read", "covariates", "forcing", "prepare", "encoder", "solve", "solve_default", "diagnostics", "stocks",
             "write"} <= set(stages)
     inside = sum(r["wall_s"] for r in stages.values())
     assert 0 < inside <= rec["timings_s"]["task_seconds"] + 1e-2  # stages do not overlap and lie inside the tasks
     assert rec["device"] == "cpu" and rec["workers_used"] == 1
+    # with it, a second map reads them (default_cache) and solves none
+    map_run(run, scheduler="synchronous", chunks=map_chunks, progress=False, device="cpu")
+    warm = map_run(run, scheduler="synchronous", chunks=map_chunks, progress=False, device="cpu")["timings_s"]["worker_stages"]
+    assert "default_cache" in warm and "solve_default" not in warm

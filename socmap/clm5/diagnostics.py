@@ -45,8 +45,9 @@ def bulk_diagnostics(theta: torch.Tensor, prepared: PreparedForcing, pools: torc
     stock_k = (x * dz).sum(1)  # [7, B] g m-2
     baseline_k = ((stock_k / tau).sum(0)) / stock_k.sum(0)
 
-    xi_t = torch.exp(torch.log(_col(theta, "q10")) * prepared.temp_exponent).mean(0)
-    xi_w = torch.clamp(_col(theta, "w_scaling") * prepared.water, max=1.0).mean(0)
+    # in place on one [12, 20, B] temporary each (these fields make the diagnostics memory-bound)
+    xi_t = torch.mul(prepared.temp_exponent, torch.log(_col(theta, "q10"))).exp_().mean(0)
+    xi_w = torch.mul(prepared.water, _col(theta, "w_scaling")).clamp_(max=1.0).mean(0)
     xi_hat = xi_t * xi_w * torch.exp(-node / _col(theta, "efolding"))  # [20, B]
     env_modifier = (xi_hat * soc_dz).sum(0) / soc_total
 

@@ -22,6 +22,17 @@ T_FREEZE_K = 273.15
 INPUT_POOLS = ("cwd", "litter1", "litter2", "litter3")
 
 
+def batch_first(sites_last: np.ndarray) -> np.ndarray:
+    """An [M, J, N] array (sites innermost) as the [N, M, J] view :class:`Forcing` documents, no copy.
+
+    Why: :func:`socmap.clm5.operators.prepare_forcing` works with sites innermost ([12, 20, B]).
+    A forcing field derived in that memory layout and handed over as this view keeps its layout
+    through ``torch.as_tensor`` and elementwise ops, so preparing it needs no transposing copy
+    (the field's shape, values and indexing are those of a batch-first array).
+    """
+    return np.moveaxis(sites_last, -1, 0)
+
+
 @dataclass(frozen=True)
 class Forcing:
     """CLM5 forcing for a batch of ``B`` sites.

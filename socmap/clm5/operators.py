@@ -221,7 +221,8 @@ def cryoturbation_taper_end_m(nbedrock: torch.Tensor, like: torch.Tensor) -> tor
 
 def _cryoturbation_shape(z: torch.Tensor, alt: torch.Tensor, taper_end: torch.Tensor) -> torch.Tensor:
     """D_cryo / cryo at interface depths ``z`` [20]: 1 above the active layer ``alt``, then
-    linear to 0 at ``taper_end``, 0 below. ``alt`` and ``taper_end`` broadcast as [B, months, 1].
+    linear to 0 at ``taper_end``, 0 below. ``alt`` and ``taper_end`` broadcast against ``z`` (e.g.
+    [B, months, 1] with z [20], or sites innermost [months, 1, B] with z [20, 1]).
 
     Where the bedrock ends the taper at or above the active layer (length <= 0) no interface
     below ALT is mixed: the denominator is then replaced by 1 so the formula (and its gradient)
@@ -289,31 +290,33 @@ def _transport_basis(forcing: Forcing, bedrock_rule: BedrockRule) -> torch.Tenso
     """
     if bedrock_rule not in ("conservative", "binn"):
         raise ValueError(f"bedrock_rule must be 'conservative' or 'binn', not {bedrock_rule!r}")
+    # Computed sites innermost throughout ([months, 20, B], like the other prepared fields): the
+    # same elementwise operations as batch-first, without the final transposing copy.
     like = forcing.soil_temp_k
-    z = grid.grid_tensor("INTERFACE_BOTTOM_M", like)
+    z = grid.grid_tensor("INTERFACE_BOTTOM_M", like)[:, None]  # [20, 1]
     alt_m = forcing.alt_m
     if not alt_m.requires_grad and bool((alt_m == alt_m[:, :1]).all()):
         alt_m = alt_m[:, :1]  # one active layer all year (the usual case): V̄ is that month's V
-    alt = alt_m[:, :, None]  # [B, months, 1]
+    alt = alt_m.movedim(0, -1)[:, None, :]  # [months, 1, B]
     is_cryo = (alt.detach() > 0) & (alt.detach() <= MAX_ALT_CRYOTURBATION_M)
     is_bio = alt.detach() > MAX_ALT_CRYOTURBATION_M
-    shape_cryo = _cryoturbation_shape(z, alt, cryoturbation_taper_end_m(forcing.nbedrock, like)[:, None, None])
-    i = torch.arange(grid.N_LAYERS, device=like.device)
-    nb = forcing.nbedrock[:, None, None]
+    shape_cryo = _cryoturbation_shape(z, alt, cryoturbation_taper_end_m(forcing.nbedrock, like)[None, None, :])
+    i = torch.arange(grid.N_LAYERS, device=like.device)[:, None]  # [20, 1]
+    nb = forcing.nbedrock[None, None, :]  # [1, 1, B]
     open_ = (i <= nb) if bedrock_rule == "binn" else (i < nb)
     shape = torch.where(is_cryo & open_, shape_cryo, torch.where(is_bio & open_, torch.ones_like(shape_cryo), torch.zeros_like(shape_cryo)))
-    is_open = shape.detach() > 0  # [B, 12, 20]
+    is_open = shape.detach() > 0  # [months, 20, B]
 
-    dz_node = grid.grid_tensor("DZ_NODE_M", like)[1:20]
-    node = torch.as_tensor(grid.NODE_ALL_M[1:20], dtype=like.dtype, device=like.device)
-    z_int = torch.as_tensor(grid.INTERFACE_BOTTOM_ALL_M[0:19], dtype=like.dtype, device=like.device)
-    w = (node - z_int) / dz_node
-    both = is_open[..., :19] & is_open[..., 1:]
+    dz_node = grid.grid_tensor("DZ_NODE_M", like)[1:20, None]
+    node = torch.as_tensor(grid.NODE_ALL_M[1:20], dtype=like.dtype, device=like.device)[:, None]
+    z_int = torch.as_tensor(grid.INTERFACE_BOTTOM_ALL_M[0:19], dtype=like.dtype, device=like.device)[:, None]
+    w = (node - z_int) / dz_node  # [19, 1]
+    both = is_open[:, :19] & is_open[:, 1:]
     safe = torch.where(is_open, shape, torch.ones_like(shape))
-    g_shape = 1.0 / (((1.0 - w) / safe[..., :19] + w / safe[..., 1:]) * dz_node) / DAYS_PER_YEAR
+    g_shape = 1.0 / (((1.0 - w) / safe[:, :19] + w / safe[:, 1:]) * dz_node) / DAYS_PER_YEAR
     g_shape = torch.where(both, g_shape, torch.zeros_like(g_shape))
     tiny_d = TINY / DAYS_PER_YEAR
-    closed_weight = (1.0 - w) * (~is_open[..., :19]) + w * (~is_open[..., 1:])
+    closed_weight = (1.0 - w) * (~is_open[:, :19]) + w * (~is_open[:, 1:])
     g_fixed = torch.where(both, torch.zeros_like(g_shape), tiny_d / (torch.where(both, torch.ones_like(w), closed_weight) * dz_node))
     flux = tiny_d  # floored zero advection
     patankar = torch.clamp(1.0 - 0.1 * flux / torch.where(both, torch.ones_like(g_fixed), g_fixed), min=0.0) ** 5
@@ -321,18 +324,17 @@ def _transport_basis(forcing: Forcing, bedrock_rule: BedrockRule) -> torch.Tenso
 
     regime_bio = is_bio.to(like.dtype)
     regime_cryo = is_cryo.to(like.dtype)
-    dz = grid.grid_tensor("DZ_M", like)
+    dz = grid.grid_tensor("DZ_M", like)[:, None]
     parts = []
     for gp, extra in ((g_shape * regime_bio, 0.0), (g_shape * regime_cryo, 0.0), (gp_fixed, flux)):
-        zero = torch.zeros_like(gp[..., :1])
-        a = -torch.cat([zero, gp + extra], -1)
-        c = -torch.cat([gp, zero], -1)
+        zero = torch.zeros_like(gp[:, :1])
+        a = -torch.cat([zero, gp + extra], 1)  # coupling to the layer above (row j), [months, 20, B]
+        c = -torch.cat([gp, zero], 1)  # coupling to the layer below
         if bedrock_rule == "binn":
-            rows = torch.arange(grid.N_LAYERS, device=like.device)
-            below = (rows >= nb) & (rows < grid.N_LAYERS - 1)
-            c = torch.where(below, -torch.cat([zero, gp], -1), c)
-        parts.append(torch.stack([a / dz, -(a + c) / dz, c / dz], 1).mean(2))  # [B, 3, 20]
-    return torch.stack(parts, 1).permute(1, 2, 3, 0).contiguous()  # [3, 3, 20, B]
+            below = (i >= nb) & (i < grid.N_LAYERS - 1)
+            c = torch.where(below, -torch.cat([zero, gp], 1), c)
+        parts.append(torch.stack([a / dz, -(a + c) / dz, c / dz], 0).mean(1))  # [3, 20, B]
+    return torch.stack(parts, 0)  # [3, 3, 20, B]
 
 
 def _sites_last(t: torch.Tensor) -> torch.Tensor:

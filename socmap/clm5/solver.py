@@ -315,12 +315,15 @@ def steady_state(
         check_o_scalar(o_scalar, theta.shape[0])
     ops = build_operators(theta, forcing, o_scalar)
     x = solve_structured(ops) if method == "structured" else solve_dense(ops)
-    pools = _flag_failures(x.movedim(-1, 0))
+    pools = _flag_failures(x)
     return (pools, ops) if return_operators else pools
 
 
 def _flag_failures(x: torch.Tensor) -> torch.Tensor:
-    bad = ~torch.isfinite(x.detach()).reshape(x.shape[0], -1).all(1)
+    """Pools [..., B] (sites innermost, as solved) as [B, ...], NaN (with a warning) at sites with a
+    non-finite pool. The check runs in the solved layout: on the batch-first view it would copy."""
+    bad = ~torch.isfinite(x.detach()).reshape(-1, x.shape[-1]).all(0)
+    x = x.movedim(-1, 0)
     if bool(bad.any()):
         sites = torch.nonzero(bad).flatten().tolist()
         shown = ", ".join(map(str, sites[:10])) + (" …" if len(sites) > 10 else "")

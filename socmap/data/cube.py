@@ -195,6 +195,10 @@ def cell_values(cube, names: list[str] | tuple[str, ...], iy: np.ndarray, ix: np
     return np.column_stack([np.asarray(cube[n].values[iy, ix], dtype=np.float64) for n in names])
 
 
+#: The cube variables :func:`cell_forcing` derives the forcing from (with the ``y`` coordinate: latitude).
+FORCING_VARS: tuple[str, ...] = ("air_temp_c", "precip_mm", "land_cover", "npp_g_m2_yr")
+
+
 def cell_forcing(cube, iy: np.ndarray, ix: np.ndarray, lat: np.ndarray | None = None):
     """CLM5 :class:`~socmap.clm5.forcing.Forcing` derived from the cube's climate at cells (iy, ix).
 
@@ -209,7 +213,7 @@ def cell_forcing(cube, iy: np.ndarray, ix: np.ndarray, lat: np.ndarray | None = 
     ix = np.asarray(ix)
     yi = xr.DataArray(iy, dims="site")
     xi = xr.DataArray(ix, dims="site")
-    sel = cube[["air_temp_c", "precip_mm", "land_cover", "npp_g_m2_yr"]].isel(y=yi, x=xi).load()
+    sel = cube[list(FORCING_VARS)].isel(y=yi, x=xi).load()
     lat = cube["y"].values[iy] if lat is None else np.asarray(lat, dtype=np.float64)
     return derive_forcing(
         sel["air_temp_c"].transpose("site", "month").values.astype(np.float64),
