@@ -10,10 +10,14 @@ Then (unless ``--skip-retrieval``) the 5-fold KAN retrieval as ``make demo`` run
 ``socmap train`` with the defaults on the default synthetic twin (built in the temporary
 folder, or ``--twin DIR``), timed end to end (``retrieval_5fold_s``) with its held-out skill
 and parameter recovery (R² per learned parameter), so that a speed-up can be checked to leave
-the recovery unchanged. ``--profile`` prints a cProfile table of one training epoch.
+the recovery unchanged (``retrieval_cpu_s``: the CPU seconds it took, fold workers included, a
+figure a busy machine inflates less than the wall time); ``--fold-workers 1 auto`` times it with the folds one after another and
+side by side in worker processes (the default), in the same run. ``--profile`` prints a
+cProfile table of one training epoch.
 
     python benchmarks/train.py [--json] [--sites 1000] [--epochs 2] [--threads 1] [--device cpu]
-                               [--skip-retrieval] [--twin data/synthetic] [--profile]
+                               [--skip-retrieval | --skip-epochs] [--twin data/synthetic]
+                               [--fold-workers N|auto ...] [--profile]
 """
 
 from __future__ import annotations
@@ -84,20 +88,38 @@ def _profile_epoch(trainer: HybridTrainer, rows: int = 30) -> None:
     pstats.Stats(prof).sort_stats("tottime").print_stats(rows)
 
 
-def retrieval(base: Path, twin: Path | None, device: str) -> dict:
-    """``socmap train`` with the defaults on the default twin (as ``make demo``): wall seconds and recovery."""
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished (joined) children, e.g. fold workers."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def retrieval(base: Path, twin: Path | None, device: str, fold_workers: int | None = None) -> dict:
+    """``socmap train`` with the defaults on the default twin (as ``make demo``): wall seconds and recovery.
+
+    ``fold_workers`` None is the default (one worker process per usable core); the run folder is
+    ``base/retrieval-w{fold_workers or 'auto'}``.
+    """
+    from socmap.fold_runner import resolve_fold_workers
     from socmap.train import train
 
     data_dir = twin if twin is not None else base / "twin"
     t = time.perf_counter()
-    if twin is None:
+    if not data_dir.exists():
         write_synthetic(data_dir, SynthConfig(), progress=False)
     build_s = time.perf_counter() - t
+    config = load_config(data_dir=str(data_dir), device=device, fold_workers=fold_workers)
+    cpu = _cpu_seconds()
     t = time.perf_counter()
-    record = train(load_config(data_dir=str(data_dir), device=device), base / "retrieval", progress=False)
+    record = train(config, base / f"retrieval-w{fold_workers or 'auto'}", progress=False)
     seconds = time.perf_counter() - t
+    cpu = _cpu_seconds() - cpu
     mean = record["metrics"]["cv"]["mean"]
-    return {"retrieval_5fold_s": round(seconds, 1), "retrieval_twin_build_s": round(build_s, 1),
+    return {"retrieval_5fold_s": round(seconds, 1), "retrieval_cpu_s": round(cpu, 1), "retrieval_twin_build_s": round(build_s, 1),
+            "retrieval_fold_workers": resolve_fold_workers(config, config.folds, resolve_device(device)),
+            "retrieval_fold_s": [round(s, 1) for s in record["timing"]["per_fold_s"]],
             "retrieval_nse": round(mean["nse"], 4), "retrieval_nse_log": round(mean["nse_log"], 4),
             "retrieval_param_r2": {k: round(v["r2"], 4) for k, v in record["metrics"].get("param_recovery", {}).items()}}
 
@@ -115,55 +137,67 @@ def main() -> None:
     ap.add_argument("--skip-retrieval", action="store_true", help="per-epoch figures only (quick)")
     ap.add_argument("--twin", type=Path, default=None, help="an existing default twin for the retrieval (default: build one)")
     ap.add_argument("--profile", action="store_true", help="print a cProfile table of one structured epoch")
+    ap.add_argument("--fold-workers", nargs="+", default=["auto"], metavar="N|auto",
+                    help="retrieval with these fold_workers, one after another in this run (default: auto, as "
+                         "`socmap train`); the first gives retrieval_5fold_s, each one retrieval_by_fold_workers")
+    ap.add_argument("--skip-epochs", action="store_true", help="the retrieval only (no per-epoch figures)")
     args = ap.parse_args()
+    try:
+        workers = [None if w == "auto" else int(w) for w in args.fold_workers]
+    except ValueError:
+        ap.error(f"--fold-workers takes whole numbers or auto, not {args.fold_workers}")
     torch.set_num_threads(args.threads)
     try:
         device = resolve_device(args.device)
     except DeviceError as exc:
         ap.error(str(exc))
     with tempfile.TemporaryDirectory() as tmp:
-        data_dir = Path(tmp) / "data"
-        write_synthetic(data_dir, SynthConfig(resolution_deg=0.5, n_sites=args.sites, seed=0))
-        cfg = load_config(data_dir=str(data_dir), batch_size=args.batch_size)
-        data = load_sites(cfg)
-        fold = make_folds(data.lon, data.lat, cfg.folds, cfg.split, cfg.seed)[0]
-        fast = HybridTrainer(cfg, data, fold, Path(tmp) / "fast", device)
-        dense = HybridTrainer(cfg, data, fold, Path(tmp) / "dense", device)
-        dense.model.load_state_dict(copy.deepcopy(fast.model.state_dict()))
-        dense.model.solver_method = "dense"
-        _epoch_seconds(fast, 1)  # warm-up
-        t_fast = _epoch_seconds(fast, args.epochs)
-        t_solver = min(_solver_seconds(fast) for _ in range(2))
-        if args.profile:
-            _profile_epoch(fast)
-        t_dense = _epoch_seconds(dense, 1)
-        per_1k = 1000.0 / len(fold.train)
-        by_threads = {}  # the structured epoch on other thread counts, alternating, in this same run
-        for n in args.compare_threads:
-            with torch_threads(n):
-                by_threads[n] = min(_epoch_seconds(fast, 1) for _ in range(2)) * per_1k
-        result = {
-            "train_sites": len(fold.train),
-            "batch_size": args.batch_size,
-            "device": str(device),
-            "fast_s_per_epoch_per_1k": t_fast * per_1k,
-            "dense_s_per_epoch_per_1k": t_dense * per_1k,
-            "speedup": t_dense / t_fast,
-            "solver_fwdbwd_s_per_1k": t_solver * per_1k,
-            "overhead_ratio": t_fast / t_solver,
-            "threads": args.threads,
-            "fast_s_per_epoch_per_1k_by_threads": by_threads,
-        }
+        result: dict = {"device": str(device), "threads": args.threads}
+        if not args.skip_epochs:
+            data_dir = Path(tmp) / "data"
+            write_synthetic(data_dir, SynthConfig(resolution_deg=0.5, n_sites=args.sites, seed=0))
+            cfg = load_config(data_dir=str(data_dir), batch_size=args.batch_size)
+            data = load_sites(cfg)
+            fold = make_folds(data.lon, data.lat, cfg.folds, cfg.split, cfg.seed)[0]
+            fast = HybridTrainer(cfg, data, fold, Path(tmp) / "fast", device)
+            dense = HybridTrainer(cfg, data, fold, Path(tmp) / "dense", device)
+            dense.model.load_state_dict(copy.deepcopy(fast.model.state_dict()))
+            dense.model.solver_method = "dense"
+            _epoch_seconds(fast, 1)  # warm-up
+            t_fast = _epoch_seconds(fast, args.epochs)
+            t_solver = min(_solver_seconds(fast) for _ in range(2))
+            if args.profile:
+                _profile_epoch(fast)
+            t_dense = _epoch_seconds(dense, 1)
+            per_1k = 1000.0 / len(fold.train)
+            by_threads = {}  # the structured epoch on other thread counts, alternating, in this same run
+            for n in args.compare_threads:
+                with torch_threads(n):
+                    by_threads[n] = min(_epoch_seconds(fast, 1) for _ in range(2)) * per_1k
+            result.update({
+                "train_sites": len(fold.train),
+                "batch_size": args.batch_size,
+                "fast_s_per_epoch_per_1k": t_fast * per_1k,
+                "dense_s_per_epoch_per_1k": t_dense * per_1k,
+                "speedup": t_dense / t_fast,
+                "solver_fwdbwd_s_per_1k": t_solver * per_1k,
+                "overhead_ratio": t_fast / t_solver,
+                "fast_s_per_epoch_per_1k_by_threads": by_threads,
+            })
         if not args.skip_retrieval:
-            result.update(retrieval(Path(tmp), args.twin, args.device))
-    print(f"training epoch, {len(fold.train)} training sites, batch {args.batch_size}, {args.threads} threads")
-    print(f"  structured solver: {result['fast_s_per_epoch_per_1k']:.3f} s per epoch per 1,000 sites")
-    print(f"  dense solver:      {result['dense_s_per_epoch_per_1k']:.3f} s per epoch per 1,000 sites")
-    print(f"  speedup:           {result['speedup']:.1f}x")
-    print(f"  solver alone:      {result['solver_fwdbwd_s_per_1k']:.3f} s per 1,000 sites (fwd+bwd; epoch = {result['overhead_ratio']:.1f}x that)")
-    if "retrieval_5fold_s" in result:
-        print(f"  5-fold retrieval:  {result['retrieval_5fold_s']:.0f} s (`socmap train` defaults), NSE {result['retrieval_nse']:.3f}, "
-              f"param R² {result['retrieval_param_r2']}")
+            runs = {w: retrieval(Path(tmp), args.twin, args.device, w) for w in workers}
+            result.update(runs[workers[0]])
+            if len(runs) > 1:
+                result["retrieval_by_fold_workers"] = {str(w or "auto"): r for w, r in runs.items()}
+    if not args.skip_epochs:
+        print(f"training epoch, {result['train_sites']} training sites, batch {args.batch_size}, {args.threads} threads")
+        print(f"  structured solver: {result['fast_s_per_epoch_per_1k']:.3f} s per epoch per 1,000 sites")
+        print(f"  dense solver:      {result['dense_s_per_epoch_per_1k']:.3f} s per epoch per 1,000 sites")
+        print(f"  speedup:           {result['speedup']:.1f}x")
+        print(f"  solver alone:      {result['solver_fwdbwd_s_per_1k']:.3f} s per 1,000 sites (fwd+bwd; epoch = {result['overhead_ratio']:.1f}x that)")
+    for w, r in result.get("retrieval_by_fold_workers", {"": result} if "retrieval_5fold_s" in result else {}).items():
+        print(f"  5-fold retrieval:  {r['retrieval_5fold_s']:.0f} s (`socmap train` defaults, {r['retrieval_fold_workers']} fold "
+              f"workers{' = ' + w if w else ''}), NSE {r['retrieval_nse']:.3f}, param R² {r['retrieval_param_r2']}")
     if args.json:
         print(json.dumps(result))
 

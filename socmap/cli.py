@@ -320,6 +320,7 @@ def _train_command() -> Any:
         loss: str | None = _config_option("loss"),
         seed: int | None = _config_option("seed"),
         device: str | None = _config_option("device"),
+        fold_workers: int | None = _config_option("fold_workers"),
         profiles: str | None = _config_option("profiles"),
         columns: Path | None = _config_option("columns"),
         cube_resolution: float | None = _config_option("cube_resolution"),
@@ -340,7 +341,7 @@ def _train_command() -> Any:
             cfg = load_config(
                 config, data=data, data_dir=str(data_dir) if data_dir else None, encoder=encoder, params=params,
                 folds=folds, split=split, epochs=epochs, lr=lr, loss=loss, seed=seed, device=device,
-                profiles=profiles, columns=str(columns) if columns else None, cube_resolution=cube_resolution,
+                fold_workers=fold_workers, profiles=profiles, columns=str(columns) if columns else None, cube_resolution=cube_resolution,
             )
             record = run_training(cfg, out, resume=resume)
         except (ValueError, FileNotFoundError, FileExistsError, PermissionError, RealDataMissing) as exc:

@@ -19,6 +19,8 @@ catalog added) and :func:`load_run_data` (``--profiles``: a user's tables throug
 ``run.json`` then also holds ``load_report`` (rows read, kept, dropped by reason, units, the
 pedotransfer-filled rows) and ``metrics.cv_measured_bd`` (skill on measured-density observations).
 
+The folds train one after another or side by side in worker processes (``fold_workers``, by
+default one per CPU core: :mod:`socmap.fold_runner`), with the same run bit for bit.
 ``--resume`` continues an interrupted run exactly where it stopped, and re-trains a fold whose
 model file is missing or unreadable. Before anything is written into ``--out`` the config and
 the data are checked (:func:`_prepare`), so a failed start leaves the folder as it was; a
@@ -46,14 +48,14 @@ from socmap import metrics
 from socmap.clm5.parameters import NAMES, resolve_subset
 from socmap.data.catalog import load_catalog
 from socmap.data.sites import SiteData, load_real, load_site_data
-from socmap.encoders import Baseline, get_encoder
+from socmap.encoders import get_encoder
+from socmap.fold_runner import fold_dir, fold_threads, read_fold, train_folds
 from socmap.fsutil import atomic_path, write_atomic
 from socmap.nets.hybrid import HybridModel
 from socmap.provenance import git_revision, json_default, software_versions
 from socmap.runs import fold_model_file
 from socmap.splits import make_folds
 from socmap.train_config import TrainConfig, load_config
-from socmap.trainer import HybridTrainer
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +225,7 @@ def _write_csv(path: Path, frame: pd.DataFrame) -> None:
 
 
 #: Options that may change on ``--resume``: where and how fast it runs, not what it trains.
-RUNTIME_FIELDS = frozenset({"device", "threads"})
+RUNTIME_FIELDS = frozenset({"device", "threads", "fold_workers"})
 
 
 def resume_config(config: TrainConfig, out: Path) -> TrainConfig:
@@ -303,63 +305,40 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progres
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "config.yaml", yaml.safe_dump(config.model_dump(), sort_keys=False))
     device = _device(config)
-    # One thread on a CPU unless asked: mini-batches of ~128 sites gain nothing from more, and on
-    # a busy machine torch's threads wait on each other (5-fold retrieval 1502 s on 2 threads vs
-    # 119 s on 1, epochs 0.066 vs 1.07 s per 1k sites; benchmarks/train.py, issue 17).
-    threads = config.threads or (1 if device.type == "cpu" else None)
+    threads = fold_threads(config, device)  # one thread on a CPU unless asked (see fold_threads)
     if threads:
         torch.set_num_threads(threads)
     encoder = get_encoder(config.encoder)
+
+    finished, to_train = {}, []
+    for fold in run_folds:
+        directory = fold_dir(out, fold.index)
+        done = directory / "result.json"
+        if resume and done.exists() and not _fold_model_usable(directory, config.encoder, fold.index, out):
+            log.warning("fold %d: %s is missing or unreadable: re-training the fold", fold.index,
+                        out / fold_model_file(config.encoder, fold.index))
+            for name in ("result.json", "test_sim.npy", "test_p.npy", "checkpoint.pt"):
+                (directory / name).unlink(missing_ok=True)
+        if resume and done.exists():
+            finished[fold.index] = read_fold(directory, fold.index)
+        else:
+            to_train.append(fold)
+    finished.update({r.fold: r for r in train_folds(config, data, to_train, out, device, progress)})
 
     sim_all = np.full(data.soc_g_m3.shape, np.nan)
     p_all = np.full((len(data), len(NAMES)), np.nan)
     fold_of = np.full(len(data), -1)
     fold_records, models = [], []
-    for fold in run_folds:
-        fold_dir = out / "folds" / f"fold{fold.index}"
-        done = fold_dir / "result.json"
-        t_fold = time.perf_counter()
-        if resume and done.exists() and not _fold_model_usable(fold_dir, config.encoder, fold.index, out):
-            log.warning("fold %d: %s is missing or unreadable: re-training the fold", fold.index,
-                        out / fold_model_file(config.encoder, fold.index))
-            for name in ("result.json", "test_sim.npy", "test_p.npy", "checkpoint.pt"):
-                (fold_dir / name).unlink(missing_ok=True)
-        if resume and done.exists():
-            rec = json.loads(done.read_text())
-            sim_all[fold.test] = np.load(fold_dir / "test_sim.npy")
-            if (fold_dir / "test_p.npy").exists():
-                p_all[fold.test] = np.load(fold_dir / "test_p.npy")
-            fold_of[fold.test] = fold.index
-            fold_records.append(rec)
-            if encoder.hybrid:
-                models.append(HybridModel.from_checkpoint(torch.load(fold_dir / "model.pt", weights_only=False)))
-            continue
-        if isinstance(encoder, Baseline):
-            sim = encoder.fit_fold(config, data, fold, fold_dir, device, progress)
-            epochs, extra = None, {}
-        else:
-            trainer = HybridTrainer(config, data, fold, fold_dir, device)
-            trainer.fit(progress=progress)
-            sim, p = trainer.predict(fold.test)
-            np.save(fold_dir / "test_p.npy", p)
-            p_all[fold.test] = p
-            epochs = trainer.epoch
-            extra = {"edges_kept": trainer.edges_kept} if trainer.edges_kept is not None else {}
-            if trainer.selection is not None:
-                extra["selection"] = trainer.selection
-            if trainer.model.anoxia is not None:  # the learned wetland anoxia of this fold
-                extra["anoxia"] = trainer.model.anoxia.summary()
-            models.append(trainer.model.cpu())
-        np.save(fold_dir / "test_sim.npy", sim)
-        sim_all[fold.test] = sim
+    for fold in run_folds:  # in fold order, however the folds were trained
+        result = finished[fold.index]
+        sim_all[fold.test] = result.sim
+        if result.p is not None:
+            p_all[fold.test] = result.p
         fold_of[fold.test] = fold.index
-        rec = {
-            "fold": fold.index, "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(fold.test),
-            "epochs": epochs, **extra, "seconds": time.perf_counter() - t_fold, **metrics.skill(data.soc_g_m3[fold.test], sim),
-        }
-        _write_json(done, rec)
-        fold_records.append(rec)
-        log.info("fold %d: test NSE %.3f, NSE(log) %.3f", fold.index, rec["nse"], rec["nse_log"])
+        fold_records.append(result.record)
+        if encoder.hybrid:
+            models.append(HybridModel.from_checkpoint(
+                torch.load(fold_dir(out, fold.index) / "model.pt", map_location="cpu", weights_only=False)).eval())
 
     tested = fold_of >= 0
     data_dir = loaded.directory

@@ -67,6 +67,7 @@ class TrainConfig(BaseModel):
     member_seed: int = Field(0, ge=0, description="Seed of the hybrid's initial weights and batch order only (the folds keep `seed`): members of a fold seed ensemble (benchmarks/real_data.py --ensemble-seeds); 0 = as before")
     device: str = Field("auto", description="auto | cpu | cuda")
     threads: int | None = Field(None, ge=1)
+    fold_workers: int | None = Field(None, ge=1, description="Worker processes training folds side by side (default: one per usable CPU core, at most the folds to run; 1 on a GPU; 1: the folds one after another in this process)")
     profiles: str | None = Field(None, description="Horizon table(s) to train on: a file (CSV, Parquet, Excel; read as by `socmap profiles check`) or a catalog entry of kind profiles, comma-separated for several (default: the data entry's profile sets); implies --data real-conus")
     columns: str | None = Field(None, description="Column map (YAML: columns: {field: column}, units: {field: unit}) of the --profiles table")
     cube_resolution: float = Field(0.25, gt=0, description="Resolution (degrees) of the real covariate cube when socmap has to build it (an existing cube is reused as it is)")

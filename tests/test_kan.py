@@ -326,3 +326,16 @@ def test_update_grid_on_a_clamped_layer_widens_the_span_like_a_free_one():
     assert float(lo.max()) < -0.3 and float(hi.min()) > 1.3
     # on the data (all inside the new span) the clamped layer is the free one
     torch.testing.assert_close(held(x), free(x))
+
+
+def test_layer_inputs_are_each_layers_input_and_the_scores_their_edges():
+    torch.manual_seed(0)
+    model = KAN([3, 4, 2], grid_size=5)
+    x = torch.rand(16, 3, dtype=torch.float64)
+    ins = model.layer_inputs(x)
+    assert len(ins) == 2 and ins[0] is x
+    torch.testing.assert_close(ins[1], model.layers[0](x), rtol=0, atol=0)
+    torch.testing.assert_close(model.layers[1](ins[1]), model(x), rtol=0, atol=0)
+    scores = model.edge_scores(x)
+    assert [tuple(s.shape) for s in scores] == [(4, 3), (2, 4)]
+    torch.testing.assert_close(scores[1], model.layers[1].edge_scores(model.layers[0](x)), rtol=0, atol=0)

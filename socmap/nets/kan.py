@@ -466,11 +466,11 @@ class KAN(nn.Module):
         return x
 
     def layer_inputs(self, x: Tensor) -> list[Tensor]:
-        """The input of every layer (``[x, h1, ...]``), with gradients."""
-        ins = []
-        for layer in self.layers:
-            ins.append(x)
-            x = layer(x)
+        """The input of every layer (``[x, h1, ...]``), with gradients (the last layer is not run:
+        the regularisers call this on every batch, and its output is not an input)."""
+        ins = [x]
+        for layer in self.layers[:-1]:
+            ins.append(layer(ins[-1]))
         return ins
 
     @torch.no_grad()
