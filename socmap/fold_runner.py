@@ -85,12 +85,22 @@ def usable_cores() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+#: Environment variable giving the default of ``fold_workers`` when a config leaves it unset.
+FOLD_WORKERS_ENV = "SOCMAP_FOLD_WORKERS"
+
+
 def resolve_fold_workers(config: TrainConfig, n_folds: int, device: torch.device) -> int:
     """Worker processes for ``n_folds`` folds: ``fold_workers`` if set, else one per usable core
-    (:func:`usable_cores` ÷ :func:`fold_threads`), and one on a GPU (the folds would queue on it);
+    (:func:`usable_cores` ÷ :func:`fold_threads`) unless :data:`FOLD_WORKERS_ENV` is set, and one on a GPU (the folds would queue on it);
     never more than the folds, never fewer than one."""
     if config.fold_workers is not None:
         return max(1, min(config.fold_workers, n_folds))
+    env = os.environ.get(FOLD_WORKERS_ENV, "").strip()
+    if env:  # a machine-wide default (a shared node, a test suite that already runs in parallel)
+        if not env.isdigit() or int(env) < 1:
+            raise ValueError(f"{FOLD_WORKERS_ENV}={env!r} is not a whole number >= 1: unset it or give e.g. "
+                             f"{FOLD_WORKERS_ENV}=1")
+        return max(1, min(int(env), n_folds))
     if device.type != "cpu":
         return 1
     return max(1, min(n_folds, usable_cores() // (fold_threads(config, device) or 1)))

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
 
 from socmap.clm5.forcing import Forcing
+
+# The suite already runs on every core (pytest -n): train folds one after another unless a test asks
+# for workers (fold_workers=2); subprocesses of the real CLI inherit it.
+os.environ.setdefault("SOCMAP_FOLD_WORKERS", "1")
 
 
 def make_forcing(n: int, seed: int = 0, *, frozen_fraction: float = 0.2) -> Forcing:

@@ -141,6 +141,7 @@ def test_ctrl_c_ends_the_workers(twin, tmp_path):
 
 
 def test_fold_workers_resolve_from_the_cores_the_folds_and_the_device(monkeypatch, tmp_path):
+    monkeypatch.delenv(fold_runner.FOLD_WORKERS_ENV, raising=False)  # the suite sets it (conftest)
     monkeypatch.setattr(fold_runner, "usable_cores", lambda: 8)
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert resolve_fold_workers(load_config(), 5, cpu) == 5
@@ -162,3 +163,15 @@ def test_fold_workers_resolve_from_the_cores_the_folds_and_the_device(monkeypatc
     (out / "config.yaml").write_text(__import__("yaml").safe_dump(load_config(fold_workers=1, epochs=7).model_dump()))
     resumed = resume_config(load_config(fold_workers=2), out)
     assert resumed.fold_workers == 2 and resumed.epochs == 7
+
+
+def test_fold_workers_environment_default(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(fold_runner, "usable_cores", lambda: 8)
+    monkeypatch.setenv(fold_runner.FOLD_WORKERS_ENV, "3")
+    assert resolve_fold_workers(load_config(), 5, cpu) == 3
+    assert resolve_fold_workers(load_config(), 2, cpu) == 2  # never more than the folds
+    assert resolve_fold_workers(load_config(fold_workers=1), 5, cpu) == 1  # the config wins
+    monkeypatch.setenv(fold_runner.FOLD_WORKERS_ENV, "two")
+    with pytest.raises(ValueError, match="SOCMAP_FOLD_WORKERS"):
+        resolve_fold_workers(load_config(), 5, cpu)
