@@ -193,10 +193,19 @@ def write_store_from_model(run_dir: str | Path) -> Path:
 def build_run(root: str | Path, name: str = "kan", encoder: str = "kan", sites: int = 150, epochs: int = 2,
               data_dir: str | Path | None = None) -> Path:
     """Synthetic twin (1°) + a tiny trained run + its run folder, under ``root``; returns the run dir."""
+    from filelock import FileLock
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    # pytest -n: two workers may ask for the same cached fixture at once; one builds, the other waits
+    with FileLock(str(root / ".build.lock")):  # one lock: the runs share the twin under root/synth
+        return _build_run(root, name, encoder, sites, epochs, data_dir)
+
+
+def _build_run(root: Path, name: str, encoder: str, sites: int, epochs: int, data_dir: str | Path | None) -> Path:
     from socmap.data.synthetic import SynthConfig, write_synthetic
     from socmap.train import load_config, train
 
-    root = Path(root)
     data_dir = Path(data_dir) if data_dir else root / "synth"
     if not (data_dir / "truth.json").exists():
         write_synthetic(data_dir, SynthConfig(resolution_deg=1.0, n_sites=sites, seed=0))
@@ -221,13 +230,16 @@ def build_scenario(run_dir: str | Path, name: str = "warm2", warming_c: float = 
 
     Cached: a folder with ``scenario.json`` is reused (delete it to rebuild).
     """
+    from filelock import FileLock
+
     from socmap.scenario import Scenario
     from socmap.scenario_mapping import ScenarioOptions, run_scenario, scenario_dir
 
     out = scenario_dir(run_dir, name)
-    if not (out / "scenario.json").exists():
-        run_scenario(run_dir, Scenario(name=name, warming_c=warming_c, years=years, ramp_years=ramp_years),
-                     ScenarioOptions(sensitivity=True, scheduler="synchronous", progress=False))
+    with FileLock(str(Path(run_dir).parent / ".scenario.lock")):
+        if not (out / "scenario.json").exists():
+            run_scenario(run_dir, Scenario(name=name, warming_c=warming_c, years=years, ramp_years=ramp_years),
+                         ScenarioOptions(sensitivity=True, scheduler="synchronous", progress=False))
     return out
 
 
