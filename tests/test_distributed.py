@@ -122,3 +122,20 @@ def test_local_cluster_workers_run_on_one_malloc_arena(monkeypatch):
     finally:
         client.close()
         cluster.close()
+
+
+def test_local_cluster_workers_fork_from_a_server_that_imported_torch():
+    """Local workers start from the fork server with torch and the solver already imported
+    (socmap.cluster.WORKER_PRELOAD), not each importing them after a spawn."""
+    import sys
+
+    from socmap.cluster import WORKER_PRELOAD, connect
+
+    client, cluster = connect(None, 1, 1)
+    try:
+        # a spawned worker has not imported the solver before its first task
+        missing = client.run(lambda: [m for m in WORKER_PRELOAD if m not in sys.modules])
+        assert list(missing.values()) == [[]], f"not preloaded in the worker: {missing}"
+    finally:
+        client.close()
+        cluster.close()
