@@ -112,6 +112,9 @@ def default_cache_dir(cube_path: str | Path) -> Path:
     return p.with_name(p.name.removesuffix(".zarr") + "_default_stocks")
 
 
+_UNWRITABLE_CACHES: set[str] = set()  # cache folders a write already failed in (warned once)
+
+
 class DefaultStockCache:
     """The CLM5-default stocks of one window's cells, cached beside the cube.
 
@@ -179,7 +182,10 @@ class DefaultStockCache:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(self.path, buf.getvalue())
         except OSError as exc:
-            log.warning("cannot cache the default stocks in %s (%s): the next map solves them again", self.path.parent, exc)
+            folder = str(self.path.parent)
+            if folder not in _UNWRITABLE_CACHES:  # once per folder and process, not once per window
+                _UNWRITABLE_CACHES.add(folder)
+                log.warning("cannot cache the default stocks in %s (%s): the next map solves them again", folder, exc)
 
 
 def map_chunk(job: ChunkJob) -> dict[str, Any]:

@@ -49,7 +49,7 @@ from socmap.clm5.parameters import NAMES, resolve_subset
 from socmap.data.catalog import load_catalog
 from socmap.data.sites import SiteData, load_real, load_site_data
 from socmap.encoders import get_encoder
-from socmap.fold_runner import fold_dir, fold_threads, read_fold, train_folds
+from socmap.fold_runner import fold_dir, fold_threads, read_fold, resolve_fold_workers, train_folds
 from socmap.fsutil import atomic_path, write_atomic
 from socmap.nets.hybrid import HybridModel
 from socmap.provenance import git_revision, json_default, software_versions
@@ -302,9 +302,10 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progres
     t0 = time.perf_counter()
     config, loaded, run_folds = _prepare(config, out, resume, progress)
     data = loaded.data
+    device = _device(config)
+    resolve_fold_workers(config, len(run_folds), device)  # a bad SOCMAP_FOLD_WORKERS fails before --out is touched
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "config.yaml", yaml.safe_dump(config.model_dump(), sort_keys=False))
-    device = _device(config)
     threads = fold_threads(config, device)  # one thread on a CPU unless asked (see fold_threads)
     if threads:
         torch.set_num_threads(threads)

@@ -175,3 +175,11 @@ def test_fold_workers_environment_default(monkeypatch):
     monkeypatch.setenv(fold_runner.FOLD_WORKERS_ENV, "two")
     with pytest.raises(ValueError, match="SOCMAP_FOLD_WORKERS"):
         resolve_fold_workers(load_config(), 5, cpu)
+
+
+def test_bad_fold_workers_environment_fails_before_the_run_folder_is_written(twin, tmp_path, monkeypatch):
+    monkeypatch.setenv(fold_runner.FOLD_WORKERS_ENV, "0")
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="SOCMAP_FOLD_WORKERS"):
+        train(load_config(data_dir=str(twin), **SHORT), out, progress=False)
+    assert not out.exists()

@@ -103,6 +103,12 @@ def test_unwritable_cache_folder_only_logs(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         cache.write({k: np.zeros(1) for k in S.STOCKS})
     assert "cannot cache" in caplog.text and cache.read() is None
+    # another window of the same map: solved again, but the folder is not warned about once per window
+    caplog.clear()
+    other = DefaultStockCache(str(blocker / "sub"), _window(1), np.array([1]), np.array([1]), "structured", "cpu")
+    with caplog.at_level(logging.WARNING):
+        other.write({k: np.zeros(1) for k in S.STOCKS})
+    assert "cannot cache" not in caplog.text and other.read() is None
 
 
 def test_given_default_stocks_replace_the_solve_and_are_checked():
