@@ -378,7 +378,8 @@ class KANLayer(nn.Module):
         if memo:
             seen, seen_graph, grid, found = memo
             if seen_graph == graph and seen.shape == x.shape and seen.dtype == x.dtype \
-                    and seen.device == x.device and torch.equal(grid, self.grid) and torch.equal(seen, x):
+                    and seen.device == x.device == grid.device == self.grid.device \
+                    and torch.equal(grid, self.grid) and torch.equal(seen, x):
                 return found
         memo[:] = [x, graph, self.grid.detach().clone(), {}]
         return memo[3]
