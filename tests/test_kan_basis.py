@@ -274,3 +274,28 @@ def test_shared_basis_recomputes_for_new_inputs_grids_and_gradients(monkeypatch)
     torch.testing.assert_close(out, model.layers[0](y), rtol=0, atol=0)
     out.sum().backward()
     assert model.layers[0].coef.grad is not None and model.layers[0].coef.grad.abs().sum() > 0
+
+
+def test_a_training_batch_evaluates_the_basis_once(tmp_path, monkeypatch):
+    from socmap.data.synthetic import SynthConfig, write_synthetic
+    from socmap.splits import make_folds
+    from socmap.train import load_sites
+    from socmap.train_config import load_config
+    from socmap.trainer import HybridTrainer
+
+    write_synthetic(tmp_path / "data", SynthConfig(resolution_deg=1.0, n_sites=60, seed=3, noise=0.05))
+    cfg = load_config(data_dir=str(tmp_path / "data"), folds=3)
+    assert cfg.kan_l1 and cfg.kan_entropy  # the score regularisers run (they evaluate the layers again)
+    data = load_sites(cfg)
+    fold = make_folds(data.lon, data.lat, cfg.folds, cfg.split, cfg.seed)[0]
+    trainer = HybridTrainer(cfg, data, fold, tmp_path / "fold", torch.device("cpu"))
+    calls = []
+    rows = kan._rows
+    monkeypatch.setattr(kan, "_rows", lambda *a: calls.append(1) or rows(*a))
+    idx = fold.train[:16]
+    shared = trainer.batch_loss(idx)
+    assert len(calls) == len(trainer.model.encoder.layers)
+    calls.clear()
+    alone = trainer._batch_loss(idx)  # the same loss without the shared block
+    assert len(calls) > len(trainer.model.encoder.layers)
+    assert torch.equal(shared, alone)
