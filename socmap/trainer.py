@@ -169,6 +169,12 @@ class HybridTrainer:
 
     def batch_loss(self, idx: np.ndarray) -> torch.Tensor:
         """Training loss of the sites ``idx``: data misfit, bound violation and regularisers."""
+        if self.model.is_kan:  # the forward pass and the KAN regularisers share each layer's basis
+            with self.model.encoder.shared_basis():
+                return self._batch_loss(idx)
+        return self._batch_loss(idx)
+
+    def _batch_loss(self, idx: np.ndarray) -> torch.Tensor:
         cfg = self.config
         t = torch.as_tensor(idx, device=self.device)
         sim, p_sub, u = self.model.simulate(self.x[t], self.prepared.subset(t), self.depth[t], self.wetland[t])

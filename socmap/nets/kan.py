@@ -19,6 +19,16 @@ held constant beyond the training range instead. The model evaluates for any fin
 A one-layer KAN ``[in, out]`` is a generalised additive model: each output is a sum of
 univariate functions of the inputs, readable with :meth:`KANLayer.edge_curve`.
 
+Evaluation is local (docs/model.md §6.3): on a knot interval only ``k + 1`` B-splines are non-zero,
+each a polynomial of degree ``k`` in the distance ``u`` from the interval's start. Their
+coefficients come from one de Boor triangle per interval and grid (:func:`interval_polynomials`,
+cached per layer until the grid changes), so a point costs a knot search and ``k`` powers of
+``u``. Without gradients the layers contract those powers with per-interval polynomial
+coefficients of each edge (never building the ``[B, in, G + k]`` basis); with gradients they
+scatter the ``k + 1`` values into the full basis, whose backward is one matrix product.
+:meth:`KAN.shared_basis` lets the forward pass and the score regularisers of a training step use
+one evaluation.
+
 Differences from pykan / the ScIReN fork (deliberate):
 
 * ``update_grid`` uses a small default margin (0.05 of the batch range, docs/model.md P15) rather
@@ -35,14 +45,22 @@ Differences from pykan / the ScIReN fork (deliberate):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["KANLayer", "KAN", "bspline_basis", "fit_spline_coefficients"]
+__all__ = [
+    "KANLayer",
+    "KAN",
+    "bspline_basis",
+    "bspline_local",
+    "fit_spline_coefficients",
+    "interval_polynomials",
+]
 
 _BASES = ("identity", "silu", "zero")
 
@@ -54,29 +72,140 @@ def _uniform_grid(lo: Tensor, hi: Tensor, grid_size: int, spline_order: int) -> 
     return lo[:, None] + steps[None, :] * h[:, None]
 
 
-def bspline_basis(x: Tensor, grid: Tensor, spline_order: int) -> Tensor:
-    """B-spline basis values by the Cox–de Boor recursion.
+def interval_polynomials(grid: Tensor, spline_order: int) -> tuple[Tensor, Tensor]:
+    """Each knot interval's non-zero B-splines as polynomials (docs/model.md §6.3), in float64.
+
+    On ``[t_j, t_{j+1})`` only ``B_{j-k}, ..., B_j`` are non-zero, and each is a polynomial of
+    degree ``k`` there. The Cox–de Boor recursion ``B_{i,p} = w_{i,p} B_{i,p-1} + (1 - w_{i+1,p})
+    B_{i+1,p-1}``, ``w_{i,p} = (x - t_i) / (t_{i+p} - t_i)``, is run once per interval on these
+    polynomials (the de Boor triangle), in the local variable ``u = x - t_j``.
+
+    Rows are indexed by ``c = #{m : x >= t_m}`` (``0..M``): ``c = j + 1`` for ``x`` in interval ``j``,
+    and ``c = 0`` / ``c = M`` below / at or above the knots, where every polynomial is zero. Basis
+    functions that do not exist (``j - k + r`` outside ``0..M-k-2``) are zero too.
+
+    Parameters
+    ----------
+    grid : ``[n, M]`` increasing knots per input.
+    spline_order : ``k``.
+
+    Returns
+    -------
+    origin : ``[n, M + 1]`` the ``t_j`` that ``u`` is measured from (a knot for the zero rows).
+    poly : ``[n, M + 1, k + 1, k + 1]``: ``poly[i, c, r, d]`` is the coefficient of ``u^d`` in
+        ``B_{c-1-k+r}`` of input ``i``.
+    """
+    g = grid.detach().to(torch.float64)
+    n, m = g.shape
+    k = spline_order
+    n_basis = m - k - 1
+    value = g.new_zeros(n, m - 1, 1, k + 1)
+    value[..., 0] = 1.0  # order 0: B_j = 1 on interval j
+    if k > 0:
+        # knots t_{j-k+1..j+k} of each interval; beyond the ends they continue the end spacing, and
+        # only enter basis functions that do not exist (zeroed below)
+        steps = torch.arange(1, k, dtype=g.dtype, device=g.device)
+        ext = torch.cat([g[:, :1] - (g[:, 1:2] - g[:, :1]) * steps.flip(0), g,
+                         g[:, -1:] + (g[:, -1:] - g[:, -2:-1]) * steps], dim=1)
+        win = ext.unfold(1, 2 * k, 1)  # [n, M-1, 2k]
+        t_j = win[..., k - 1 : k]
+        for p in range(1, k + 1):
+            lo, hi = win[..., k - p : k], win[..., k : k + p]  # t_i, t_{i+p} for i = j-p+1..j
+            b = 1.0 / (hi - lo)
+            a = (t_j - lo) * b  # w_{i,p} = a + b u
+            shifted = F.pad(value[..., :-1], (1, 0))  # u * polynomial
+            w_part = a[..., None] * value + b[..., None] * shifted
+            value = F.pad(w_part, (0, 0, 1, 0)) + F.pad(value - w_part, (0, 0, 0, 1))
+    first = torch.arange(-k, m - 1 - k, device=g.device)[:, None] + torch.arange(k + 1, device=g.device)
+    exists = (first >= 0) & (first < n_basis)  # [M-1, k+1]
+    poly = g.new_zeros(n, m + 1, k + 1, k + 1)
+    poly[:, 1:m] = value * exists[None, :, :, None]
+    origin = torch.cat([g[:, :1], g], dim=1)
+    return origin, poly
+
+
+def _rows(x: Tensor, grid: Tensor) -> Tensor:
+    """``[B, n]`` rows ``i (M + 1) + c`` of :func:`interval_polynomials`, ``c = #{m : x_i >= t_m}``."""
+    n, m = grid.shape
+    # a NaN lands on a zero row (0 or M), whose polynomial keeps the NaN
+    count = torch.searchsorted(grid, x.T.contiguous(), right=True)  # [n, B]
+    return (count + torch.arange(0, n * (m + 1), m + 1, device=x.device)[:, None]).T
+
+
+def _powers(u: Tensor, spline_order: int) -> Tensor:
+    """``[..., k + 1]``: ``u^0, ..., u^k``."""
+    out = [torch.ones_like(u)]
+    for _ in range(spline_order):
+        out.append(out[-1] * u)
+    return torch.stack(out, dim=-1)
+
+
+def _weighted_rows(table: Tensor, index: Tensor, weights: Tensor) -> Tensor:
+    """``sum_l weights[..., l] * table[index[..., l]]``: ``[..., L]`` -> ``[..., out]`` for a ``[rows, out]`` table
+    (one ``embedding_bag``)."""
+    lead, width = index.shape[:-1], index.shape[-1]
+    if index.numel() == 0:
+        return table.new_zeros(*lead, table.shape[1])
+    flat = F.embedding_bag(index.reshape(-1, width), table, per_sample_weights=weights.reshape(-1, width), mode="sum")
+    return flat.view(*lead, table.shape[1])
+
+
+def _values(rows: Tensor, powers: Tensor, poly: Tensor) -> Tensor:
+    """``[B, n, k + 1]`` local B-spline values from :func:`_rows`, :func:`_powers` and ``poly`` of
+    :func:`interval_polynomials` (in the points' dtype)."""
+    k1 = powers.shape[-1]
+    return (poly.reshape(-1, k1, k1)[rows] * powers.unsqueeze(-2)).sum(-1)
+
+
+def _scatter(rows: Tensor, values: Tensor, knots: int) -> Tensor:
+    """The local values placed in the full basis ``[B, n, knots - k - 1]`` (zeros elsewhere)."""
+    n, k = rows.shape[-1], values.shape[-1] - 1
+    n_basis = knots - k - 1
+    offsets = torch.arange(0, n * (knots + 1), knots + 1, device=rows.device)
+    cols = (rows - offsets).unsqueeze(-1) + torch.arange(k + 1, device=rows.device)  # B_{c-1-k+r}, padded by k+1
+    dense = values.new_zeros(*rows.shape, n_basis + 2 * k + 2).scatter(-1, cols, values)
+    return dense[..., k + 1 : k + 1 + n_basis]
+
+
+def bspline_local(x: Tensor, grid: Tensor, spline_order: int) -> tuple[Tensor, Tensor]:
+    """The ``k + 1`` B-splines that can be non-zero at each point (:func:`interval_polynomials`).
 
     Parameters
     ----------
     x : ``[B, n]`` points (one column per input).
-    grid : ``[n, M]`` non-decreasing knot vector per input (here ``M = G + 2k + 1``).
+    grid : ``[n, M]`` increasing knot vector per input (here ``M = G + 2k + 1``).
     spline_order : ``k`` (3 = cubic).
 
     Returns
     -------
-    ``[B, n, M - k - 1]``; zero outside ``[grid[:, 0], grid[:, -1])``.
+    first : ``[B, n]`` int64, the index of the basis function of value 0: value ``r`` is
+        ``B_{first + r}`` (those with an index outside ``0..M-k-2`` do not exist and are 0).
+    values : ``[B, n, k + 1]`` in ``x.dtype``; zero for finite ``x`` outside
+        ``[grid[:, 0], grid[:, -1])`` and, for ``k >= 1``, NaN for non-finite ``x`` (as the full
+        recursion gives).
     """
-    xe = x.unsqueeze(-1)  # [B, n, 1]
-    g = grid.unsqueeze(0)  # [1, n, M]
-    basis = ((xe >= g[..., :-1]) & (xe < g[..., 1:])).to(x.dtype)  # order 0: [B, n, M-1]
-    for p in range(1, spline_order + 1):
-        left_den = g[..., p:-1] - g[..., : -(p + 1)]
-        right_den = g[..., p + 1 :] - g[..., 1:-p]
-        left = (xe - g[..., : -(p + 1)]) / left_den * basis[..., :-1]
-        right = (g[..., p + 1 :] - xe) / right_den * basis[..., 1:]
-        basis = left + right
-    return basis
+    n, m = grid.shape
+    origin, poly = interval_polynomials(grid, spline_order)
+    rows = _rows(x, grid.to(x.dtype))
+    values = _values(rows, _powers(x - origin.to(x.dtype).reshape(-1)[rows], spline_order), poly.to(x.dtype))
+    first = rows - torch.arange(0, n * (m + 1), m + 1, device=x.device) - 1 - spline_order
+    return first, values
+
+
+def bspline_basis(x: Tensor, grid: Tensor, spline_order: int) -> Tensor:
+    """All ``M - k - 1`` B-spline values ``[B, n, M - k - 1]`` (arguments as :func:`bspline_local`).
+
+    The local values placed in the full basis, for least-squares fits and curves. Zero outside
+    ``[grid[:, 0], grid[:, -1])``; NaN for a non-finite ``x`` (``k >= 1``).
+    """
+    k = spline_order
+    first, values = bspline_local(x, grid, k)
+    n, m = grid.shape
+    rows = first + 1 + k + torch.arange(0, n * (m + 1), m + 1, device=x.device)
+    dense = _scatter(rows, values, m)
+    if k > 0:  # as the recursion: a non-finite x is NaN in every basis function
+        dense = torch.where(torch.isfinite(x).unsqueeze(-1), dense, values[..., :1])
+    return dense
 
 
 def _second_difference_matrix(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -172,6 +301,8 @@ class KANLayer(nn.Module):
         self.base = base
         self.clamp = bool(clamp)
         self.n_basis = grid_size + spline_order
+        self._basis_memo: list | None = None  # set by KAN.shared_basis
+        self._poly_cache: dict[torch.dtype, tuple[Tensor, Tensor, Tensor]] = {}
 
         lo_t = torch.full((in_features,), lo, dtype=torch.get_default_dtype())
         hi_t = torch.full((in_features,), hi, dtype=torch.get_default_dtype())
@@ -223,15 +354,96 @@ class KANLayer(nn.Module):
             raise ValueError(f"expected input [B, {self.in_features}], got {tuple(x.shape)}")
 
     def basis(self, x: Tensor) -> Tensor:
-        """B-spline basis ``[B, in, G + k]`` of ``x`` on this layer's grids."""
+        """B-spline basis ``[B, in, G + k]`` of ``x`` on this layer's grids (dense; for analysis)."""
         return bspline_basis(x, self.grid.to(x.dtype), self.spline_order)
+
+    def _polynomials(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """:func:`interval_polynomials` of this layer's grid in ``dtype``, flattened to
+        ``origin [in (M + 1)]`` and ``poly [in, M + 1, k + 1, k + 1]``; rebuilt when the grid changes."""
+        cached = self._poly_cache.get(dtype)
+        if cached is not None and cached[0].device == self.grid.device and torch.equal(cached[0], self.grid):
+            return cached[1], cached[2]
+        origin, poly = interval_polynomials(self.grid, self.spline_order)
+        found = (self.grid.detach().clone(), origin.to(dtype).reshape(-1), poly.to(dtype))
+        self._poly_cache[dtype] = found
+        return found[1], found[2]
+
+    def _memo(self, x: Tensor) -> dict | None:
+        """The per-input store of :meth:`KAN.shared_basis` for ``x`` (emptied for a new input), or None."""
+        memo = self._basis_memo
+        if memo is None:
+            return None
+        # a basis made without gradients must not stand in for one that needs them (hidden layers)
+        graph = torch.is_grad_enabled() and x.requires_grad
+        if memo:
+            seen, seen_graph, grid, found = memo
+            if seen_graph == graph and seen.shape == x.shape and seen.dtype == x.dtype \
+                    and seen.device == x.device == grid.device == self.grid.device \
+                    and torch.equal(grid, self.grid) and torch.equal(seen, x):
+                return found
+        memo[:] = [x, graph, self.grid.detach().clone(), {}]
+        return memo[3]
+
+    def local_basis(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(rows, powers)`` of the (already clamped) input ``x``: ``[B, in]`` and ``[B, in, k + 1]``.
+
+        ``rows`` index the knot interval of each ``x`` in :func:`interval_polynomials` (flattened
+        over inputs) and ``powers`` are ``u^0..u^k``, ``u`` the distance of ``x`` from the start of
+        that interval.
+        """
+        memo = self._memo(x)
+        if memo is not None and "local" in memo:
+            return memo["local"]
+        origin, _ = self._polynomials(x.dtype)
+        rows = _rows(x, self.grid.to(x.dtype))
+        found = (rows, _powers(x - origin[rows], self.spline_order))
+        if memo is not None:
+            memo["local"] = found
+        return found
+
+    def _dense_basis(self, x: Tensor) -> Tensor:
+        """``[B, in, G + k]``: the local values (:meth:`local_basis`) placed in the full basis."""
+        memo = self._memo(x)
+        if memo is not None and "dense" in memo:
+            return memo["dense"]
+        rows, powers = self.local_basis(x)
+        dense = _scatter(rows, _values(rows, powers, self._polynomials(x.dtype)[1]), self.grid.shape[1])
+        if memo is not None:
+            memo["dense"] = dense
+        return dense
+
+    def _spline_sum(self, x: Tensor, coef: Tensor, per_input: bool) -> Tensor:
+        """``sum_q coef[o, i, q] B_q(x_i)``, summed over inputs (``[B, out]``) or per input
+        (``per_input``: ``[B, out, in]``), from the local basis (docs/model.md §6.3).
+
+        Without gradients (mapping): on its interval the spline part of each edge is one
+        polynomial in ``u``; its coefficients ``sum_r poly[i, c, r, d] coef[o, i, c - 1 - k + r]``
+        for every interval ``c`` make a table ``[in (M + 1) (k + 1), out]`` that the powers of
+        ``u`` weight, one ``embedding_bag``: the full basis is never built. With gradients
+        (training, small batches) the local values are scattered into the full basis instead,
+        whose backward is one matrix product.
+        """
+        if torch.is_grad_enabled() and (coef.requires_grad or x.requires_grad):
+            eq = "biq,oiq->boi" if per_input else "biq,oiq->bo"
+            return torch.einsum(eq, self._dense_basis(x), coef)
+        k, n, b = self.spline_order, self.in_features, x.shape[0]
+        rows, powers = self.local_basis(x)
+        _, poly = self._polynomials(x.dtype)
+        # coefficients of B_{c-1-k+r}, r = 0..k, for every row c (k + 1 zeros pad each end)
+        windows = F.pad(coef, (k + 1, k + 1)).unfold(-1, k + 1, 1)  # [out, in, M+1, k+1]
+        table = torch.einsum("icrd,oicr->icdo", poly, windows).reshape(-1, self.out_features)
+        index = rows.unsqueeze(-1) * (k + 1) + torch.arange(k + 1, device=x.device)  # [B, in, k+1]
+        if per_input:
+            return _weighted_rows(table, index, powers).transpose(1, 2)  # [B, out, in]
+        width = n * (k + 1)
+        return _weighted_rows(table, index.reshape(b, width), powers.reshape(b, width))
 
     def edge_values(self, x: Tensor) -> Tensor:
         """Masked edge activations ``mask[j,i] * phi_ji(x_i)`` as ``[B, out, in]``."""
         self._check_input(x)
         x = self._clamped(x)
         dt = x.dtype
-        spline = torch.einsum("biq,oiq->boi", self.basis(x), self.coef.to(dt))
+        spline = self._spline_sum(x, self.coef.to(dt), per_input=True)
         phi = self.scale_base.to(dt) * self._base_fn(x)[:, None, :] + self.scale_sp.to(dt) * spline
         return self.mask.to(dt) * phi
 
@@ -243,7 +455,7 @@ class KANLayer(nn.Module):
         m = self.mask.to(dt)
         w_base = m * self.scale_base.to(dt)  # [out, in]
         w_sp = (m * self.scale_sp.to(dt))[..., None] * self.coef.to(dt)  # [out, in, nb]
-        out = torch.einsum("biq,oiq->bo", self.basis(x), w_sp) + self.bias.to(dt)
+        out = self._spline_sum(x, w_sp, per_input=False) + self.bias.to(dt)
         if self.base != "zero":
             out = out + self._base_fn(x) @ w_base.T
         return out
@@ -472,6 +684,27 @@ class KAN(nn.Module):
         for layer in self.layers[:-1]:
             ins.append(layer(ins[-1]))
         return ins
+
+    @contextmanager
+    def shared_basis(self) -> Iterator[None]:
+        """Evaluate each layer's B-spline basis once per input inside the block.
+
+        A training step runs the network forward and then the score regularisers on the same
+        batch, which run every layer again on equal inputs (:meth:`layer_inputs`,
+        :meth:`KANLayer.edge_values`). Inside the block a layer whose input equals (``torch.equal``)
+        its previous one, on an unchanged grid, reuses that input's basis tensors, so the results
+        are the same numbers as without the block. Blocks nest; leaving the outermost one forgets
+        the inputs.
+        """
+        before = [layer._basis_memo for layer in self.layers]
+        for layer, memo in zip(self.layers, before):
+            if memo is None:
+                layer._basis_memo = []
+        try:
+            yield
+        finally:
+            for layer, memo in zip(self.layers, before):
+                layer._basis_memo = memo
 
     @torch.no_grad()
     def update_grid(self, x: Tensor, margin: float = 0.05, **kwargs) -> None:
