@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from socmap import store as S
-from socmap.cluster import SchedulerError, check_scheduler_address, connect
+from socmap.cluster import SchedulerError, check_scheduler_address, connect, start_worker_server
 from socmap.data.cube import (
     CLIMATE_VARS,
     CubeError,
@@ -559,6 +559,7 @@ def map_run(run_dir: str | Path, opts: MapOptions | None = None, **kwargs: Any) 
     timings: dict[str, float] = {}
     run_dir = Path(run_dir).resolve()
     _check_options(opts)
+    start_worker_server(opts.scheduler)  # its imports overlap the opening of the run and the cube
     inputs = _open_inputs(run_dir, opts, timings)
     compare_store = _compare_store(opts, inputs.cube, inputs.resolution)
     windows = grid_windows(inputs.cube.sizes["y"], inputs.cube.sizes["x"], opts.chunks)

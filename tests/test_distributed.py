@@ -139,3 +139,28 @@ def test_local_cluster_workers_fork_from_a_server_that_imported_torch():
     finally:
         client.close()
         cluster.close()
+
+
+def test_worker_server_started_early_forks_the_workers_with_their_environment(monkeypatch):
+    """start_worker_server() (called at the start of a map) starts the fork server the local
+    cluster then forks its workers from: same server, allocator setting and preloaded modules."""
+    import multiprocessing.forkserver
+    import os
+    import sys
+
+    from socmap.cluster import WORKER_PRELOAD, connect, start_worker_server
+
+    monkeypatch.delenv("SOCMAP_MALLOC", raising=False)
+    assert start_worker_server("synchronous") is False
+    assert start_worker_server("tcp://127.0.0.1:8786") is False
+    assert start_worker_server(None) is True
+    server_pid = multiprocessing.forkserver._forkserver._forkserver_pid
+    assert server_pid is not None
+    client, cluster = connect(None, 1, 1)
+    try:
+        seen = client.run(lambda: (os.getppid(), os.environ.get("MALLOC_ARENA_MAX"),
+                                   [m for m in WORKER_PRELOAD if m not in sys.modules]))
+        assert list(seen.values()) == [(server_pid, "1", [])], seen
+    finally:
+        client.close()
+        cluster.close()
