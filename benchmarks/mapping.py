@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--resolution", type=float, default=0.05)
     ap.add_argument("--chunks", type=int, default=256)
-    ap.add_argument("--dense-chunks", type=int, default=2)
+    ap.add_argument("--dense-chunks", type=int, default=2, help="windows mapped with the dense solver (0: skip it)")
     ap.add_argument("--dense-batch", type=int, default=4096)
     ap.add_argument("--run", type=Path, default=None, help="an existing trained run (default: build a tiny one)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
                 solver = solver_rate(run, args.resolution, rec["workers_used"], args.solver_batch, args.device)
             shutil.rmtree(tmp / f"fast{workers}.zarr", ignore_errors=True)
         dense = map_run(run, workers=2, out=str(tmp / "dense.zarr"), method="dense", max_chunks=args.dense_chunks,
-                        batch=args.dense_batch, **common)
+                        batch=args.dense_batch, **common) if args.dense_chunks > 0 else None
         fast, warm = results["cold", 2], results["warm", 2]
 
         def rate(r):
@@ -237,9 +237,9 @@ def main(argv: list[str] | None = None) -> dict:
             "chunk_phase_seconds_warm": warm["timings_s"]["chunks"],
             "fast_cells_per_s": round(rate(fast), 1),
             "fast_cells_per_s_warm": round(rate(warm), 1),
-            "dense_cells_per_s": round(rate(dense), 1),
-            "dense_cells": dense["cells_mapped"],
-            "speedup": round(rate(fast) / rate(dense), 2),
+            "dense_cells_per_s": round(rate(dense), 1) if dense else None,
+            "dense_cells": dense["cells_mapped"] if dense else 0,
+            "speedup": round(rate(fast) / rate(dense), 2) if dense else None,
             **solver,
             "efficiency": round(rate(fast) / solver["solver_fwd_sites_per_s"], 4),
             "efficiency_warm": round(rate(warm) / solver["solver_fwd_sites_per_s"], 4),
