@@ -164,3 +164,28 @@ def test_worker_server_started_early_forks_the_workers_with_their_environment(mo
     finally:
         client.close()
         cluster.close()
+
+
+def test_local_cluster_started_in_the_background_is_closed_when_the_map_fails(run_copy, monkeypatch):
+    """map_run starts its local cluster in a thread while the driver builds the template; a
+    failure there still closes that cluster, and nothing that looks complete is left."""
+    import socmap.mapping as M
+
+    started = []
+
+    def connect(*args, **kwargs):
+        client, cluster = real_connect(*args, **kwargs)
+        started.append(cluster)
+        return client, cluster
+
+    def failing_template(*args, **kwargs):
+        raise M.MappingError("disk full (test)")
+
+    real_connect = M.connect
+    monkeypatch.setattr(M, "connect", connect)
+    monkeypatch.setattr(M, "_start_or_resume", failing_template)
+    run = run_copy("background-cluster")
+    with pytest.raises(M.MappingError, match="disk full"):
+        M.map_run(run, workers=1, progress=False)
+    assert len(started) == 1 and started[0].status.name == "closed"
+    assert not (run / "maps.zarr").exists() and not (run / "map.json").exists()
