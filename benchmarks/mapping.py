@@ -32,6 +32,7 @@ this process on the N largest windows (no Dask; robust to other jobs on the mach
 
     python benchmarks/mapping.py [--json] [--resolution 0.05] [--chunks 256] [--dense-chunks 2] [--device cpu]
     python benchmarks/mapping.py --json --cpu-only --cpu-windows 3
+    python benchmarks/mapping.py --json --resolution 0.009 --dense-chunks 0 --cold-only   # CONUS at ~1 km
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def build_run(base: Path) -> Path:
     return run
 
 
-def solver_rate(run: Path, resolution: float, threads: int, batch: int, device: str) -> dict:
+def solver_rate(run: Path, resolution: float, threads: int, batch: int, device: str, max_cells: int = 400_000) -> dict:
     """Structured forward solves per second on the mapped cells (see the module docstring)."""
     import numpy as np
     import torch
@@ -80,6 +81,9 @@ def solver_rate(run: Path, resolution: float, threads: int, batch: int, device: 
     cov = np.stack([np.asarray(win[c].values, dtype=np.float64) for c in names], -1)
     valid = np.asarray(win["land_mask"].values, bool) & np.isfinite(cov).all(-1) & climate_ok(win)
     iy, ix = np.nonzero(valid)
+    if iy.size > max_cells:  # an even sample of the mapped cells (the 1 km grid has 10 M)
+        keep = np.linspace(0, iy.size - 1, max_cells).astype(np.int64)
+        iy, ix = iy[keep], ix[keep]
     threads_before = torch.get_num_threads()
     seconds = {threads: 0.0, 1: 0.0}  # torch threads -> solve seconds over all cells
     n = 0
@@ -174,13 +178,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--resolution", type=float, default=0.05)
     ap.add_argument("--chunks", type=int, default=256)
-    ap.add_argument("--dense-chunks", type=int, default=2)
+    ap.add_argument("--dense-chunks", type=int, default=2, help="windows mapped with the dense solver (0: skip it)")
     ap.add_argument("--dense-batch", type=int, default=4096)
     ap.add_argument("--run", type=Path, default=None, help="an existing trained run (default: build a tiny one)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     ap.add_argument("--device", default="cpu", help="auto | cpu | cuda (socmap map --device); default cpu")
     ap.add_argument("--solver-batch", type=int, default=16384, help="sites per solve of the solver-alone rate")
+    ap.add_argument("--solver-cells", type=int, default=400_000,
+                    help="at most this many mapped cells (an even sample) for the solver-alone rate")
     ap.add_argument("--skip-1-worker", action="store_true", help="skip the 1-worker run (quicker)")
+    ap.add_argument("--cold-only", action="store_true",
+                    help="only the cold 2-worker map (no warm map; for the 1 km grid: --resolution 0.009)")
     ap.add_argument("--cpu-windows", type=int, default=0,
                     help="also time map_chunk in-process on the N largest windows (cpu_us_per_cell_cold/_warm)")
     ap.add_argument("--cpu-only", action="store_true", help="only the --cpu-windows figures (default 3 windows)")
@@ -213,15 +221,18 @@ def main(argv: list[str] | None = None) -> dict:
         cache_dir = default_cache_dir(_open_inputs(run, MapOptions(resolution=args.resolution), {}).cube_path)
         shutil.rmtree(cache_dir, ignore_errors=True)
         results = {}
-        for name, workers in (("cold", 2), ("warm", 2)) + (() if args.skip_1_worker else (("warm", 1),)):
+        runs = (("cold", 2),) + (() if args.cold_only else (("warm", 2),)) + (() if args.skip_1_worker or args.cold_only else (("warm", 1),))
+        for name, workers in runs:
             rec = map_run(run, workers=workers, out=str(tmp / f"fast{workers}.zarr"), **common)
             results[name, workers] = rec
             if (name, workers) == ("cold", 2):
-                solver = solver_rate(run, args.resolution, rec["workers_used"], args.solver_batch, args.device)
+                solver = solver_rate(run, args.resolution, rec["workers_used"], args.solver_batch, args.device,
+                                     args.solver_cells)
             shutil.rmtree(tmp / f"fast{workers}.zarr", ignore_errors=True)
         dense = map_run(run, workers=2, out=str(tmp / "dense.zarr"), method="dense", max_chunks=args.dense_chunks,
-                        batch=args.dense_batch, **common)
-        fast, warm = results["cold", 2], results["warm", 2]
+                        batch=args.dense_batch, **common) if args.dense_chunks > 0 else None
+        fast = results["cold", 2]
+        warm = results.get(("warm", 2), fast)  # --cold-only: the warm keys repeat the cold run's
 
         def rate(r):
             return r["cells_mapped"] / r["timings_s"]["chunks"]
@@ -237,9 +248,9 @@ def main(argv: list[str] | None = None) -> dict:
             "chunk_phase_seconds_warm": warm["timings_s"]["chunks"],
             "fast_cells_per_s": round(rate(fast), 1),
             "fast_cells_per_s_warm": round(rate(warm), 1),
-            "dense_cells_per_s": round(rate(dense), 1),
-            "dense_cells": dense["cells_mapped"],
-            "speedup": round(rate(fast) / rate(dense), 2),
+            "dense_cells_per_s": round(rate(dense), 1) if dense else None,
+            "dense_cells": dense["cells_mapped"] if dense else 0,
+            "speedup": round(rate(fast) / rate(dense), 2) if dense else None,
             **solver,
             "efficiency": round(rate(fast) / solver["solver_fwd_sites_per_s"], 4),
             "efficiency_warm": round(rate(warm) / solver["solver_fwd_sites_per_s"], 4),

@@ -38,6 +38,44 @@ def _preload_worker_imports() -> None:
         ctx.set_forkserver_preload(["distributed", *WORKER_PRELOAD])
 
 
+def _worker_spawn_environ() -> dict[str, str]:
+    """What distributed's Nanny puts in ``os.environ`` before it starts a worker (its
+    ``pre-spawn-environ`` rule: a variable already set wins; ``PYTHONHASHSEED`` defaults to its
+    fixed seed) with socmap's allocator settings (:func:`socmap.allocator.worker_environ`)."""
+    import dask
+
+    from socmap.allocator import worker_environ
+
+    config = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **worker_environ()}
+    env = {k: os.environ.get(k, str(v)) for k, v in config.items() if v is not None}
+    if env.get("PYTHONHASHSEED") in (None, "0"):
+        env["PYTHONHASHSEED"] = "6640"
+    return env
+
+
+def start_worker_server(scheduler: str | None) -> bool:
+    """Start the local workers' fork server now, in the background; False where there is none to start.
+
+    Why: the server imports torch and the solver (:data:`WORKER_PRELOAD`, ~1.5 s of CPU) before it
+    forks the first worker. Started at the beginning of a map, those imports overlap the driver's
+    own work (opening the run and the cube) instead of delaying :func:`connect`. The server keeps
+    the environment it starts with and hands it to every worker it forks, so it is started with
+    the one the Nanny would set (:func:`_worker_spawn_environ`). A no-op (False) for an existing
+    cluster, ``"synchronous"`` or another start method; a server already running is kept (True).
+    """
+    if scheduler is not None or WORKER_START_METHOD != "forkserver":
+        return False
+    import multiprocessing.forkserver
+
+    import dask
+
+    with dask.config.set({"distributed.worker.multiprocessing-method": WORKER_START_METHOD}):
+        _preload_worker_imports()
+        os.environ.update(_worker_spawn_environ())  # as the Nanny does before each worker (it never restores it)
+    multiprocessing.forkserver.ensure_running()  # returns at once; the server imports on its own
+    return True
+
+
 def connect(scheduler: str | None, workers: int | None, n_tasks: int, timeout_s: float = 5.0):
     """``(client, cluster)`` for a scheduler address, a new LocalCluster (``None``) or ``(None, None)``
     for ``"synchronous"``.
@@ -71,12 +109,9 @@ def connect(scheduler: str | None, workers: int | None, n_tasks: int, timeout_s:
         return client, None
     n = workers or os.cpu_count() or 1
     n = max(1, min(n, n_tasks))
-    from socmap.allocator import worker_environ
-
     # set before each worker process starts (glibc reads it only then); a variable already in the
     # environment takes precedence (distributed's rule for pre-spawn-environ)
-    environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **worker_environ()}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ,
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_spawn_environ(),
                           "distributed.worker.multiprocessing-method": WORKER_START_METHOD}):
         _preload_worker_imports()
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",

@@ -32,6 +32,7 @@ import logging
 import os
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -41,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from socmap import store as S
-from socmap.cluster import SchedulerError, check_scheduler_address, connect
+from socmap.cluster import SchedulerError, check_scheduler_address, connect, start_worker_server
 from socmap.data.cube import (
     CLIMATE_VARS,
     CubeError,
@@ -539,6 +540,34 @@ def _warm_workers(client, run_dir: Path, allow_partial: bool) -> list:
                           key=f"warm-{i}-{os.getpid()}-{time.time_ns()}") for i, w in enumerate(workers)]
 
 
+def _start_cluster(opts: MapOptions, n_workers: int | None, n_tasks: int, run_dir: Path,
+                   timings: dict[str, float]) -> Future:
+    """Connect to the scheduler and warm its workers; a future of ``(client, cluster, warm futures)``.
+
+    An existing scheduler is connected to here and now, before the output is touched, so an
+    unreachable one leaves nothing behind (:class:`MappingError`). A local cluster cannot be
+    unreachable: it starts in a background thread while the driver computes the site profiles and
+    the store template (its workers fork from the server :func:`start_worker_server` started).
+    """
+    def start() -> tuple[Any, Any, list]:
+        t = time.perf_counter()
+        client, cluster = connect(opts.scheduler, n_workers, n_tasks)
+        timings["connect"] = time.perf_counter() - t
+        return client, cluster, _warm_workers(client, run_dir, opts.allow_partial)
+
+    if opts.scheduler is None:
+        pool = ThreadPoolExecutor(1, thread_name_prefix="socmap-cluster")
+        future = pool.submit(start)
+        pool.shutdown(wait=False)  # the thread ends when the cluster is up
+        return future
+    done: Future = Future()
+    try:
+        done.set_result(start())
+    except SchedulerError as exc:
+        raise MappingError(str(exc)) from exc
+    return done
+
+
 def _job_device(opts: MapOptions) -> str:
     """The device name the chunk tasks get: resolved here for a local run (so that ``cuda`` on a
     machine without CUDA fails before any work), passed through for an existing cluster's workers."""
@@ -559,32 +588,35 @@ def map_run(run_dir: str | Path, opts: MapOptions | None = None, **kwargs: Any) 
     timings: dict[str, float] = {}
     run_dir = Path(run_dir).resolve()
     _check_options(opts)
+    start_worker_server(opts.scheduler)  # its imports overlap the opening of the run and the cube
     inputs = _open_inputs(run_dir, opts, timings)
     compare_store = _compare_store(opts, inputs.cube, inputs.resolution)
     windows = grid_windows(inputs.cube.sizes["y"], inputs.cube.sizes["x"], opts.chunks)
     specs = _variable_specs(inputs, opts, compare_store is not None)
     fingerprint = _fingerprint(run_dir, inputs.cube_path, opts, inputs.covariates, inputs.model_files)
 
-    # connect before touching the output, so an unreachable scheduler leaves nothing behind
     device = _job_device(opts)
     # one GPU: one worker process drives it (several would only contend for it)
     n_workers = opts.workers or (1 if device.startswith("cuda") else None)
-    t = time.perf_counter()
-    try:
-        client, cluster = connect(opts.scheduler, n_workers, len(windows))
-    except SchedulerError as exc:
-        raise MappingError(str(exc)) from exc
-    timings["connect"] = time.perf_counter() - t
-    workers_used = len(client.scheduler_info().get("workers", {})) if client is not None else 1
-    warm = _warm_workers(client, run_dir, opts.allow_partial)
+    starting = _start_cluster(opts, n_workers, len(windows), run_dir, timings)
+    client = cluster = warm = None
     try:
         progress, resumed = _start_or_resume(inputs, opts, specs, fingerprint, len(windows), timings, device)
+        t = time.perf_counter()
+        try:
+            client, cluster, warm = starting.result()
+        except SchedulerError as exc:
+            raise MappingError(str(exc)) from exc
+        timings["cluster_wait"] = time.perf_counter() - t
+        workers_used = len(client.scheduler_info().get("workers", {})) if client is not None else 1
         jobs = _pending_jobs(inputs, opts, windows, progress, compare_store, single_thread=client is not None,
                              device=device)
         t = time.perf_counter()
         stats = _run_jobs(jobs, client, inputs.partial, progress, opts)
         timings["chunks"] = time.perf_counter() - t
     finally:
+        if client is None and starting.exception() is None:  # failed before the cluster was taken
+            client, cluster, warm = starting.result()
         del warm
         if client is not None:
             client.close()

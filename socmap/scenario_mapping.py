@@ -491,7 +491,7 @@ def run_scenario(run_dir: str | Path, scenario: Scenario, opts: ScenarioOptions 
     """Map ``scenario`` for a mapped run into ``runs/R/scenarios/NAME`` (module docstring); returns the record."""
     import zarr
 
-    from socmap.cluster import SchedulerError, check_scheduler_address
+    from socmap.cluster import SchedulerError, check_scheduler_address, start_worker_server
     from socmap.fsutil import swap_into_place, write_atomic
 
     opts = opts or ScenarioOptions()
@@ -503,6 +503,7 @@ def run_scenario(run_dir: str | Path, scenario: Scenario, opts: ScenarioOptions 
         raise ScenarioRunError(f"--chunks and the batch size must be >= 1 (got {opts.chunks}, {opts.batch})")
     t_start = time.perf_counter()
     run_dir = Path(run_dir).resolve()
+    start_worker_server(opts.scheduler)  # its imports overlap the opening of the inputs
     inputs = _open_inputs(run_dir, scenario, opts)
     inputs.out_dir.mkdir(parents=True, exist_ok=True)
     windows = grid_windows(inputs.cube.sizes["y"], inputs.cube.sizes["x"], opts.chunks)

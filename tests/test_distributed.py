@@ -139,3 +139,53 @@ def test_local_cluster_workers_fork_from_a_server_that_imported_torch():
     finally:
         client.close()
         cluster.close()
+
+
+def test_worker_server_started_early_forks_the_workers_with_their_environment(monkeypatch):
+    """start_worker_server() (called at the start of a map) starts the fork server the local
+    cluster then forks its workers from: same server, allocator setting and preloaded modules."""
+    import multiprocessing.forkserver
+    import os
+    import sys
+
+    from socmap.cluster import WORKER_PRELOAD, connect, start_worker_server
+
+    monkeypatch.delenv("SOCMAP_MALLOC", raising=False)
+    assert start_worker_server("synchronous") is False
+    assert start_worker_server("tcp://127.0.0.1:8786") is False
+    assert start_worker_server(None) is True
+    server_pid = multiprocessing.forkserver._forkserver._forkserver_pid
+    assert server_pid is not None
+    client, cluster = connect(None, 1, 1)
+    try:
+        seen = client.run(lambda: (os.getppid(), os.environ.get("MALLOC_ARENA_MAX"),
+                                   [m for m in WORKER_PRELOAD if m not in sys.modules]))
+        assert list(seen.values()) == [(server_pid, "1", [])], seen
+    finally:
+        client.close()
+        cluster.close()
+
+
+def test_local_cluster_started_in_the_background_is_closed_when_the_map_fails(run_copy, monkeypatch):
+    """map_run starts its local cluster in a thread while the driver builds the template; a
+    failure there still closes that cluster, and nothing that looks complete is left."""
+    import socmap.mapping as M
+
+    started = []
+
+    def connect(*args, **kwargs):
+        client, cluster = real_connect(*args, **kwargs)
+        started.append(cluster)
+        return client, cluster
+
+    def failing_template(*args, **kwargs):
+        raise M.MappingError("disk full (test)")
+
+    real_connect = M.connect
+    monkeypatch.setattr(M, "connect", connect)
+    monkeypatch.setattr(M, "_start_or_resume", failing_template)
+    run = run_copy("background-cluster")
+    with pytest.raises(M.MappingError, match="disk full"):
+        M.map_run(run, workers=1, progress=False)
+    assert len(started) == 1 and started[0].status.name == "closed"
+    assert not (run / "maps.zarr").exists() and not (run / "map.json").exists()
