@@ -47,7 +47,7 @@ MAX_DEPTH_M = 8.6
 DEFAULT_BATCH = 8192
 #: Unique solves per call of the solver (~40 KB of working memory each): the solver's and the
 #: forcing preparation's per-site cost is lowest around this size (benchmarks/predict.py).
-SOLVE_BATCH = 2048
+SOLVE_BATCH = 4096
 #: The covariate-cube fields a prediction reads are held in memory when they take at most this
 #: many bytes (a 0.05° CONUS cube: ~0.1 GB); a larger cube is read batch by batch instead.
 CUBE_MEMORY_BYTES = 1 << 30
@@ -160,7 +160,7 @@ def _point_source(run: Run, cube):
     names = ["land_mask", *cube_inputs(run.covariates), *(FORCING_VARS if run.hybrid else ())]
     fields = cube[list(dict.fromkeys(n for n in names if n in cube.data_vars))]
     if fields.nbytes <= CUBE_MEMORY_BYTES:
-        return fields.load()
+        return fields.load(scheduler="synchronous")  # no thread pool left behind in a process that forks
     log.info("covariate cube fields take %.1f GB (> %.1f GB): read batch by batch", fields.nbytes / 1e9,
              CUBE_MEMORY_BYTES / 1e9)
     return fields
@@ -314,26 +314,114 @@ def _blocks(path: Path, batch: int) -> Iterator[pd.DataFrame]:
         raise PointsError(f"{path}: not a readable CSV ({str(exc).strip()}); the file needs a header line lon,lat,depth_m") from None
 
 
+def resolve_workers(workers: int | None, device: str, n_batches: int) -> int:
+    """Worker processes of ``socmap predict``: ``workers`` (None: one per usable core), one on a
+    GPU (a forked child cannot use CUDA) or where ``fork`` is missing, never more than the batches."""
+    import multiprocessing
+
+    from socmap.fold_runner import usable_cores
+
+    if device != "cpu" or "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    return max(1, min(workers or usable_cores(), n_batches))
+
+
+#: What a forked worker predicts with: (run, cube fields, device), set by the parent before the fork.
+_WORKER_STATE: tuple[Run, Any, str | None] | None = None
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # first, before any torch work: the parent's thread pool is not the child's
+
+
+def _predict_text(block: pd.DataFrame, header: bool) -> tuple[bytes, dict[str, int], dict[str, dict[str, float]]]:
+    """One block predicted and formatted as CSV (in a worker, or inline): text, status counts, stages."""
+    run, src, device = _WORKER_STATE
+    clock = StageClock()
+    res = _predict_block(run, src, block, device, clock)
+    counts = {str(k): int(v) for k, v in res["status"].value_counts().items()}
+    with clock.stage("write"):
+        text = csv_text(res, header=header)
+    return text, counts, clock.stages
+
+
+def _predicted(blocks: Iterator[pd.DataFrame], workers: int, device: str, clock: StageClock
+               ) -> Iterator[tuple[bytes, dict[str, int], int]]:
+    """``(csv text, status counts, points)`` of each block, in file order, computed inline
+    (``workers`` 1) or by forked worker processes with at most 2 blocks each in flight (memory
+    bounded by the batch, not the file)."""
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+
+    def merge(stages: dict[str, dict[str, float]]) -> None:
+        for name, row in stages.items():
+            acc = clock.stages.setdefault(name, dict.fromkeys(row, 0.0))
+            for f, v in row.items():
+                acc[f] += v
+
+    def read() -> pd.DataFrame | None:
+        with clock.stage("read"):
+            block = next(blocks, None)
+            if block is not None:
+                for c in REQUIRED:
+                    block[c] = pd.to_numeric(block[c], errors="coerce")
+            return block
+
+    if workers == 1:
+        with _threads(device):
+            k = 0
+            while (block := read()) is not None:
+                text, counts, stages = _predict_text(block, k == 0)
+                merge(stages)
+                k += 1
+                yield text, counts, len(block)
+        return
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_init_worker)
+    try:
+        pending: deque = deque()
+        k = 0
+        while True:
+            while len(pending) < 2 * workers and (block := read()) is not None:
+                pending.append((pool.submit(_predict_text, block, k == 0), len(block)))
+                k += 1
+            if not pending:
+                break
+            future, n = pending.popleft()
+            text, counts, stages = future.result()
+            merge(stages)
+            yield text, counts, n
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def predict_file(run_dir: str | Path, points: str | Path, out: str | Path, *, batch: int = DEFAULT_BATCH,
                  allow_partial: bool = False, skip_bad_rows: bool = False, progress: bool = True,
-                 device: str = "auto") -> dict[str, Any]:
+                 device: str = "auto", workers: int | None = None) -> dict[str, Any]:
     """``socmap predict``: points CSV -> output CSV, streamed in batches; returns the run record.
 
     Order: check the output path, open and check the run (:func:`socmap.runs.open_run`), check
     every row of the points file (one pass, :func:`check_points`), then predict ``batch`` points at
     a time, appending to a temporary file beside ``out`` that is renamed to ``out`` at the end
     (an error or Ctrl-C leaves no output). The record (also written to ``out`` + ``.json``) holds
-    the run, encoder, fold models used, ``partial_ensemble``, status counts, seconds, points/s and
-    ``stages`` (wall/user/sys seconds of read, covariates, forcing, prepare, encoder, solve,
-    stocks, depths, write: :class:`socmap.stages.StageClock`).
+    the run, encoder, fold models used, ``partial_ensemble``, status counts, seconds, points/s,
+    ``workers`` and ``stages`` (wall/user/sys seconds of read, covariates, forcing, prepare,
+    encoder, solve, stocks, depths, write, summed over the workers: :class:`socmap.stages.StageClock`).
     ``device`` (``auto``, ``cpu``, ``cuda``): where the hybrid's encoder and solve run.
+    ``workers``: processes predicting batches side by side (:func:`resolve_workers`; None: one
+    per core on the CPU); the output is the same for any number.
     """
     from tqdm.auto import tqdm
 
+    global _WORKER_STATE
     device = _device(device)
     points, out = Path(points), check_output(out)
     if batch < 1:
         raise PointsError(f"--batch-size must be >= 1, not {batch}")
+    if workers is not None and workers < 1:
+        raise PointsError(f"--workers must be >= 1, not {workers}")
     if not points.is_file():
         raise PointsError(f"points file {points} not found")
     run = open_run(run_dir, allow_partial=allow_partial)
@@ -351,34 +439,32 @@ def predict_file(run_dir: str | Path, points: str | Path, out: str | Path, *, ba
         _raise_row_problems(first_error[0], points, skip_bad_rows, first_error[1])
     if n_rows == 0:
         raise PointsError(f"{points}: no points (only a header); add rows lon,lat,depth_m")
+    n_workers = resolve_workers(workers, device, -(-n_rows // batch))
     with clock.stage("covariates"):
         src = _point_source(run, cube)
     counts: dict[str, int] = {}
-    bar = tqdm(total=n_rows, desc="socmap predict", unit="pt", disable=None if progress else True)
+    _WORKER_STATE = (run, src, device if run.hybrid else None)  # inherited by forked workers
+    bar = None
     try:
-        with atomic_path(out) as tmp, open(tmp, "wb") as fh, _threads(device):  # renamed into place when complete
-            blocks = _blocks(points, batch)
-            for k in range(n_rows):
-                with clock.stage("read"):
-                    block = next(blocks, None)
-                    if block is None:
-                        break
-                    for c in REQUIRED:
-                        block[c] = pd.to_numeric(block[c], errors="coerce")
-                res = _predict_block(run, src, block, device if run.hybrid else None, clock)
-                for s, n in res["status"].value_counts().items():
-                    counts[str(s)] = counts.get(str(s), 0) + int(n)
+        with atomic_path(out) as tmp, open(tmp, "wb") as fh:  # renamed into place when complete
+            for text, block_counts, n in _predicted(_blocks(points, batch), n_workers, device, clock):
+                bar = bar or tqdm(total=n_rows, desc="socmap predict", unit="pt", disable=None if progress else True)
+                for s, c in block_counts.items():
+                    counts[s] = counts.get(s, 0) + c
                 with clock.stage("write"):
-                    fh.write(csv_text(res, header=k == 0))
-                bar.update(len(block))
+                    fh.write(text)
+                bar.update(n)
     finally:
-        bar.close()
+        _WORKER_STATE = None
+        if bar is not None:
+            bar.close()
     seconds = time.perf_counter() - t0
     record = {
         "command": "socmap predict", "run": str(Path(run_dir).resolve()), "encoder": run.encoder,
         "points_file": str(points.resolve()), "out": str(out.resolve()), "points": n_rows, "status_counts": counts,
         "fold_models": run.fold_models, "partial_ensemble": run.partial, "fold_models_missing": run.missing_models,
-        "batch": batch, "device": device, "seconds": round(seconds, 3), "points_per_s": round(n_rows / seconds, 1) if seconds > 0 else None,
+        "batch": batch, "workers": n_workers, "device": device, "seconds": round(seconds, 3),
+        "points_per_s": round(n_rows / seconds, 1) if seconds > 0 else None,
         "stages": {name: {f: round(v, 3) for f, v in row.items()} for name, row in clock.stages.items()},
     }
     from socmap.fsutil import write_atomic
