@@ -10,9 +10,9 @@ RSS is that command's alone.
 
 Reported per size: ``points_per_s`` (wall, the command's own record), ``cpu_s`` and
 ``points_per_cpu_s`` (user + system seconds of ``predict_file`` and its worker processes, imports
-excluded: robust to other jobs on the machine), ``peak_rss_mb`` (``ru_maxrss`` of the child,
-imports included), ``rss_before_mb`` (after the imports, before ``predict_file``),
-``worker_peak_rss_mb`` (the largest worker process's, pages shared with the parent included), the
+excluded: robust to other jobs on the machine), ``peak_rss_mb`` (the child's ``VmHWM``, imports included),
+``rss_before_mb`` (after the imports, before ``predict_file``), ``worker_peak_rss_mb`` (the largest
+worker process's ``ru_maxrss``, pages shared with the parent counted again), the
 output size and the stage table (wall/user/sys seconds of read, covariates, forcing, prepare,
 encoder, solve, stocks, depths, write, summed over the workers). ``load_avg`` is the machine's 1-minute load when the size started: above the core count the
 figures are contended.
@@ -58,6 +58,20 @@ def write_points(run: Path, path: Path, n: int, depths_per_site: int = 1, seed: 
     return path
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (MB): ``VmHWM`` where Linux gives it (``ru_maxrss`` after
+    an exec also counts the parent's memory at the fork), else ``ru_maxrss``."""
+    import resource
+
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _child(args: argparse.Namespace) -> None:
     """One ``predict_file`` in this (fresh) process: prints its figures as one JSON line."""
     import resource
@@ -68,13 +82,13 @@ def _child(args: argparse.Namespace) -> None:
         r, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         return r.ru_utime + r.ru_stime + c.ru_utime + c.ru_stime
 
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_before = peak_rss_mb()
     c0 = cpu()
     rec = predict_file(args.run, args.points_file, args.out, batch=args.batch, progress=False, device=args.device,
                        workers=int(args.workers))
     cpu_s = cpu() - c0
     print(json.dumps({"record": rec, "cpu_s": cpu_s, "rss_before_mb": rss_before,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "peak_rss_mb": peak_rss_mb(),
                       "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 
 

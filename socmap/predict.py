@@ -49,7 +49,7 @@ DEFAULT_BATCH = 8192
 #: forcing preparation's per-site cost is lowest around this size (benchmarks/predict.py).
 SOLVE_BATCH = 4096
 #: The covariate-cube fields a prediction reads are held in memory when they take at most this
-#: many bytes (a 0.05° CONUS cube: ~0.1 GB); a larger cube is read batch by batch instead.
+#: many bytes (a 0.05° CONUS cube: ~0.1 GB); a larger cube is read from the store for every batch.
 CUBE_MEMORY_BYTES = 1 << 30
 #: Significant digits of the floats ``socmap predict`` writes: a decimal of up to 15 digits (as
 #: input coordinates are) is written back unchanged, a computed value to < 1e-14 relative.
@@ -161,8 +161,8 @@ def _point_source(run: Run, cube):
     fields = cube[list(dict.fromkeys(n for n in names if n in cube.data_vars))]
     if fields.nbytes <= CUBE_MEMORY_BYTES:
         return fields.load(scheduler="synchronous")  # no thread pool left behind in a process that forks
-    log.info("covariate cube fields take %.1f GB (> %.1f GB): read batch by batch", fields.nbytes / 1e9,
-             CUBE_MEMORY_BYTES / 1e9)
+    log.info("covariate cube fields take %.1f GB (> %.1f GB): read from the store for every batch (slower)",
+             fields.nbytes / 1e9, CUBE_MEMORY_BYTES / 1e9)
     return fields
 
 
@@ -209,6 +209,7 @@ def _predict_hybrid(run: Run, src, sample, lat: np.ndarray, depth: np.ndarray, r
     import torch
 
     from socmap.clm5 import interpolate_to_depths
+    from socmap.clm5.grid import N_LAYERS
 
     with maybe_stage(clock, "covariates"):
         cell = sample.iy[rows].astype(np.int64) * int(src.sizes["x"]) + sample.ix[rows]
@@ -216,7 +217,7 @@ def _predict_hybrid(run: Run, src, sample, lat: np.ndarray, depth: np.ndarray, r
         _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
         inverse = inverse.reshape(-1)
         solved = {c: np.empty(len(first)) for c in values if c != "soc_g_m3"}
-        soc = np.empty((len(first), 20))
+        soc = np.empty((len(first), N_LAYERS))
     for start in range(0, len(first), SOLVE_BATCH):
         pick = first[start:start + SOLVE_BATCH]  # one representative point per unique solve
         at = rows[pick]
@@ -509,6 +510,7 @@ def _float_fields(a: np.ndarray) -> np.ndarray:
         e = np.floor(np.log10(v))
     regular = np.isfinite(e) & (np.abs(e) <= 290)
     idx = np.flatnonzero(regular)
+    width = 1  # the widest text written: the matrix is cut to it (less to lay side by side and drop)
     if idx.size:
         vi, ei = v[idx], e[idx].astype(np.int64)
         m = np.rint(vi * np.power(10.0, ndig - 1 - ei))
@@ -541,10 +543,12 @@ def _float_fields(a: np.ndarray) -> np.ndarray:
                 parts = [sign[grp], g_digits[:, :1], point[:n], first, g_trim[:, 2:], np.broadcast_to(tail, (n, tail.size))]
             text = np.concatenate(parts, axis=1)
             out[idx[grp], :text.shape[1]] = text
+            width = max(width, text.shape[1])
     for i in np.flatnonzero(~regular & ~np.isnan(a)):  # zeros, infinities, extreme exponents: rare
         txt = np.frombuffer(repr(float(a[i])).encode(), np.uint8)
         out[i, :txt.size] = txt
-    return out
+        width = max(width, txt.size)
+    return out[:, :width]
 
 
 def _quote(text: str) -> str:
