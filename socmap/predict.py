@@ -353,9 +353,10 @@ def _predicted(blocks: Iterator[pd.DataFrame], workers: int, device: str, clock:
     """``(csv text, status counts, points)`` of each block, in file order, computed inline
     (``workers`` 1) or by forked worker processes with at most 2 blocks each in flight (memory
     bounded by the batch, not the file)."""
+    import multiprocessing
     from collections import deque
     from concurrent.futures import ProcessPoolExecutor
-    import multiprocessing
+    from concurrent.futures.process import BrokenProcessPool
 
     def merge(stages: dict[str, dict[str, float]]) -> None:
         for name, row in stages.items():
@@ -391,7 +392,11 @@ def _predicted(blocks: Iterator[pd.DataFrame], workers: int, device: str, clock:
             if not pending:
                 break
             future, n = pending.popleft()
-            text, counts, stages = future.result()
+            try:
+                text, counts, stages = future.result()
+            except BrokenProcessPool:
+                raise PointsError(f"a socmap predict worker process died (killed, or out of memory: {workers} workers "
+                                  "each hold a batch); rerun with fewer --workers or a smaller --batch-size") from None
             merge(stages)
             yield text, counts, n
     finally:

@@ -4,6 +4,7 @@ nothing, the column-by-column CSV writer reads back as pandas' own, bad options 
 from __future__ import annotations
 
 import io
+import os
 import string
 from pathlib import Path
 
@@ -116,6 +117,22 @@ def test_bad_workers_and_batch_are_clear_errors(kan_run, tmp_path):
     with pytest.raises(PointsError, match="--batch-size must be >= 1"):
         predict_file(kan_run, src, tmp_path / "out.csv", batch=0, progress=False)
     assert not (tmp_path / "out.csv").exists()
+
+
+def _die(*args):
+    os._exit(3)  # a worker killed mid-batch (out of memory, a signal)
+
+
+def test_a_worker_that_dies_is_a_clear_error_and_leaves_no_output(kan_run, tmp_path, monkeypatch):
+    import socmap.predict as P
+
+    src = tmp_path / "points.csv"
+    _points(kan_run).to_csv(src, index=False)
+    monkeypatch.setattr(P, "_predict_text", _die)
+    with pytest.raises(P.PointsError, match="worker process died .* fewer --workers or a smaller --batch-size"):
+        P.predict_file(kan_run, src, tmp_path / "out.csv", batch=4, workers=2, skip_bad_rows=True, progress=False,
+                       device="cpu")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["points.csv"]  # no output, no temporary file
 
 
 def test_resolve_workers():
