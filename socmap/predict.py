@@ -332,9 +332,10 @@ _WORKER_STATE: tuple[Run, Any, str | None] | None = None
 
 
 def _init_worker() -> None:
+    """A forked worker's first step: one torch thread (the parent's OpenMP threads do not exist here)."""
     import torch
 
-    torch.set_num_threads(1)  # first, before any torch work: the parent's thread pool is not the child's
+    torch.set_num_threads(1)
 
 
 def _predict_text(block: pd.DataFrame, header: bool) -> tuple[bytes, dict[str, int], dict[str, dict[str, float]]]:
@@ -381,6 +382,9 @@ def _predicted(blocks: Iterator[pd.DataFrame], workers: int, device: str, clock:
                 k += 1
                 yield text, counts, len(block)
         return
+    # fork, not spawn: a worker inherits the opened run and the cube fields (copy-on-write) and
+    # imports nothing; it sets one torch thread before any torch work (as torch's DataLoader
+    # workers do), so no inherited OpenMP state is used, and the fields were loaded without Dask threads
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_init_worker)
     try:
         pending: deque = deque()
