@@ -419,6 +419,8 @@ def predict(
     allow_partial: bool = _allow_partial_option(),
     skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help="Rows with missing or out-of-range values get a status instead of stopping the run."),
     device: str = _device_option(),
+    workers: int | None = typer.Option(None, "--workers", help="Processes predicting batches side by side "
+                                          "(default: one per CPU core; 1 on a GPU). The output is the same for any number."),
 ) -> None:
     """SOC (and, for a hybrid run, parameters) at points, from the run's fold ensemble and covariate cube."""
     from socmap.predict import PointsError, predict_file
@@ -426,7 +428,7 @@ def predict(
 
     try:
         record = predict_file(run, points, out, batch=batch_size, allow_partial=allow_partial, skip_bad_rows=skip_bad_rows,
-                              device=device)
+                              device=device, workers=workers)
     except (PointsError, RunError, ValueError, FileNotFoundError, PermissionError) as exc:
         raise _fail(exc) from None
     counts = record["status_counts"]
