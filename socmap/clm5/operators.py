@@ -287,54 +287,88 @@ def _transport_basis(forcing: Forcing, bedrock_rule: BedrockRule) -> torch.Tenso
     θ-independent conductance up to a relative 1e-25, as does the Patankar factor, which is
     exactly 1 in float64 on open interfaces. Equal to :func:`transport_tridiagonal_direct` to
     rounding for diffusivities above ~1e-20 m2 yr-1 (tested). Returns [3, 3, 20, B].
+
+    V̄_b is linear in the three parts' interface conductances, so it is assembled once from their
+    monthly means. A bioturbation month's conductances depend on the bedrock only and a frozen
+    month's are constants, so each site's are counted, not recomputed; only the cryoturbation
+    months (a shape that depends on that month's active layer) are computed, as a batch of
+    (site, month) pairs.
     """
     if bedrock_rule not in ("conservative", "binn"):
         raise ValueError(f"bedrock_rule must be 'conservative' or 'binn', not {bedrock_rule!r}")
-    # Computed sites innermost throughout ([months, 20, B], like the other prepared fields): the
-    # same elementwise operations as batch-first, without the final transposing copy.
-    like = forcing.soil_temp_k
+    alt_m, nb, like = forcing.alt_m, forcing.nbedrock, forcing.soil_temp_k
+    dt, dev, n_sites, n_months = like.dtype, like.device, alt_m.shape[0], alt_m.shape[1]
+    taper_end = cryoturbation_taper_end_m(nb, like)  # [B]
+    regime_alt = alt_m.detach()  # the regime is a threshold on ALT, not differentiated
+    is_cryo = (regime_alt > 0) & (regime_alt <= MAX_ALT_CRYOTURBATION_M)  # [B, M]
+    n_bio = (regime_alt > MAX_ALT_CRYOTURBATION_M).sum(1).to(dt)  # [B]
+    n_frozen = (regime_alt <= 0).sum(1).to(dt)
+    consts = _ConductanceConstants(like)
+    i = torch.arange(grid.N_LAYERS, device=dev)[:, None]  # [20, 1]
+
+    def open_below(nbedrock: torch.Tensor) -> torch.Tensor:  # [20, N]: interfaces above the bedrock
+        return (i <= nbedrock) if bedrock_rule == "binn" else (i < nbedrock)
+
+    g_bio, fixed_bio = consts.conductances(open_below(nb).to(dt))  # a bioturbation month: D·1 where open
+    _, fixed_frozen = consts.conductances(torch.zeros((grid.N_LAYERS, 1), dtype=dt, device=dev))  # all closed
+    sums = [g_bio * n_bio, torch.zeros_like(g_bio), fixed_bio * n_bio + fixed_frozen * n_frozen]  # [19, B] each
     z = grid.grid_tensor("INTERFACE_BOTTOM_M", like)[:, None]  # [20, 1]
-    alt_m = forcing.alt_m
-    if not alt_m.requires_grad and bool((alt_m == alt_m[:, :1]).all()):
-        alt_m = alt_m[:, :1]  # one active layer all year (the usual case): V̄ is that month's V
-    alt = alt_m.movedim(0, -1)[:, None, :]  # [months, 1, B]
-    is_cryo = (alt.detach() > 0) & (alt.detach() <= MAX_ALT_CRYOTURBATION_M)
-    is_bio = alt.detach() > MAX_ALT_CRYOTURBATION_M
-    shape_cryo = _cryoturbation_shape(z, alt, cryoturbation_taper_end_m(forcing.nbedrock, like)[None, None, :])
-    i = torch.arange(grid.N_LAYERS, device=like.device)[:, None]  # [20, 1]
-    nb = forcing.nbedrock[None, None, :]  # [1, 1, B]
-    open_ = (i <= nb) if bedrock_rule == "binn" else (i < nb)
-    shape = torch.where(is_cryo & open_, shape_cryo, torch.where(is_bio & open_, torch.ones_like(shape_cryo), torch.zeros_like(shape_cryo)))
-    is_open = shape.detach() > 0  # [months, 20, B]
+    site, month = torch.nonzero(is_cryo, as_tuple=True)
+    for start in range(0, site.numel(), n_sites):  # cryoturbation months in blocks of B pairs
+        s, m = site[start:start + n_sites], month[start:start + n_sites]
+        shape = _cryoturbation_shape(z, alt_m[s, m][None, :], taper_end[s][None, :])  # [20, P]
+        g_cryo, fixed_cryo = consts.conductances(torch.where(open_below(nb[s]), shape, torch.zeros_like(shape)))
+        sums[1] = sums[1].index_add(1, s, g_cryo)
+        sums[2] = sums[2].index_add(1, s, fixed_cryo)
 
-    dz_node = grid.grid_tensor("DZ_NODE_M", like)[1:20, None]
-    node = torch.as_tensor(grid.NODE_ALL_M[1:20], dtype=like.dtype, device=like.device)[:, None]
-    z_int = torch.as_tensor(grid.INTERFACE_BOTTOM_ALL_M[0:19], dtype=like.dtype, device=like.device)[:, None]
-    w = (node - z_int) / dz_node  # [19, 1]
-    both = is_open[:, :19] & is_open[:, 1:]
-    safe = torch.where(is_open, shape, torch.ones_like(shape))
-    g_shape = 1.0 / (((1.0 - w) / safe[:, :19] + w / safe[:, 1:]) * dz_node) / DAYS_PER_YEAR
-    g_shape = torch.where(both, g_shape, torch.zeros_like(g_shape))
-    tiny_d = TINY / DAYS_PER_YEAR
-    closed_weight = (1.0 - w) * (~is_open[:, :19]) + w * (~is_open[:, 1:])
-    g_fixed = torch.where(both, torch.zeros_like(g_shape), tiny_d / (torch.where(both, torch.ones_like(w), closed_weight) * dz_node))
-    flux = tiny_d  # floored zero advection
-    patankar = torch.clamp(1.0 - 0.1 * flux / torch.where(both, torch.ones_like(g_fixed), g_fixed), min=0.0) ** 5
-    gp_fixed = torch.where(both, torch.zeros_like(g_fixed), g_fixed * patankar)
-
-    regime_bio = is_bio.to(like.dtype)
-    regime_cryo = is_cryo.to(like.dtype)
+    gp = torch.stack(sums) / n_months  # [3, 19, B]: bio, cryo, floor
+    zero = torch.zeros_like(gp[:, :1])
+    # rows j couple to the layer above with -(gp_{j-1} + F) (the floored advection F enters the
+    # floor part only) and to the layer below with -gp_j; the diagonal is minus their sum
+    floored = torch.tensor([0.0, 0.0, consts.tiny_d], dtype=dt, device=dev)[:, None, None]
+    above = torch.cat([zero, gp + floored], 1)  # [3, 20, B]
+    under = torch.cat([gp, zero], 1)
+    if bedrock_rule == "binn":
+        below = (i >= nb) & (i < grid.N_LAYERS - 1)
+        under = torch.where(below, torch.cat([zero, gp], 1), under)
     dz = grid.grid_tensor("DZ_M", like)[:, None]
-    parts = []
-    for gp, extra in ((g_shape * regime_bio, 0.0), (g_shape * regime_cryo, 0.0), (gp_fixed, flux)):
-        zero = torch.zeros_like(gp[:, :1])
-        a = -torch.cat([zero, gp + extra], 1)  # coupling to the layer above (row j), [months, 20, B]
-        c = -torch.cat([gp, zero], 1)  # coupling to the layer below
-        if bedrock_rule == "binn":
-            below = (i >= nb) & (i < grid.N_LAYERS - 1)
-            c = torch.where(below, -torch.cat([zero, gp], 1), c)
-        parts.append(torch.stack([a / dz, -(a + c) / dz, c / dz], 0).mean(1))  # [3, 20, B]
-    return torch.stack(parts, 0)  # [3, 3, 20, B]
+    return torch.stack([above / -dz, (above + under) / dz, under / -dz], 1)  # [3, 3, 20, B]
+
+
+class _ConductanceConstants:
+    """Grid constants of the interface conductances of one month (:func:`_transport_basis`)."""
+
+    def __init__(self, like: torch.Tensor):
+        dt, dev = like.dtype, like.device
+        dz_node = grid.grid_tensor("DZ_NODE_M", like)[1:20, None]
+        node = torch.as_tensor(grid.NODE_ALL_M[1:20], dtype=dt, device=dev)[:, None]
+        z_int = torch.as_tensor(grid.INTERFACE_BOTTOM_ALL_M[0:19], dtype=dt, device=dev)[:, None]
+        w = (node - z_int) / dz_node  # [19, 1], share of the node spacing lying in layer j+1
+        # open interfaces: harmonic mean of D·shape over the two half-spacings, per day
+        self.resist_top, self.resist_bot = (1.0 - w) * dz_node * DAYS_PER_YEAR, w * dz_node * DAYS_PER_YEAR
+        # interfaces touching a closed layer: D floored at TINY on the closed side(s), with the
+        # Patankar factor of the floored advection; θ-independent, one value per closed pattern
+        self.tiny_d = TINY / DAYS_PER_YEAR
+
+        def fixed(closed_weight: torch.Tensor) -> torch.Tensor:
+            g = self.tiny_d / (closed_weight * dz_node)
+            return g * torch.clamp(1.0 - 0.1 * self.tiny_d / g, min=0.0) ** 5
+
+        self.fixed_top, self.fixed_bot, self.fixed_both = fixed(1.0 - w), fixed(w), fixed((1.0 - w) + w)
+
+    def conductances(self, shape: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conductance of the open interfaces per unit D (from the diffusivity shape [20, N],
+        0 where a layer is closed) and the fixed floor conductance of the others, each [19, N] (d-1)."""
+        is_open = shape.detach() > 0
+        both = is_open[:19] & is_open[1:]
+        safe = torch.where(is_open, shape, torch.ones_like(shape))
+        g_shape = 1.0 / (self.resist_top / safe[:19] + self.resist_bot / safe[1:])
+        g_shape = torch.where(both, g_shape, torch.zeros_like(g_shape))
+        closed_top, closed_bot = ~is_open[:19], ~is_open[1:]
+        zero = torch.zeros_like(self.fixed_bot)
+        g_fixed = torch.where(closed_top & closed_bot, self.fixed_both,
+                              torch.where(closed_top, self.fixed_top, torch.where(closed_bot, self.fixed_bot, zero)))
+        return g_shape, g_fixed
 
 
 def _sites_last(t: torch.Tensor) -> torch.Tensor:
