@@ -414,22 +414,59 @@ def _needs_grad(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-def _environment_means_nograd(log_q10: torch.Tensor, w_scaling: torch.Tensor, prepared: PreparedForcing) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`environment_means` without autograd, in place: the [12, 20, B] fields make it
-    memory-bound, and reusing one temporary instead of six cuts it by ~25 % (16k sites).
-    Chunking over sites to stay in cache measured no faster."""
-    tw = torch.mul(prepared.temp_exponent, log_q10).exp_()
-    tw.mul_(torch.mul(prepared.water, w_scaling).clamp_(max=1.0))
-    env = (tw * prepared.oxygen).mean(0)
-    return env, tw.mul_(prepared.oxygen_nitrogen).mean(0)
+class _EnvironmentMeans(torch.autograd.Function):
+    """Monthly means of ξ^T ξ^W ξ^O and ξ^T ξ^W ξ^O ξ^N, differentiable in log Q10 and w_scaling
+    only (the forcing fields are constants here).
+
+    One month at a time on [20, B] slices, in place, instead of [12, 20, B] temporaries (the
+    fields make this memory-bound). When a gradient is wanted the forward keeps each month's
+    ξ^T ξ^W (it computes it anyway), and the backward needs no exponential: ∂/∂log Q10 = T_exp ξ^T ξ^W
+    and ∂/∂w_scaling = ξ^T ξ^W / w_scaling where w_scaling·W ≤ 1 (0 where clipped, docs/model.md P6;
+    w_scaling = 0 would make ξ^W = 0, no decay and no steady state). The indicator is written as
+    0/1 floats: a masked ``where`` costs ~5× a multiply here.
+    """
+
+    @staticmethod
+    def forward(ctx, log_q10, w_scaling, temp_exponent, water, oxygen, oxygen_nitrogen):  # type: ignore[override]
+        n = temp_exponent.shape[0]
+        env, env_n = torch.zeros_like(temp_exponent[0]), torch.zeros_like(temp_exponent[0])
+        w = torch.empty_like(env)
+        keep = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        tw_all = torch.empty_like(temp_exponent) if keep else torch.empty_like(temp_exponent[:1])
+        for m in range(n):
+            tw = tw_all[m if keep else 0]
+            torch.mul(temp_exponent[m], log_q10, out=tw).exp_()
+            tw.mul_(torch.mul(water[m], w_scaling, out=w).clamp_(max=1.0))
+            env.addcmul_(tw, oxygen[m])
+            env_n.addcmul_(tw, oxygen_nitrogen[m])
+        if keep:
+            ctx.save_for_backward(w_scaling, tw_all, temp_exponent, water, oxygen, oxygen_nitrogen)
+        return env.div_(n), env_n.div_(n)
+
+    @staticmethod
+    def backward(ctx, g_env, g_env_n):  # type: ignore[override]
+        w_scaling, tw_all, temp_exponent, water, oxygen, oxygen_nitrogen = ctx.saved_tensors
+        n = temp_exponent.shape[0]
+        g_env = torch.zeros_like(oxygen[0]) if g_env is None else g_env / n
+        g_env_n = torch.zeros_like(oxygen[0]) if g_env_n is None else g_env_n / n
+        acc_q, acc_w = torch.zeros_like(g_env), torch.zeros_like(g_env)
+        h, x = torch.empty_like(g_env), torch.empty_like(g_env)
+        for m in range(n):
+            torch.mul(g_env, oxygen[m], out=h).addcmul_(g_env_n, oxygen_nitrogen[m]).mul_(tw_all[m])  # ∂L/∂(ξ^T ξ^W) ξ^T ξ^W
+            acc_q.addcmul_(h, temp_exponent[m])
+            acc_w.addcmul_(h, torch.le(torch.mul(water[m], w_scaling, out=x), 1.0, out=x))
+        return acc_q.sum(0), acc_w.sum(0).div_(w_scaling), None, None, None, None
 
 
 def environment_means(theta: torch.Tensor, prepared: PreparedForcing) -> tuple[torch.Tensor, torch.Tensor]:
     """Monthly means of ξ^T ξ^W ξ^O and ξ^T ξ^W ξ^O ξ^N per layer, each [20, B]."""
     log_q10 = torch.log(_col(theta, "q10"))
-    if not _needs_grad(theta, prepared.temp_exponent, prepared.water, prepared.oxygen, prepared.oxygen_nitrogen):
-        return _environment_means_nograd(log_q10, _col(theta, "w_scaling").contiguous(), prepared)
-    tw = torch.exp(log_q10 * prepared.temp_exponent) * torch.clamp(_col(theta, "w_scaling") * prepared.water, max=1.0)
+    w_scaling = _col(theta, "w_scaling")
+    fields = (prepared.temp_exponent, prepared.water, prepared.oxygen, prepared.oxygen_nitrogen)
+    if not _needs_grad(*fields):
+        return _EnvironmentMeans.apply(log_q10, w_scaling.contiguous(), *fields)
+    # differentiable in the forcing too (e.g. its gradient check): plain autograd
+    tw = torch.exp(log_q10 * prepared.temp_exponent) * torch.clamp(w_scaling * prepared.water, max=1.0)
     return (tw * prepared.oxygen).mean(0), (tw * prepared.oxygen_nitrogen).mean(0)
 
 
