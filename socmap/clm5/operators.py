@@ -21,7 +21,7 @@ import torch
 
 from socmap.clm5 import grid
 from socmap.clm5.forcing import T_FREEZE_K, Forcing
-from socmap.clm5.parameters import INDEX
+from socmap.clm5.parameters import INDEX, NAMES
 
 DAYS_PER_YEAR = 365.0
 T_REF_K = 298.15  # reference temperature of the Q10 function (25 °C)
@@ -139,12 +139,22 @@ class Operators:
         return int(self.decay_per_day.shape[-1])
 
 
-def _col(theta: torch.Tensor, name: str) -> torch.Tensor:
-    """Column ``name`` of θ [B, 21] as a [B] tensor."""
-    return theta[:, INDEX[name]]
+Theta = torch.Tensor | dict[str, torch.Tensor]  # θ [B, 21], or its columns by name (:func:`_columns`)
 
 
-def transfer_fractions(theta: torch.Tensor) -> dict[str, torch.Tensor]:
+def _col(theta: Theta, name: str) -> torch.Tensor:
+    """Column ``name`` of θ [B, 21] (or of its :func:`_columns`) as a [B] tensor."""
+    return theta[name] if isinstance(theta, dict) else theta[:, INDEX[name]]
+
+
+def _columns(theta: torch.Tensor) -> dict[str, torch.Tensor]:
+    """θ [B, 21] as contiguous [B] columns by name. One transposing copy for all of them: the
+    backward pass then stacks the columns' gradients once, where a select per column would
+    zero-fill a [B, 21] gradient for each (14 of them in :func:`build_operators`)."""
+    return dict(zip(NAMES, theta.t().contiguous().unbind(0)))
+
+
+def transfer_fractions(theta: Theta) -> dict[str, torch.Tensor]:
     """Fractions of each donor's decomposition passed to each receiver, ``{name: [B]}``."""
     out = {name: _col(theta, name).contiguous() for _, _, name in TRANSFER_EDGES if name != "1-fcwdl2"}
     out["1-fcwdl2"] = 1.0 - out["fcwdl2"]
@@ -458,7 +468,7 @@ class _EnvironmentMeans(torch.autograd.Function):
         return acc_q.sum(0), acc_w.sum(0).div_(w_scaling), None, None, None, None
 
 
-def environment_means(theta: torch.Tensor, prepared: PreparedForcing) -> tuple[torch.Tensor, torch.Tensor]:
+def environment_means(theta: Theta, prepared: PreparedForcing) -> tuple[torch.Tensor, torch.Tensor]:
     """Monthly means of ξ^T ξ^W ξ^O and ξ^T ξ^W ξ^O ξ^N per layer, each [20, B]."""
     log_q10 = torch.log(_col(theta, "q10"))
     w_scaling = _col(theta, "w_scaling")
@@ -490,11 +500,12 @@ def build_operators(theta: torch.Tensor, prepared: PreparedForcing, o_scalar: to
     """
     if theta.shape[0] != prepared.batch_size:
         raise ValueError(f"theta has {theta.shape[0]} sites but the prepared forcing has {prepared.batch_size}")
+    like, theta = theta, _columns(theta)
     env, env_n = environment_means(theta, prepared)
     if o_scalar is not None:
         o = o_scalar.to(env.dtype).movedim(0, -1)  # [20, B], sites innermost like env
         env, env_n = env * o, env_n * o
-    node = grid.grid_tensor("NODE_M", theta)[:, None]
+    node = grid.grid_tensor("NODE_M", like)[:, None]
     xi_depth = torch.exp(-node / _col(theta, "efolding"))  # [20, B]
     tau_yr = torch.stack([_col(theta, n) for n in POOL_TAU])  # [7, B]
     base = 1.0 / (DAYS_PER_YEAR * tau_yr)
@@ -507,6 +518,6 @@ def build_operators(theta: torch.Tensor, prepared: PreparedForcing, o_scalar: to
     basis = prepared.transport_basis
     transport = _col(theta, "diffus") * basis[0] + _col(theta, "cryo") * basis[1] + basis[2]
     phi = input_profile(_col(theta, "beta"), prepared.thawed)
-    dz = grid.grid_tensor("DZ_M", theta)[:, None]
+    dz = grid.grid_tensor("DZ_M", like)[:, None]
     source = prepared.inputs_g_m2_day[:, None, :] * (phi / dz)[None]
     return Operators(decay, transfer_fractions(theta), transport, source, phi)

@@ -161,9 +161,8 @@ class _AdjointSteadyState(torch.autograd.Function):
     @staticmethod
     def forward(ctx, k, transport, src, fractions):  # type: ignore[override]
         f = dict(zip(_EDGE_NAMES, fractions.unbind(0)))
-        rhs = torch.zeros_like(k)
-        rhs[:4] = src
-        fac = ShiftedFactorization(k, transport, f, rhs=rhs)
+        rhs = torch.cat([src, torch.zeros_like(k[4:])])  # no input to the SOM pools
+        fac = ShiftedFactorization(k, transport, f, rhs=rhs, overwrite_rhs=True)
         x = fac.solution
         if any(ctx.needs_input_grad):
             ctx.fac = fac
@@ -176,20 +175,26 @@ class _AdjointSteadyState(torch.autograd.Function):
         fac = ctx.fac
         k, fractions = fac.k, fac.f
         lam = fac._solve_transposed(g.contiguous())
-        # dL/dM = -λ xᵀ on M's pattern
-        recv = torch.zeros_like(lam)
+        # dL/dM = -λ xᵀ on M's pattern; dL/dk_d = x_d (Σ_r A_rd λ_r - λ_d) (every pool is a donor)
+        grad_k = torch.empty_like(lam)
+        first = set()
         for r, d, name in TRANSFER_EDGES:
-            recv[d].addcmul_(lam[r], fractions[name])
-        grad_k = recv.sub_(lam).mul_(x)
+            if d in first:
+                grad_k[d].addcmul_(lam[r], fractions[name])
+            else:
+                torch.mul(lam[r], fractions[name], out=grad_k[d])
+                first.add(d)
+        grad_k.sub_(lam).mul_(x)
+        # V̄ acts on pools 1–6: dL/dV[j, j-1] = -Σ_p λ_p[j] x_p[j-1], and likewise the diagonal and upper band
         grad_transport = torch.zeros_like(k[:3])
-        lm, xm = lam[1:], x[1:]  # the pools V̄ acts on
-        torch.sum(lm[:, 1:] * xm[:, :-1], 0, out=grad_transport[0, 1:])
-        torch.sum(lm * xm, 0, out=grad_transport[1])
-        torch.sum(lm[:, :-1] * xm[:, 1:], 0, out=grad_transport[2, :-1])
+        for band, (rows, cols) in enumerate(((slice(1, None), slice(0, -1)), (slice(None), slice(None)), (slice(0, -1), slice(1, None)))):
+            acc = grad_transport[band, rows]
+            torch.mul(lam[1, rows], x[1, cols], out=acc)
+            for p in range(2, grid.N_POOLS):
+                acc.addcmul_(lam[p, rows], x[p, cols])
         grad_transport.neg_()
         grad_src = lam[:4]
-        kx = k * x
-        grad_f = torch.stack([torch.linalg.vecdot(lam[r], kx[d], dim=0) for r, d, _ in TRANSFER_EDGES])
+        grad_f = torch.stack([torch.linalg.vecdot(lam[r], k[d] * x[d], dim=0) for r, d, _ in TRANSFER_EDGES])
         return grad_k, grad_transport, grad_src, grad_f
 
 
@@ -441,16 +446,19 @@ class ShiftedFactorization:
         Diagonal shift s (d-1), ≥ 0.
     rhs : Tensor [7, 20, B], optional
         A right-hand side solved during the factorization (``solution``); None: factor only.
+    overwrite_rhs : bool
+        Solve ``rhs`` in place (it becomes ``solution``) instead of on a copy.
     """
 
     def __init__(self, k: torch.Tensor, transport: torch.Tensor, f: dict[str, torch.Tensor],
-                 shift_per_day: torch.Tensor | float = 0.0, rhs: torch.Tensor | None = None):
+                 shift_per_day: torch.Tensor | float = 0.0, rhs: torch.Tensor | None = None, overwrite_rhs: bool = False):
         self.batch_size = int(k.shape[-1])
         if rhs is not None:
             self._check(rhs)
+            rhs = rhs.detach() if overwrite_rhs else rhs.detach().clone()
         with torch.no_grad():
             self.solution = self._factor(k.detach(), transport.detach(), {n: v.detach() for n, v in f.items()},
-                                         shift_per_day, None if rhs is None else rhs.detach())
+                                         shift_per_day, rhs)
 
     def _factor(self, k: torch.Tensor, transport: torch.Tensor, f: dict[str, torch.Tensor], shift_per_day,
                 rhs: torch.Tensor | None) -> torch.Tensor | None:
@@ -463,7 +471,7 @@ class ShiftedFactorization:
         # that the steady state's litter input (and its gradient) is independent of τ_CWD exactly
         self.cwd_decayed = k[0] / self.cwd_diag
         self.lower, self.upper = lower.unbind(0), upper.unbind(0)
-        out = None if rhs is None else self._cwd_and_litter_rhs(rhs)
+        out = None if rhs is None else self._cwd_and_litter_rhs(rhs)  # solved in place
         # litter (3 tridiagonal systems at once): 1/d_j and c_j of the Thomas LU, [20, 3, B]
         b = k.shape[-1]
         self.lit_rden = rden = torch.empty((NL, 3, b), dtype=k.dtype, device=k.device)
@@ -504,11 +512,11 @@ class ShiftedFactorization:
 
     # -- the substitution steps, in place on the pools' layer slices ([3, B], sites innermost)
 
-    def _cwd_and_litter_rhs(self, rhs: torch.Tensor) -> torch.Tensor:
-        """A copy of ``rhs`` with CWD solved and its fragmentation flux added to L2 and L3."""
-        f, out = self.f, rhs.clone()
+    def _cwd_and_litter_rhs(self, out: torch.Tensor) -> torch.Tensor:
+        """``out`` (a right-hand side, overwritten) with CWD solved and its fragmentation flux added to L2 and L3."""
+        f = self.f
+        cwd_out = out[0] * self.cwd_decayed  # CWD fragmentation flux k X_cwd, gC m-3 d-1
         out[0].div_(self.cwd_diag)
-        cwd_out = rhs[0] * self.cwd_decayed  # CWD fragmentation flux k X_cwd, gC m-3 d-1
         out[2].addcmul_(cwd_out, f["fcwdl2"])
         out[3].addcmul_(cwd_out, f["1-fcwdl2"])
         return out
@@ -550,7 +558,7 @@ class ShiftedFactorization:
         """X for a right-hand side ``rhs`` [7, 20, B] (gC m-3 d-1); pools [7, 20, B] (no autograd)."""
         self._check(rhs)
         with torch.no_grad():
-            out = self._cwd_and_litter_rhs(rhs.detach())
+            out = self._cwd_and_litter_rhs(rhs.detach().clone())
             for j in range(NL):
                 self._litter_forward(out, j)
             self._litter_back(out)
