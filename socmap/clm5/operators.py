@@ -516,7 +516,7 @@ def build_operators(theta: torch.Tensor, prepared: PreparedForcing, o_scalar: to
          base[4] * env_depth, base[5] * env_depth, base[6] * env_depth]
     )
     basis = prepared.transport_basis
-    transport = _col(theta, "diffus") * basis[0] + _col(theta, "cryo") * basis[1] + basis[2]
+    transport = torch.addcmul(torch.addcmul(basis[2], basis[0], _col(theta, "diffus")), basis[1], _col(theta, "cryo"))
     phi = input_profile(_col(theta, "beta"), prepared.thawed)
     dz = grid.grid_tensor("DZ_M", like)[:, None]
     source = prepared.inputs_g_m2_day[:, None, :] * (phi / dz)[None]
