@@ -6,9 +6,10 @@ Two paths over the same :class:`~socmap.clm5.operators.Operators`:
   decay flux equals its input; the three litter pools are 20-layer tridiagonal systems (one
   batched Thomas sweep); the three SOM pools form a block-tridiagonal system with 3×3 blocks
   whose off-diagonal blocks are scalar multiples of the identity (block Thomas, blocks inverted
-  explicitly). Pieces are stored layer × site with **sites innermost**; gradients come from
-  an adjoint solve (one transposed sweep, :class:`_AdjointSteadyState`; ``adjoint=False``
-  differentiates through the 20-step sweeps instead).
+  explicitly). Pieces are stored layer × site with **sites innermost**. The eliminations are
+  kept (:class:`ShiftedFactorization`): gradients come from an adjoint solve with the forward's
+  factors (one transposed substitution, :class:`_AdjointSteadyState`; ``adjoint=False``
+  differentiates through the 20-step sweeps instead), and transients reuse them per step.
 * ``"dense"`` (the reference, as BINN): assemble A, K̄ and V̄ as 140×140 matrices per site and
   call a batched ``torch.linalg.solve``.
 
@@ -80,8 +81,9 @@ def _index(name: str, values: list[int], device: torch.device) -> torch.Tensor:
 def _inv3(m: torch.Tensor) -> torch.Tensor:
     """Inverse of 3×3 matrices stored row-major as [9, B], by the adjugate.
 
-    All nine cofactors come from two gathers and one product over [18, B] (a handful of large
-    ops instead of ~35 small ones: the sweeps are bound by per-op overhead, docs/model.md §2.3).
+    All nine cofactors come from two gathers and one product over [18, B]: a handful of large ops
+    instead of ~35 small ones, the better choice where per-op overhead dominates (small batches,
+    and the autograd sweeps; :func:`_inv3_into` takes over on large ones, docs/model.md §3.2).
     Explicit cofactors beat ``torch.linalg.inv`` on [B, 3, 3] by 2–3× here (sites innermost).
     """
     prod = m.index_select(0, _index("P", _ADJ_P, m.device)) * m.index_select(0, _index("Q", _ADJ_Q, m.device))
@@ -422,7 +424,7 @@ def _matvec3_into(m: torch.Tensor, v: torch.Tensor, out: torch.Tensor, transpose
 class ShiftedFactorization:
     """The sweeps' elimination of M_s = s 𝟙 + V̄ - A K̄, kept so that right-hand sides cost only the
     substitutions: :meth:`solve` (M_s X = b; a transient with unchanging forcing) and
-    :meth:`solve_transposed` (M_sᵀ λ = g; the adjoint of the steady state, docs/model.md §2.3).
+    :meth:`solve_transposed` (M_sᵀ λ = g; the adjoint of the steady state, docs/model.md §3.3).
 
     Litter: one Thomas LU per pool, M = L U with L lower bidiagonal (pivots ``d_j``) and U unit upper
     (``c_j``), so Mᵀ = Uᵀ Lᵀ reuses them. SOM: block LU with the Schur blocks S_j, whose inverses
@@ -494,7 +496,7 @@ class ShiftedFactorization:
         ks = k[4:7]
         neg_f = {name: -f[name] for _, _, name in _SOM_EDGES}
         for j in range(NL):
-            # D_j = diag(K_s) + V_jj 𝟙 - F K_s (docs/model.md §2.3), then S_j = D_j - l_j u_{j-1} S_{j-1}^-1
+            # D_j = diag(K_s) + V_jj 𝟙 - F K_s (docs/model.md §3.2), then S_j = D_j - l_j u_{j-1} S_{j-1}^-1
             # (formed in this order: S_j is often much smaller than its two terms)
             for i in _SOM_ZERO:
                 schur[i].zero_()
