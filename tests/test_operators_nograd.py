@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -21,11 +22,13 @@ def _reference(theta: torch.Tensor, prepared) -> tuple[torch.Tensor, torch.Tenso
     return (tw * prepared.oxygen).mean(0), (tw * prepared.oxygen_nitrogen).mean(0)
 
 
-def test_environment_means_and_gradients_match_plain_autograd() -> None:
-    theta, forcing = benchmark_inputs(300, seed=3)
-    theta[:100, INDEX["w_scaling"]] = 3.0  # w_scaling·W clipped at 1 in part of the months
+@pytest.mark.parametrize("n", [40, 300])  # whole-year ops (small batch) and the month-by-month loop
+def test_environment_means_and_gradients_match_plain_autograd(n: int) -> None:
+    theta, forcing = benchmark_inputs(n, seed=3)
+    clipped = n // 3
+    theta[:clipped, INDEX["w_scaling"]] = 3.0  # w_scaling·W clipped at 1 in part of the months
     prepared = prepare_forcing(forcing)
-    weights = torch.rand(2, 20, 300, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    weights = torch.rand(2, 20, n, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     grads, values = [], []
     for fn in (environment_means, _reference):
         th = theta.clone().requires_grad_(True)
@@ -36,7 +39,7 @@ def test_environment_means_and_gradients_match_plain_autograd() -> None:
         values.append((env.detach(), env_n.detach()))
     for a, b in zip(*values):
         torch.testing.assert_close(a, b, rtol=1e-14, atol=0.0)
-    assert float(grads[1][:100, INDEX["w_scaling"]].abs().max()) < float(grads[1][100:, INDEX["w_scaling"]].abs().max())
+    assert float(grads[1][:clipped, INDEX["w_scaling"]].abs().max()) < float(grads[1][clipped:, INDEX["w_scaling"]].abs().max())
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-300)
     with torch.no_grad():
         without = environment_means(theta, prepared)
@@ -48,9 +51,10 @@ def test_environment_means_and_gradients_match_plain_autograd() -> None:
     assert torch.equal(again.temp_exponent, prepared.temp_exponent) and torch.equal(again.water, prepared.water)
 
 
-def test_environment_means_one_output_used() -> None:
+@pytest.mark.parametrize("n", [50, 400])
+def test_environment_means_one_output_used(n: int) -> None:
     """A loss on one of the two means only (the other's gradient is None in the backward)."""
-    theta, forcing = benchmark_inputs(50, seed=4)
+    theta, forcing = benchmark_inputs(n, seed=4)
     prepared = prepare_forcing(forcing)
     grads = []
     for fn in (environment_means, _reference):

@@ -424,12 +424,18 @@ def _needs_grad(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+#: Up to this many values per [12, 20, B] field (B ≤ ~270 sites, a training mini-batch) the means
+#: are taken over all months at once: a few whole-year ops cost less than 12 months of per-op overhead.
+_WHOLE_YEAR_ELEMENTS = 2**16
+
+
 class _EnvironmentMeans(torch.autograd.Function):
     """Monthly means of ξ^T ξ^W ξ^O and ξ^T ξ^W ξ^O ξ^N, differentiable in log Q10 and w_scaling
     only (the forcing fields are constants here).
 
     One month at a time on [20, B] slices, in place, instead of [12, 20, B] temporaries (the
-    fields make this memory-bound). When a gradient is wanted the forward keeps each month's
+    fields make this memory-bound); small batches in whole-year ops (``_WHOLE_YEAR_ELEMENTS``).
+    When a gradient is wanted the forward keeps each month's
     ξ^T ξ^W (it computes it anyway), and the backward needs no exponential: ∂/∂log Q10 = T_exp ξ^T ξ^W
     and ∂/∂w_scaling = ξ^T ξ^W / w_scaling where w_scaling·W ≤ 1 (0 where clipped, docs/model.md P6;
     w_scaling = 0 would make ξ^W = 0, no decay and no steady state). The indicator is written as
@@ -442,6 +448,13 @@ class _EnvironmentMeans(torch.autograd.Function):
         env, env_n = torch.zeros_like(temp_exponent[0]), torch.zeros_like(temp_exponent[0])
         w = torch.empty_like(env)
         keep = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        if temp_exponent.numel() <= _WHOLE_YEAR_ELEMENTS:  # small batch: few ops over all months
+            tw_all = torch.mul(temp_exponent, log_q10).exp_().mul_(torch.mul(water, w_scaling).clamp_(max=1.0))
+            env.copy_((tw_all * oxygen).sum(0))
+            env_n.copy_((tw_all * oxygen_nitrogen).sum(0))
+            if keep:
+                ctx.save_for_backward(w_scaling, tw_all, temp_exponent, water, oxygen, oxygen_nitrogen)
+            return env.div_(n), env_n.div_(n)
         tw_all = torch.empty_like(temp_exponent) if keep else torch.empty_like(temp_exponent[:1])
         for m in range(n):
             tw = tw_all[m if keep else 0]
@@ -459,6 +472,10 @@ class _EnvironmentMeans(torch.autograd.Function):
         n = temp_exponent.shape[0]
         g_env = torch.zeros_like(oxygen[0]) if g_env is None else g_env / n
         g_env_n = torch.zeros_like(oxygen[0]) if g_env_n is None else g_env_n / n
+        if temp_exponent.numel() <= _WHOLE_YEAR_ELEMENTS:
+            h = (oxygen * g_env).addcmul_(oxygen_nitrogen, g_env_n).mul_(tw_all)
+            unclipped = torch.le(torch.mul(water, w_scaling), 1.0).to(h.dtype)
+            return (h * temp_exponent).sum((0, 1)), (h.mul_(unclipped)).sum((0, 1)).div_(w_scaling), None, None, None, None
         acc_q, acc_w = torch.zeros_like(g_env), torch.zeros_like(g_env)
         h, x = torch.empty_like(g_env), torch.empty_like(g_env)
         for m in range(n):
