@@ -165,7 +165,10 @@ class _AdjointSteadyState(torch.autograd.Function):
         f = dict(zip(_EDGE_NAMES, fractions.unbind(0)))
         rhs = torch.cat([src, torch.zeros_like(k[4:])])  # no input to the SOM pools
         fac = ShiftedFactorization(k, transport, f, rhs=rhs, overwrite_rhs=True)
-        x = fac.solution
+        # ctx must not hold the output outside save_for_backward: x -> grad_fn -> ctx -> fac -> x
+        # would be a cycle, freed only when Python's cyclic GC runs (rarely in a loop of large
+        # solves: memory grew by ~110 MB and ~25k page faults per 16k-site call)
+        x, fac.solution = fac.solution, None
         if any(ctx.needs_input_grad):
             ctx.fac = fac
             ctx.save_for_backward(x)
