@@ -484,25 +484,31 @@ class ShiftedFactorization:
         b = k.shape[-1]
         self.lit_rden = rden = torch.empty((NL, 3, b), dtype=k.dtype, device=k.device)
         self.lit_cp = cp = torch.empty_like(rden)
+        # per-layer views taken once (each indexing is a Python-level call; small batches are
+        # bound by those): layer j of the pivots, multipliers, solution pools, rates
+        self._rden, self._cp, vds, k_lit = rden.unbind(0), cp.unbind(0), vdiag_s.unbind(0), k[1:4].unbind(1)
+        lit = None if out is None else out[1:4].unbind(1)
         for j in range(NL):
-            torch.add(k[1:4, j], vdiag_s[j], out=rden[j])
+            torch.add(k_lit[j], vds[j], out=self._rden[j])
             if j:
-                rden[j].addcmul_(cp[j - 1], self.lower[j], value=-1.0)
-            rden[j].reciprocal_()
-            torch.mul(rden[j], self.upper[j], out=cp[j])
-            if out is not None:
-                self._litter_forward(out, j)
+                self._rden[j].addcmul_(self._cp[j - 1], self.lower[j], value=-1.0)
+            self._rden[j].reciprocal_()
+            torch.mul(self._rden[j], self.upper[j], out=self._cp[j])
+            if lit is not None:
+                self._litter_forward(lit, j)
         if out is not None:
-            self._litter_back(out)
+            self._litter_back(lit)
             self._som_rhs(out)
         # SOM (3×3 blocks): the inverted Schur blocks S_j^-1 = (D_j - l_j u_{j-1} S_{j-1}^-1)^-1, [20, 9, B]
-        self.som_inv = inv = torch.empty((NL, 9, b), dtype=k.dtype, device=k.device)
-        neg_lu = (lower[1:] * upper[:-1]).neg_()  # [19, B]
-        schur, t = torch.empty_like(inv[0]), torch.empty_like(inv[0, :3])
+        self.som_inv = torch.empty((NL, 9, b), dtype=k.dtype, device=k.device)
+        self._inv = inv = self.som_inv.unbind(0)
+        neg_lu = (lower[1:] * upper[:-1]).neg_().unbind(0)  # 19 × [B]
+        som = None if out is None else out[4:7].unbind(1)
+        schur, t = torch.empty_like(inv[0]), torch.empty_like(inv[0][:3])
         ks = k[4:7]
         neg_f = {name: -f[name] for _, _, name in _SOM_EDGES}
         # small batches: all D_j at once (few ops); large ones: each D_j in the scratch (stays in cache)
-        blocks = _som_blocks(k, vdiag_s, f) if b < EXPLICIT_INVERSE_MIN_SITES else None
+        blocks = _som_blocks(k, vdiag_s, f).unbind(0) if b < EXPLICIT_INVERSE_MIN_SITES else None
         for j in range(NL):
             # D_j = diag(K_s) + V_jj 𝟙 - F K_s (docs/model.md §3.2), then S_j = D_j - l_j u_{j-1} S_{j-1}^-1
             # (formed in this order: S_j is often much smaller than its two terms)
@@ -514,16 +520,16 @@ class ShiftedFactorization:
             else:
                 for i in _SOM_ZERO:
                     schur[i].zero_()
-                torch.add(ks[:, j], vdiag_s[j], out=schur[0::4])
+                torch.add(ks[:, j], vds[j], out=schur[0::4])
                 for recv, donor, name in _SOM_EDGES:
                     torch.mul(ks[donor, j], neg_f[name], out=schur[3 * recv + donor])
                 if j:
                     schur.addcmul_(inv[j - 1], neg_lu[j - 1])
             _inv3_into(schur, inv[j])
-            if out is not None:
-                self._som_forward(out, j, t)
-        if out is not None:
-            self._som_back(out, t)
+            if som is not None:
+                self._som_forward(som, j, t)
+        if som is not None:
+            self._som_back(som, t)
         return out
 
     # -- the substitution steps, in place on the pools' layer slices ([3, B], sites innermost)
@@ -537,15 +543,16 @@ class ShiftedFactorization:
         out[3].addcmul_(cwd_out, f["1-fcwdl2"])
         return out
 
-    def _litter_forward(self, out: torch.Tensor, j: int) -> None:
-        y = out[1:4, j]
+    def _litter_forward(self, lit: tuple[torch.Tensor, ...], j: int) -> None:
+        """y_j = (b_j - l_j y_{j-1}) / d_j on the litter pools' layer views ``lit`` (20 × [3, B])."""
         if j:
-            y.addcmul_(out[1:4, j - 1], self.lower[j], value=-1.0)
-        y.mul_(self.lit_rden[j])
+            lit[j].addcmul_(lit[j - 1], self.lower[j], value=-1.0)
+        lit[j].mul_(self._rden[j])
 
-    def _litter_back(self, out: torch.Tensor) -> None:
+    def _litter_back(self, lit: tuple[torch.Tensor, ...]) -> None:
+        """x_j = y_j - c_j x_{j+1}."""
         for j in range(NL - 2, -1, -1):
-            out[1:4, j].addcmul_(self.lit_cp[j], out[1:4, j + 1], value=-1.0)
+            lit[j].addcmul_(self._cp[j], lit[j + 1], value=-1.0)
 
     def _som_rhs(self, out: torch.Tensor) -> None:
         """Add the litter decomposition fluxes (solved litter in ``out[1:4]``) to the SOM right-hand side."""
@@ -553,18 +560,18 @@ class ShiftedFactorization:
         out[4].addcmul_(k[1] * out[1], f["fl1s1"]).addcmul_(k[2] * out[2], f["fl2s1"])
         out[5].addcmul_(k[3] * out[3], f["fl3s2"])
 
-    def _som_forward(self, out: torch.Tensor, j: int, t: torch.Tensor) -> None:
-        """y_j = S_j^-1 (b_j - l_j y_{j-1})."""
+    def _som_forward(self, som: tuple[torch.Tensor, ...], j: int, t: torch.Tensor) -> None:
+        """y_j = S_j^-1 (b_j - l_j y_{j-1}) on the SOM pools' layer views ``som`` (20 × [3, B])."""
         if j:
-            torch.addcmul(out[4:7, j], out[4:7, j - 1], self.lower[j], value=-1.0, out=t)
+            torch.addcmul(som[j], som[j - 1], self.lower[j], value=-1.0, out=t)
         else:
-            t.copy_(out[4:7, 0])
-        _matvec3_into(self.som_inv[j], t, out[4:7, j])
+            t.copy_(som[0])
+        _matvec3_into(self._inv[j], t, som[j])
 
-    def _som_back(self, out: torch.Tensor, t: torch.Tensor) -> None:
+    def _som_back(self, som: tuple[torch.Tensor, ...], t: torch.Tensor) -> None:
         """x_j = y_j - u_j S_j^-1 x_{j+1}."""
         for j in range(NL - 2, -1, -1):
-            out[4:7, j].addcmul_(_matvec3_into(self.som_inv[j], out[4:7, j + 1], t), self.upper[j], value=-1.0)
+            som[j].addcmul_(_matvec3_into(self._inv[j], som[j + 1], t), self.upper[j], value=-1.0)
 
     def _check(self, rhs: torch.Tensor) -> None:
         if tuple(rhs.shape) != (grid.N_POOLS, NL, self.batch_size):
@@ -575,14 +582,15 @@ class ShiftedFactorization:
         self._check(rhs)
         with torch.no_grad():
             out = self._cwd_and_litter_rhs(rhs.detach().clone())
+            lit, som = out[1:4].unbind(1), out[4:7].unbind(1)
             for j in range(NL):
-                self._litter_forward(out, j)
-            self._litter_back(out)
+                self._litter_forward(lit, j)
+            self._litter_back(lit)
             self._som_rhs(out)
             t = torch.empty_like(out[0, :3])
             for j in range(NL):
-                self._som_forward(out, j, t)
-            self._som_back(out, t)
+                self._som_forward(som, j, t)
+            self._som_back(som, t)
             return out
 
     def solve_transposed(self, g: torch.Tensor) -> torch.Tensor:
@@ -596,25 +604,25 @@ class ShiftedFactorization:
         k, f, out = self.k, self.f, g.clone()
         # SOM: Uᵀ z = g (z_j = S_j^-T (g_j - u_{j-1} z_{j-1})), then Lᵀ λ = z (λ_j = z_j - l_{j+1} S_j^-T λ_{j+1})
         t = torch.empty_like(out[0, :3])
-        lam = out[4:7]
+        lam, z = out[4:7], out[4:7].unbind(1)
         for j in range(NL):
             if j:
-                torch.addcmul(lam[:, j], lam[:, j - 1], self.upper[j - 1], value=-1.0, out=t)
+                torch.addcmul(z[j], z[j - 1], self.upper[j - 1], value=-1.0, out=t)
             else:
-                t.copy_(lam[:, 0])
-            _matvec3_into(self.som_inv[j], t, lam[:, j], transposed=True)
+                t.copy_(z[0])
+            _matvec3_into(self._inv[j], t, z[j], transposed=True)
         for j in range(NL - 2, -1, -1):
-            lam[:, j].addcmul_(_matvec3_into(self.som_inv[j], lam[:, j + 1], t, transposed=True), self.lower[j + 1], value=-1.0)
+            z[j].addcmul_(_matvec3_into(self._inv[j], z[j + 1], t, transposed=True), self.lower[j + 1], value=-1.0)
         # litter: g' = g + K Aᵀ λ_SOM; Uᵀ y = g' (y_j = g'_j - c_{j-1} y_{j-1}), then Lᵀ λ = y (λ_j = (y_j - l_{j+1} λ_{j+1}) / d_j)
         out[1].addcmul_(k[1] * lam[0], f["fl1s1"])
         out[2].addcmul_(k[2] * lam[0], f["fl2s1"])
         out[3].addcmul_(k[3] * lam[1], f["fl3s2"])
-        y = out[1:4]
+        y, yl = out[1:4], out[1:4].unbind(1)
         for j in range(1, NL):
-            y[:, j].addcmul_(self.lit_cp[j - 1], y[:, j - 1], value=-1.0)
-        y[:, NL - 1].mul_(self.lit_rden[NL - 1])
+            yl[j].addcmul_(self._cp[j - 1], yl[j - 1], value=-1.0)
+        yl[NL - 1].mul_(self._rden[NL - 1])
         for j in range(NL - 2, -1, -1):
-            y[:, j].addcmul_(y[:, j + 1], self.lower[j + 1], value=-1.0).mul_(self.lit_rden[j])
+            yl[j].addcmul_(yl[j + 1], self.lower[j + 1], value=-1.0).mul_(self._rden[j])
         # CWD: (k_c + s) λ_c = g_c + k_c (f λ_L2 + (1 - f) λ_L3)
         received = torch.mul(y[1], f["fcwdl2"]).addcmul_(y[2], f["1-fcwdl2"])
         out[0].div_(self.cwd_diag).addcmul_(received, self.cwd_decayed)
