@@ -3,11 +3,16 @@
 Both paths start from the same prepared forcing (the θ-independent work that training and
 mapping do once per site) and include everything θ-dependent: operator construction, matrix
 assembly (dense) and the solve. Forward+backward adds the backward pass of a scalar loss to θ.
+``prepare`` times ``prepare_forcing`` itself, like the other stages (warm-up, then repeats), on
+forcing laid out sites innermost as the mapping pipeline builds it
+(``socmap.clm5.forcing.batch_first``); ``prepare_batch_first`` is the same on contiguous
+batch-first arrays, so that the layout's effect shows.
 The dense path runs in chunks of ``--dense-chunk`` sites to bound its memory (~5 GB per 16k).
 
 Each stage also reports the user and system CPU seconds it cost (``resource.getrusage`` of this
 process, including warm-up and every repetition), so allocation churn — system time comparable
-to user time — shows per stage.
+to user time — shows per stage, and the CPU microseconds per site (user + sys over every site
+solved), which a contended machine distorts less than the wall-clock rate.
 
     python benchmarks/solver.py [--json] [--sizes 1000 16000] [--threads 2] [--skip-dense] [--device cpu]
 """
@@ -64,7 +69,9 @@ def _rate(n: int, fn, min_time: float = 1.0) -> tuple[float, dict[str, float]]:
         elapsed = time.perf_counter() - start
         if elapsed >= min_time:
             u1, s1 = _cpu()
-            return n * reps / elapsed, {"wall_s": round(time.perf_counter() - w0, 3), "user_s": round(u1 - u0, 3), "sys_s": round(s1 - s0, 3)}
+            per_site = (u1 - u0 + s1 - s0) / (n * (reps + 1)) * 1e6  # warm-up included, as in user_s/sys_s
+            return n * reps / elapsed, {"wall_s": round(time.perf_counter() - w0, 3), "user_s": round(u1 - u0, 3),
+                                        "sys_s": round(s1 - s0, 3), "cpu_us_per_site": round(per_site, 3)}
 
 
 def main() -> None:
@@ -84,21 +91,20 @@ def main() -> None:
 
     rows, max_rel = [], 0.0
     for n in args.sizes:
-        theta, forcing = benchmark_inputs(n, seed=n)
-        theta, forcing = theta.to(device), forcing.to(torch.float64, device)
-        u0, s0 = _cpu()
-        t0 = time.perf_counter()
+        theta, forcing = benchmark_inputs(n, seed=n)  # sites innermost, as the mapping pipeline builds it
+        _, forcing_bf = benchmark_inputs(n, seed=n, sites_innermost=False)  # same values, batch-first contiguous
+        theta, forcing, forcing_bf = theta.to(device), forcing.to(torch.float64, device), forcing_bf.to(torch.float64, device)
+        cpu: dict[str, dict[str, float]] = {}
+        prepare, cpu["prepare"] = _rate(n, lambda: prepare_forcing(forcing))
+        prepare_bf, cpu["prepare_batch_first"] = _rate(n, lambda: prepare_forcing(forcing_bf))
         fast_chunks = [(slice(0, n), prepare_forcing(forcing))]
-        prepare_s = time.perf_counter() - t0
-        u1, s1 = _cpu()
-        cpu = {"prepare": {"wall_s": round(prepare_s, 3), "user_s": round(u1 - u0, 3), "sys_s": round(s1 - s0, 3)}}
         step = min(n, args.dense_chunk)
         dense_chunks = [] if args.skip_dense else [(slice(i, i + step), prepare_forcing(forcing.subset(slice(i, i + step)))) for i in range(0, n, step)]
         x_fast = _run(theta, fast_chunks, "structured", False)
         x_dense = x_fast if args.skip_dense else _run(theta, dense_chunks, "dense", False)
         rel = float(((x_fast - x_dense).abs().amax(1) / x_dense.abs().amax(1).clamp_min(1e-300)).max())
         max_rel = max(max_rel, rel)
-        row = {"sites": n, "prepare": n / prepare_s, "max_rel_diff": rel, "cpu_s": cpu}
+        row = {"sites": n, "prepare": prepare, "prepare_batch_first": prepare_bf, "max_rel_diff": rel, "cpu_s": cpu}
         for key, chunks, method, bwd, min_time in (
             ("fast_fwd", fast_chunks, "structured", False, 1.0),
             ("fast_fwdbwd", fast_chunks, "structured", True, 1.0),
@@ -106,23 +112,26 @@ def main() -> None:
             ("dense_fwdbwd", dense_chunks, "dense", True, 0.5),
         ):
             if args.skip_dense and method == "dense":
-                row[key], cpu[key] = float("nan"), {"wall_s": 0.0, "user_s": 0.0, "sys_s": 0.0}
+                row[key], cpu[key] = float("nan"), {"wall_s": 0.0, "user_s": 0.0, "sys_s": 0.0, "cpu_us_per_site": float("nan")}
                 continue
             row[key], cpu[key] = _rate(n, lambda: _run(theta, chunks, method, bwd), min_time=min_time)
         rows.append(row)
 
     print(f"CLM5 steady state, float64, {args.threads} threads, {device} (sites per second; higher is better)")
-    print(f"{'sites':>7} {'dense fwd':>10} {'fast fwd':>10} {'speedup':>8} {'dense f+b':>10} {'fast f+b':>10} {'speedup':>8} {'prepare':>10} {'max rel diff':>13}")
+    print(f"{'sites':>7} {'dense fwd':>10} {'fast fwd':>10} {'speedup':>8} {'dense f+b':>10} {'fast f+b':>10} {'speedup':>8} {'prepare':>10} {'prep b-1st':>10} {'max rel diff':>13}")
     for r in rows:
         print(
             f"{r['sites']:>7} {r['dense_fwd']:>10.0f} {r['fast_fwd']:>10.0f} {r['fast_fwd'] / r['dense_fwd']:>7.0f}x "
             f"{r['dense_fwdbwd']:>10.0f} {r['fast_fwdbwd']:>10.0f} {r['fast_fwdbwd'] / r['dense_fwdbwd']:>7.0f}x "
-            f"{r['prepare']:>10.0f} {r['max_rel_diff']:>13.1e}"
+            f"{r['prepare']:>10.0f} {r['prepare_batch_first']:>10.0f} {r['max_rel_diff']:>13.1e}"
         )
     print("max rel diff: max over sites and pools of the max-norm relative difference of the depth profile")
     print(f"\nCPU seconds per stage (user / sys / wall), {allocator.describe()}")
     for r in rows:
         print(f"{r['sites']:>7} " + "  ".join(f"{k} {v['user_s']:.2f}/{v['sys_s']:.2f}/{v['wall_s']:.2f}" for k, v in r["cpu_s"].items()))
+    print("CPU microseconds per site (user + sys)")
+    for r in rows:
+        print(f"{r['sites']:>7} " + "  ".join(f"{k} {v.get('cpu_us_per_site', float('nan')):.2f}" for k, v in r["cpu_s"].items()))
     big = max(rows, key=lambda r: r["sites"])
     if args.json:
         print(json.dumps({
@@ -134,6 +143,7 @@ def main() -> None:
             "speedup_fwd": round(big["fast_fwd"] / big["dense_fwd"], 1),
             "speedup_fwdbwd": round(big["fast_fwdbwd"] / big["dense_fwdbwd"], 1),
             "prepare_sites_per_s": round(big["prepare"], 1),
+            "prepare_batch_first_sites_per_s": round(big["prepare_batch_first"], 1),
             "max_rel_diff": max_rel,
             "cpu_s": big["cpu_s"],
             "allocator": allocator.describe(),

@@ -286,3 +286,63 @@ def test_o_scalar_is_differentiable_and_checked(forcing64, theta64):
         steady_state(theta64, forcing64, o_scalar=torch.ones(n, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match="in \\[0, 1\\]"):
         steady_state(theta64, forcing64, o_scalar=torch.full((n, grid.N_LAYERS), 1.5, dtype=torch.float64))
+
+
+# -- the kept factorization: explicit inverses on large batches, and the transposed solve of the adjoint
+
+def test_explicit_inverse_path_matches_dense_and_the_adjoint(monkeypatch):
+    """Batches from EXPLICIT_INVERSE_MIN_SITES on form the 3×3 inverses entry by entry; the same
+    solution and gradients as the dense path (forced here on a small batch)."""
+    from socmap.clm5 import solver as S
+
+    forcing, theta = make_forcing(40, 81), random_theta(40, 82)
+    x_dense = steady_state(theta, forcing, method="dense")
+    monkeypatch.setattr(S, "EXPLICIT_INVERSE_MIN_SITES", 1)
+    assert normwise_rel_diff(steady_state(theta, forcing), x_dense) < 1e-9
+    prepared = O.prepare_forcing(forcing)
+    grads = []
+    for adjoint in (True, False):
+        th = theta.clone().requires_grad_()
+        torch.log(solve_structured(O.build_operators(th, prepared), adjoint=adjoint)[4:7].sum(0)[:8]).sum().backward()
+        grads.append(th.grad)
+    scale = grads[1].abs().amax(0, keepdim=True) + 1e-300
+    assert float(((grads[0] - grads[1]).abs() / scale).max()) < 1e-8
+
+
+@pytest.mark.parametrize("explicit", [False, True])
+def test_transposed_solve_matches_dense_transpose(monkeypatch, explicit):
+    """solve_transposed(g) solves (s 𝟙 + V̄ - A K̄)ᵀ λ = g with the forward's factors (a dense check)."""
+    from socmap.clm5 import solver as S
+
+    if explicit:
+        monkeypatch.setattr(S, "EXPLICIT_INVERSE_MIN_SITES", 1)
+    forcing, theta = make_forcing(12, 91), random_theta(12, 92)
+    ops = O.build_operators(theta, O.prepare_forcing(forcing))
+    a, k, v, _ = assemble_dense(ops)
+    s = torch.linspace(0.0, 1e-3, 12, dtype=torch.float64)
+    m = v - a * k[:, None, :] + s[:, None, None] * torch.eye(140, dtype=torch.float64)
+    g = torch.rand(7, 20, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    lam = S.factor_shifted(ops, s).solve_transposed(g)
+    dense = torch.linalg.solve(m.transpose(1, 2), g.movedim(-1, 0).reshape(12, 140, 1)).reshape(12, 7, 20).movedim(0, -1)
+    assert float(((lam - dense).abs().amax((0, 1)) / dense.abs().amax((0, 1))).max()) < 1e-9
+    with pytest.raises(ValueError, match="rhs must have shape"):
+        S.factor_shifted(ops, s).solve_transposed(g[:, :, :3])
+
+
+def test_adjoint_solve_frees_its_output_and_factorization(forcing64, theta64):
+    """The adjoint keeps the factorization for the backward pass; the solution must not be reachable
+    from it: a reference cycle through the autograd graph is freed only when Python's cyclic GC
+    happens to run (rarely, in a loop of large solves), so memory and page faults grew per call."""
+    import gc
+    import weakref
+
+    th = theta64.clone().requires_grad_()
+    gc.disable()
+    try:
+        x = solve_structured(O.build_operators(th, O.prepare_forcing(forcing64)))  # the adjoint's own output
+        ref = weakref.ref(x)
+        x[4:].sum().backward()
+        del x
+        assert ref() is None  # freed by reference counting alone
+    finally:
+        gc.enable()

@@ -21,7 +21,7 @@ import torch
 
 from socmap.clm5 import grid
 from socmap.clm5.forcing import T_FREEZE_K, Forcing
-from socmap.clm5.parameters import INDEX
+from socmap.clm5.parameters import INDEX, NAMES
 
 DAYS_PER_YEAR = 365.0
 T_REF_K = 298.15  # reference temperature of the Q10 function (25 °C)
@@ -139,12 +139,22 @@ class Operators:
         return int(self.decay_per_day.shape[-1])
 
 
-def _col(theta: torch.Tensor, name: str) -> torch.Tensor:
-    """Column ``name`` of θ [B, 21] as a [B] tensor."""
-    return theta[:, INDEX[name]]
+Theta = torch.Tensor | dict[str, torch.Tensor]  # θ [B, 21], or its columns by name (:func:`_columns`)
 
 
-def transfer_fractions(theta: torch.Tensor) -> dict[str, torch.Tensor]:
+def _col(theta: Theta, name: str) -> torch.Tensor:
+    """Column ``name`` of θ [B, 21] (or of its :func:`_columns`) as a [B] tensor."""
+    return theta[name] if isinstance(theta, dict) else theta[:, INDEX[name]]
+
+
+def _columns(theta: torch.Tensor) -> dict[str, torch.Tensor]:
+    """θ [B, 21] as contiguous [B] columns by name. One transposing copy for all of them: the
+    backward pass then stacks the columns' gradients once, where a select per column would
+    zero-fill a [B, 21] gradient for each (14 of them in :func:`build_operators`)."""
+    return dict(zip(NAMES, theta.t().contiguous().unbind(0)))
+
+
+def transfer_fractions(theta: Theta) -> dict[str, torch.Tensor]:
     """Fractions of each donor's decomposition passed to each receiver, ``{name: [B]}``."""
     out = {name: _col(theta, name).contiguous() for _, _, name in TRANSFER_EDGES if name != "1-fcwdl2"}
     out["1-fcwdl2"] = 1.0 - out["fcwdl2"]
@@ -287,54 +297,88 @@ def _transport_basis(forcing: Forcing, bedrock_rule: BedrockRule) -> torch.Tenso
     θ-independent conductance up to a relative 1e-25, as does the Patankar factor, which is
     exactly 1 in float64 on open interfaces. Equal to :func:`transport_tridiagonal_direct` to
     rounding for diffusivities above ~1e-20 m2 yr-1 (tested). Returns [3, 3, 20, B].
+
+    V̄_b is linear in the three parts' interface conductances, so it is assembled once from their
+    monthly means. A bioturbation month's conductances depend on the bedrock only and a frozen
+    month's are constants, so each site's are counted, not recomputed; only the cryoturbation
+    months (a shape that depends on that month's active layer) are computed, as a batch of
+    (site, month) pairs.
     """
     if bedrock_rule not in ("conservative", "binn"):
         raise ValueError(f"bedrock_rule must be 'conservative' or 'binn', not {bedrock_rule!r}")
-    # Computed sites innermost throughout ([months, 20, B], like the other prepared fields): the
-    # same elementwise operations as batch-first, without the final transposing copy.
-    like = forcing.soil_temp_k
+    alt_m, nb, like = forcing.alt_m, forcing.nbedrock, forcing.soil_temp_k
+    dt, dev, n_sites, n_months = like.dtype, like.device, alt_m.shape[0], alt_m.shape[1]
+    taper_end = cryoturbation_taper_end_m(nb, like)  # [B]
+    regime_alt = alt_m.detach()  # the regime is a threshold on ALT, not differentiated
+    is_cryo = (regime_alt > 0) & (regime_alt <= MAX_ALT_CRYOTURBATION_M)  # [B, M]
+    n_bio = (regime_alt > MAX_ALT_CRYOTURBATION_M).sum(1).to(dt)  # [B]
+    n_frozen = (regime_alt <= 0).sum(1).to(dt)
+    consts = _ConductanceConstants(like)
+    i = torch.arange(grid.N_LAYERS, device=dev)[:, None]  # [20, 1]
+
+    def open_below(nbedrock: torch.Tensor) -> torch.Tensor:  # [20, N]: interfaces above the bedrock
+        return (i <= nbedrock) if bedrock_rule == "binn" else (i < nbedrock)
+
+    g_bio, fixed_bio = consts.conductances(open_below(nb).to(dt))  # a bioturbation month: D·1 where open
+    _, fixed_frozen = consts.conductances(torch.zeros((grid.N_LAYERS, 1), dtype=dt, device=dev))  # all closed
+    sums = [g_bio * n_bio, torch.zeros_like(g_bio), fixed_bio * n_bio + fixed_frozen * n_frozen]  # [19, B] each
     z = grid.grid_tensor("INTERFACE_BOTTOM_M", like)[:, None]  # [20, 1]
-    alt_m = forcing.alt_m
-    if not alt_m.requires_grad and bool((alt_m == alt_m[:, :1]).all()):
-        alt_m = alt_m[:, :1]  # one active layer all year (the usual case): V̄ is that month's V
-    alt = alt_m.movedim(0, -1)[:, None, :]  # [months, 1, B]
-    is_cryo = (alt.detach() > 0) & (alt.detach() <= MAX_ALT_CRYOTURBATION_M)
-    is_bio = alt.detach() > MAX_ALT_CRYOTURBATION_M
-    shape_cryo = _cryoturbation_shape(z, alt, cryoturbation_taper_end_m(forcing.nbedrock, like)[None, None, :])
-    i = torch.arange(grid.N_LAYERS, device=like.device)[:, None]  # [20, 1]
-    nb = forcing.nbedrock[None, None, :]  # [1, 1, B]
-    open_ = (i <= nb) if bedrock_rule == "binn" else (i < nb)
-    shape = torch.where(is_cryo & open_, shape_cryo, torch.where(is_bio & open_, torch.ones_like(shape_cryo), torch.zeros_like(shape_cryo)))
-    is_open = shape.detach() > 0  # [months, 20, B]
+    site, month = torch.nonzero(is_cryo, as_tuple=True)
+    for start in range(0, site.numel(), n_sites):  # cryoturbation months in blocks of B pairs
+        s, m = site[start:start + n_sites], month[start:start + n_sites]
+        shape = _cryoturbation_shape(z, alt_m[s, m][None, :], taper_end[s][None, :])  # [20, P]
+        g_cryo, fixed_cryo = consts.conductances(torch.where(open_below(nb[s]), shape, torch.zeros_like(shape)))
+        sums[1] = sums[1].index_add(1, s, g_cryo)
+        sums[2] = sums[2].index_add(1, s, fixed_cryo)
 
-    dz_node = grid.grid_tensor("DZ_NODE_M", like)[1:20, None]
-    node = torch.as_tensor(grid.NODE_ALL_M[1:20], dtype=like.dtype, device=like.device)[:, None]
-    z_int = torch.as_tensor(grid.INTERFACE_BOTTOM_ALL_M[0:19], dtype=like.dtype, device=like.device)[:, None]
-    w = (node - z_int) / dz_node  # [19, 1]
-    both = is_open[:, :19] & is_open[:, 1:]
-    safe = torch.where(is_open, shape, torch.ones_like(shape))
-    g_shape = 1.0 / (((1.0 - w) / safe[:, :19] + w / safe[:, 1:]) * dz_node) / DAYS_PER_YEAR
-    g_shape = torch.where(both, g_shape, torch.zeros_like(g_shape))
-    tiny_d = TINY / DAYS_PER_YEAR
-    closed_weight = (1.0 - w) * (~is_open[:, :19]) + w * (~is_open[:, 1:])
-    g_fixed = torch.where(both, torch.zeros_like(g_shape), tiny_d / (torch.where(both, torch.ones_like(w), closed_weight) * dz_node))
-    flux = tiny_d  # floored zero advection
-    patankar = torch.clamp(1.0 - 0.1 * flux / torch.where(both, torch.ones_like(g_fixed), g_fixed), min=0.0) ** 5
-    gp_fixed = torch.where(both, torch.zeros_like(g_fixed), g_fixed * patankar)
-
-    regime_bio = is_bio.to(like.dtype)
-    regime_cryo = is_cryo.to(like.dtype)
+    gp = torch.stack(sums) / n_months  # [3, 19, B]: bio, cryo, floor
+    zero = torch.zeros_like(gp[:, :1])
+    # rows j couple to the layer above with -(gp_{j-1} + F) (the floored advection F enters the
+    # floor part only) and to the layer below with -gp_j; the diagonal is minus their sum
+    floored = torch.tensor([0.0, 0.0, consts.tiny_d], dtype=dt, device=dev)[:, None, None]
+    above = torch.cat([zero, gp + floored], 1)  # [3, 20, B]
+    under = torch.cat([gp, zero], 1)
+    if bedrock_rule == "binn":
+        below = (i >= nb) & (i < grid.N_LAYERS - 1)
+        under = torch.where(below, torch.cat([zero, gp], 1), under)
     dz = grid.grid_tensor("DZ_M", like)[:, None]
-    parts = []
-    for gp, extra in ((g_shape * regime_bio, 0.0), (g_shape * regime_cryo, 0.0), (gp_fixed, flux)):
-        zero = torch.zeros_like(gp[:, :1])
-        a = -torch.cat([zero, gp + extra], 1)  # coupling to the layer above (row j), [months, 20, B]
-        c = -torch.cat([gp, zero], 1)  # coupling to the layer below
-        if bedrock_rule == "binn":
-            below = (i >= nb) & (i < grid.N_LAYERS - 1)
-            c = torch.where(below, -torch.cat([zero, gp], 1), c)
-        parts.append(torch.stack([a / dz, -(a + c) / dz, c / dz], 0).mean(1))  # [3, 20, B]
-    return torch.stack(parts, 0)  # [3, 3, 20, B]
+    return torch.stack([above / -dz, (above + under) / dz, under / -dz], 1)  # [3, 3, 20, B]
+
+
+class _ConductanceConstants:
+    """Grid constants of the interface conductances of one month (:func:`_transport_basis`)."""
+
+    def __init__(self, like: torch.Tensor):
+        dt, dev = like.dtype, like.device
+        dz_node = grid.grid_tensor("DZ_NODE_M", like)[1:20, None]
+        node = torch.as_tensor(grid.NODE_ALL_M[1:20], dtype=dt, device=dev)[:, None]
+        z_int = torch.as_tensor(grid.INTERFACE_BOTTOM_ALL_M[0:19], dtype=dt, device=dev)[:, None]
+        w = (node - z_int) / dz_node  # [19, 1], share of the node spacing lying in layer j+1
+        # open interfaces: harmonic mean of D·shape over the two half-spacings, per day
+        self.resist_top, self.resist_bot = (1.0 - w) * dz_node * DAYS_PER_YEAR, w * dz_node * DAYS_PER_YEAR
+        # interfaces touching a closed layer: D floored at TINY on the closed side(s), with the
+        # Patankar factor of the floored advection; θ-independent, one value per closed pattern
+        self.tiny_d = TINY / DAYS_PER_YEAR
+
+        def fixed(closed_weight: torch.Tensor) -> torch.Tensor:
+            g = self.tiny_d / (closed_weight * dz_node)
+            return g * torch.clamp(1.0 - 0.1 * self.tiny_d / g, min=0.0) ** 5
+
+        self.fixed_top, self.fixed_bot, self.fixed_both = fixed(1.0 - w), fixed(w), fixed((1.0 - w) + w)
+
+    def conductances(self, shape: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conductance of the open interfaces per unit D (from the diffusivity shape [20, N],
+        0 where a layer is closed) and the fixed floor conductance of the others, each [19, N] (d-1)."""
+        is_open = shape.detach() > 0
+        both = is_open[:19] & is_open[1:]
+        safe = torch.where(is_open, shape, torch.ones_like(shape))
+        g_shape = 1.0 / (self.resist_top / safe[:19] + self.resist_bot / safe[1:])
+        g_shape = torch.where(both, g_shape, torch.zeros_like(g_shape))
+        closed_top, closed_bot = ~is_open[:19], ~is_open[1:]
+        zero = torch.zeros_like(self.fixed_bot)
+        g_fixed = torch.where(closed_top & closed_bot, self.fixed_both,
+                              torch.where(closed_top, self.fixed_top, torch.where(closed_bot, self.fixed_bot, zero)))
+        return g_shape, g_fixed
 
 
 def _sites_last(t: torch.Tensor) -> torch.Tensor:
@@ -380,22 +424,76 @@ def _needs_grad(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-def _environment_means_nograd(log_q10: torch.Tensor, w_scaling: torch.Tensor, prepared: PreparedForcing) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`environment_means` without autograd, in place: the [12, 20, B] fields make it
-    memory-bound, and reusing one temporary instead of six cuts it by ~25 % (16k sites).
-    Chunking over sites to stay in cache measured no faster."""
-    tw = torch.mul(prepared.temp_exponent, log_q10).exp_()
-    tw.mul_(torch.mul(prepared.water, w_scaling).clamp_(max=1.0))
-    env = (tw * prepared.oxygen).mean(0)
-    return env, tw.mul_(prepared.oxygen_nitrogen).mean(0)
+#: Up to this many values per [12, 20, B] field (B ≤ ~270 sites, a training mini-batch) the means
+#: are taken over all months at once: a few whole-year ops cost less than 12 months of per-op overhead.
+_WHOLE_YEAR_ELEMENTS = 2**16
 
 
-def environment_means(theta: torch.Tensor, prepared: PreparedForcing) -> tuple[torch.Tensor, torch.Tensor]:
+class _EnvironmentMeans(torch.autograd.Function):
+    """Monthly means of ξ^T ξ^W ξ^O and ξ^T ξ^W ξ^O ξ^N, differentiable in log Q10 and w_scaling
+    only (the forcing fields are constants here).
+
+    One month at a time on [20, B] slices, in place, instead of [12, 20, B] temporaries (the
+    fields make this memory-bound); small batches in whole-year ops (``_WHOLE_YEAR_ELEMENTS``).
+    When a gradient is wanted the forward keeps each month's
+    ξ^T ξ^W (it computes it anyway), and the backward needs no exponential: ∂/∂log Q10 = T_exp ξ^T ξ^W
+    and ∂/∂w_scaling = ξ^T ξ^W / w_scaling where w_scaling·W ≤ 1 (0 where clipped, docs/model.md P6;
+    w_scaling = 0 would make ξ^W = 0, no decay and no steady state). The indicator is written as
+    0/1 floats: a masked ``where`` costs ~5× a multiply here.
+    """
+
+    @staticmethod
+    def forward(ctx, log_q10, w_scaling, temp_exponent, water, oxygen, oxygen_nitrogen):  # type: ignore[override]
+        n = temp_exponent.shape[0]
+        env, env_n = torch.zeros_like(temp_exponent[0]), torch.zeros_like(temp_exponent[0])
+        w = torch.empty_like(env)
+        keep = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        if temp_exponent.numel() <= _WHOLE_YEAR_ELEMENTS:  # small batch: few ops over all months
+            tw_all = torch.mul(temp_exponent, log_q10).exp_().mul_(torch.mul(water, w_scaling).clamp_(max=1.0))
+            env.copy_((tw_all * oxygen).sum(0))
+            env_n.copy_((tw_all * oxygen_nitrogen).sum(0))
+            if keep:
+                ctx.save_for_backward(w_scaling, tw_all, temp_exponent, water, oxygen, oxygen_nitrogen)
+            return env.div_(n), env_n.div_(n)
+        tw_all = torch.empty_like(temp_exponent) if keep else torch.empty_like(temp_exponent[:1])
+        for m in range(n):
+            tw = tw_all[m if keep else 0]
+            torch.mul(temp_exponent[m], log_q10, out=tw).exp_()
+            tw.mul_(torch.mul(water[m], w_scaling, out=w).clamp_(max=1.0))
+            env.addcmul_(tw, oxygen[m])
+            env_n.addcmul_(tw, oxygen_nitrogen[m])
+        if keep:
+            ctx.save_for_backward(w_scaling, tw_all, temp_exponent, water, oxygen, oxygen_nitrogen)
+        return env.div_(n), env_n.div_(n)
+
+    @staticmethod
+    def backward(ctx, g_env, g_env_n):  # type: ignore[override]
+        w_scaling, tw_all, temp_exponent, water, oxygen, oxygen_nitrogen = ctx.saved_tensors
+        n = temp_exponent.shape[0]
+        g_env = torch.zeros_like(oxygen[0]) if g_env is None else g_env / n
+        g_env_n = torch.zeros_like(oxygen[0]) if g_env_n is None else g_env_n / n
+        if temp_exponent.numel() <= _WHOLE_YEAR_ELEMENTS:
+            h = (oxygen * g_env).addcmul_(oxygen_nitrogen, g_env_n).mul_(tw_all)
+            unclipped = torch.le(torch.mul(water, w_scaling), 1.0).to(h.dtype)
+            return (h * temp_exponent).sum((0, 1)), (h.mul_(unclipped)).sum((0, 1)).div_(w_scaling), None, None, None, None
+        acc_q, acc_w = torch.zeros_like(g_env), torch.zeros_like(g_env)
+        h, x = torch.empty_like(g_env), torch.empty_like(g_env)
+        for m in range(n):
+            torch.mul(g_env, oxygen[m], out=h).addcmul_(g_env_n, oxygen_nitrogen[m]).mul_(tw_all[m])  # ∂L/∂(ξ^T ξ^W) ξ^T ξ^W
+            acc_q.addcmul_(h, temp_exponent[m])
+            acc_w.addcmul_(h, torch.le(torch.mul(water[m], w_scaling, out=x), 1.0, out=x))
+        return acc_q.sum(0), acc_w.sum(0).div_(w_scaling), None, None, None, None
+
+
+def environment_means(theta: Theta, prepared: PreparedForcing) -> tuple[torch.Tensor, torch.Tensor]:
     """Monthly means of ξ^T ξ^W ξ^O and ξ^T ξ^W ξ^O ξ^N per layer, each [20, B]."""
     log_q10 = torch.log(_col(theta, "q10"))
-    if not _needs_grad(theta, prepared.temp_exponent, prepared.water, prepared.oxygen, prepared.oxygen_nitrogen):
-        return _environment_means_nograd(log_q10, _col(theta, "w_scaling").contiguous(), prepared)
-    tw = torch.exp(log_q10 * prepared.temp_exponent) * torch.clamp(_col(theta, "w_scaling") * prepared.water, max=1.0)
+    w_scaling = _col(theta, "w_scaling")
+    fields = (prepared.temp_exponent, prepared.water, prepared.oxygen, prepared.oxygen_nitrogen)
+    if not _needs_grad(*fields):
+        return _EnvironmentMeans.apply(log_q10, w_scaling.contiguous(), *fields)
+    # differentiable in the forcing too (e.g. its gradient check): plain autograd
+    tw = torch.exp(log_q10 * prepared.temp_exponent) * torch.clamp(w_scaling * prepared.water, max=1.0)
     return (tw * prepared.oxygen).mean(0), (tw * prepared.oxygen_nitrogen).mean(0)
 
 
@@ -419,11 +517,12 @@ def build_operators(theta: torch.Tensor, prepared: PreparedForcing, o_scalar: to
     """
     if theta.shape[0] != prepared.batch_size:
         raise ValueError(f"theta has {theta.shape[0]} sites but the prepared forcing has {prepared.batch_size}")
+    like, theta = theta, _columns(theta)
     env, env_n = environment_means(theta, prepared)
     if o_scalar is not None:
         o = o_scalar.to(env.dtype).movedim(0, -1)  # [20, B], sites innermost like env
         env, env_n = env * o, env_n * o
-    node = grid.grid_tensor("NODE_M", theta)[:, None]
+    node = grid.grid_tensor("NODE_M", like)[:, None]
     xi_depth = torch.exp(-node / _col(theta, "efolding"))  # [20, B]
     tau_yr = torch.stack([_col(theta, n) for n in POOL_TAU])  # [7, B]
     base = 1.0 / (DAYS_PER_YEAR * tau_yr)
@@ -434,8 +533,8 @@ def build_operators(theta: torch.Tensor, prepared: PreparedForcing, o_scalar: to
          base[4] * env_depth, base[5] * env_depth, base[6] * env_depth]
     )
     basis = prepared.transport_basis
-    transport = _col(theta, "diffus") * basis[0] + _col(theta, "cryo") * basis[1] + basis[2]
+    transport = torch.addcmul(torch.addcmul(basis[2], basis[0], _col(theta, "diffus")), basis[1], _col(theta, "cryo"))
     phi = input_profile(_col(theta, "beta"), prepared.thawed)
-    dz = grid.grid_tensor("DZ_M", theta)[:, None]
+    dz = grid.grid_tensor("DZ_M", like)[:, None]
     source = prepared.inputs_g_m2_day[:, None, :] * (phi / dz)[None]
     return Operators(decay, transfer_fractions(theta), transport, source, phi)

@@ -6,9 +6,10 @@ Two paths over the same :class:`~socmap.clm5.operators.Operators`:
   decay flux equals its input; the three litter pools are 20-layer tridiagonal systems (one
   batched Thomas sweep); the three SOM pools form a block-tridiagonal system with 3×3 blocks
   whose off-diagonal blocks are scalar multiples of the identity (block Thomas, blocks inverted
-  explicitly). Pieces are stored layer × site with **sites innermost**; gradients come from
-  an adjoint solve (one transposed sweep, :class:`_AdjointSteadyState`; ``adjoint=False``
-  differentiates through the 20-step sweeps instead).
+  explicitly). Pieces are stored layer × site with **sites innermost**. The eliminations are
+  kept (:class:`ShiftedFactorization`): gradients come from an adjoint solve with the forward's
+  factors (one transposed substitution, :class:`_AdjointSteadyState`; ``adjoint=False``
+  differentiates through the 20-step sweeps instead), and transients reuse them per step.
 * ``"dense"`` (the reference, as BINN): assemble A, K̄ and V̄ as 140×140 matrices per site and
   call a batched ``torch.linalg.solve``.
 
@@ -80,8 +81,9 @@ def _index(name: str, values: list[int], device: torch.device) -> torch.Tensor:
 def _inv3(m: torch.Tensor) -> torch.Tensor:
     """Inverse of 3×3 matrices stored row-major as [9, B], by the adjugate.
 
-    All nine cofactors come from two gathers and one product over [18, B] (a handful of large
-    ops instead of ~35 small ones: the sweeps are bound by per-op overhead, docs/model.md §2.3).
+    All nine cofactors come from two gathers and one product over [18, B]: a handful of large ops
+    instead of ~35 small ones, the better choice where per-op overhead dominates (small batches,
+    and the autograd sweeps; :func:`_inv3_into` takes over on large ones, docs/model.md §3.2).
     Explicit cofactors beat ``torch.linalg.inv`` on [B, 3, 3] by 2–3× here (sites innermost).
     """
     prod = m.index_select(0, _index("P", _ADJ_P, m.device)) * m.index_select(0, _index("Q", _ADJ_Q, m.device))
@@ -116,7 +118,10 @@ def _block_thomas(lower: list[torch.Tensor], diag: list[torch.Tensor], upper: li
 
 
 _EDGE_NAMES = [name for _, _, name in TRANSFER_EDGES]
-_SOM_TRANSPOSE = [0, 3, 6, 1, 4, 7, 2, 5, 8]
+#: Transfers among the SOM pools as (receiver, donor, name), pools counted from S1 = 0.
+_SOM_EDGES = [(recv - 4, donor - 4, name) for recv, donor, name in TRANSFER_EDGES if recv >= 4 and donor >= 4]
+#: Row-major entries of a SOM block that no transfer fills (S2 receives nothing from S3).
+_SOM_ZERO = [i for i in range(9) if i % 4 and (i // 3, i % 3) not in {(r, d) for r, d, _ in _SOM_EDGES}]
 
 
 def _som_blocks(k: torch.Tensor, vdiag: torch.Tensor, f: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -150,51 +155,51 @@ def _sweeps(k: torch.Tensor, transport: torch.Tensor, src: torch.Tensor, f: dict
     return torch.cat([x_cwd[None], x_lit, x_som], 0)
 
 
-def _adjoint_sweeps(k: torch.Tensor, transport: torch.Tensor, f: dict[str, torch.Tensor], g: torch.Tensor) -> torch.Tensor:
-    """Solve the transposed system (V̄ - A K̄)^T λ = g with the same sweeps, in reverse pool order."""
-    lower, vdiag, upper = transport.unbind(0)
-    zero = torch.zeros_like(lower[:1])
-    lower_t = torch.cat([zero, upper[:-1]]).unbind(0)  # (V^T)[j, j-1] = V[j-1, j]
-    upper_t = torch.cat([lower[1:], zero]).unbind(0)  # (V^T)[j, j+1] = V[j+1, j]
-    block_t = _som_blocks(k, vdiag, f)[:, _SOM_TRANSPOSE]
-    lam_som = torch.stack(_block_thomas(lower_t, block_t.unbind(0), upper_t, g[4:7].transpose(0, 1).unbind(0)), 1)
-    litter_rhs = torch.stack(
-        [g[1] + f["fl1s1"] * k[1] * lam_som[0], g[2] + f["fl2s1"] * k[2] * lam_som[0], g[3] + f["fl3s2"] * k[3] * lam_som[1]], 1
-    )
-    litter_diag = (k[1:4] + vdiag).transpose(0, 1).contiguous()
-    lam_lit = torch.stack(_thomas(lower_t, litter_diag.unbind(0), upper_t, litter_rhs.unbind(0)), 1)
-    lam_cwd = g[0] / k[0] + f["fcwdl2"] * lam_lit[1] + f["1-fcwdl2"] * lam_lit[2]
-    return torch.cat([lam_cwd[None], lam_lit, lam_som], 0)
-
-
 class _AdjointSteadyState(torch.autograd.Function):
-    """X = M^-1 I with M = V̄ - A K̄; the backward pass is one transposed solve (λ = M^-T g)
-    plus outer products over M's sparsity, instead of autograd through ~2000 sweep operations."""
+    """X = M^-1 I with M = V̄ - A K̄, by the sweeps of :class:`ShiftedFactorization` (s = 0); the
+    backward pass is one transposed solve λ = M^-T g with the forward's factorization (no second
+    elimination) plus outer products over M's sparsity, instead of autograd through the sweeps."""
 
     @staticmethod
     def forward(ctx, k, transport, src, fractions):  # type: ignore[override]
         f = dict(zip(_EDGE_NAMES, fractions.unbind(0)))
-        x = _sweeps(k, transport, src, f)
-        ctx.save_for_backward(x, k, transport, fractions)
+        rhs = torch.cat([src, torch.zeros_like(k[4:])])  # no input to the SOM pools
+        fac = ShiftedFactorization(k, transport, f, rhs=rhs, overwrite_rhs=True)
+        # ctx must not hold the output outside save_for_backward: x -> grad_fn -> ctx -> fac -> x
+        # would be a cycle, freed only when Python's cyclic GC runs (rarely in a loop of large
+        # solves: memory grew by ~110 MB and ~25k page faults per 16k-site call)
+        x, fac.solution = fac.solution, None
+        if any(ctx.needs_input_grad):
+            ctx.fac = fac
+            ctx.save_for_backward(x)
         return x
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
-        x, k, transport, fractions = ctx.saved_tensors
-        f = dict(zip(_EDGE_NAMES, fractions.unbind(0)))
-        lam = _adjoint_sweeps(k, transport, f, g.contiguous())
-        # dL/dM = -λ xᵀ on M's pattern
-        recv = torch.zeros_like(lam)
-        for e, (r, d, _) in enumerate(TRANSFER_EDGES):
-            recv[d] += fractions[e] * lam[r]
-        grad_k = x * (recv - lam)
-        lx = lam[1:] * x[1:]
-        zero = torch.zeros_like(x[1:, :1])
-        grad_lower = -(lam[1:] * torch.cat([zero, x[1:, :-1]], 1)).sum(0)
-        grad_upper = -(lam[1:] * torch.cat([x[1:, 1:], zero], 1)).sum(0)
-        grad_transport = torch.stack([grad_lower, -lx.sum(0), grad_upper])
+        (x,) = ctx.saved_tensors
+        fac = ctx.fac
+        k, fractions = fac.k, fac.f
+        lam = fac._solve_transposed(g.contiguous())
+        # dL/dM = -λ xᵀ on M's pattern; dL/dk_d = x_d (Σ_r A_rd λ_r - λ_d) (every pool is a donor)
+        grad_k = torch.empty_like(lam)
+        first = set()
+        for r, d, name in TRANSFER_EDGES:
+            if d in first:
+                grad_k[d].addcmul_(lam[r], fractions[name])
+            else:
+                torch.mul(lam[r], fractions[name], out=grad_k[d])
+                first.add(d)
+        grad_k.sub_(lam).mul_(x)
+        # V̄ acts on pools 1–6: dL/dV[j, j-1] = -Σ_p λ_p[j] x_p[j-1], and likewise the diagonal and upper band
+        grad_transport = torch.zeros_like(k[:3])
+        for band, (rows, cols) in enumerate(((slice(1, None), slice(0, -1)), (slice(None), slice(None)), (slice(0, -1), slice(1, None)))):
+            acc = grad_transport[band, rows]
+            torch.mul(lam[1, rows], x[1, cols], out=acc)
+            for p in range(2, grid.N_POOLS):
+                acc.addcmul_(lam[p, rows], x[p, cols])
+        grad_transport.neg_()
         grad_src = lam[:4]
-        grad_f = torch.stack([(lam[r] * k[d] * x[d]).sum(0) for r, d, _ in TRANSFER_EDGES])
+        grad_f = torch.stack([torch.linalg.vecdot(lam[r], k[d] * x[d], dim=0) for r, d, _ in TRANSFER_EDGES])
         return grad_k, grad_transport, grad_src, grad_f
 
 
@@ -392,65 +397,238 @@ def solve_shifted(ops: Operators, shift_per_day: torch.Tensor | float, rhs: torc
     return _shifted_sweeps(ops.decay_per_day, ops.transport, rhs, ops.fractions, shift)
 
 
-class ShiftedFactorization:
-    """The sweeps' elimination of (s 𝟙 + V̄ - A K̄), kept so that many right-hand sides cost only the
-    substitutions (a transient with unchanging forcing: one factorization, one cheap solve per step).
+#: From this many sites on, 3×3 inverses are formed entry by entry on [B] slices (they stay in
+#: cache: ~3× faster at 16k sites); below it the few large ops of :func:`_inv3` cost less per-op
+#: overhead (a training mini-batch).
+EXPLICIT_INVERSE_MIN_SITES = 1024
 
-    Built by :func:`factor_shifted`; :meth:`solve` equals :func:`solve_shifted` to rounding.
+
+def _inv3_into(m: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out`` [9, B] = inverse of the row-major 3×3 matrices ``m`` [9, B] (no autograd)."""
+    if m.shape[1] < EXPLICIT_INVERSE_MIN_SITES:
+        return out.copy_(_inv3(m))
+    a, b, c, d, e, f, g, h, i = m.unbind(0)
+    for row, (p, q, r, s) in enumerate(((e, i, f, h), (c, h, b, i), (b, f, c, e), (f, g, d, i), (a, i, c, g),
+                                        (c, d, a, f), (d, h, e, g), (b, g, a, h), (a, e, b, d))):
+        torch.mul(p, q, out=out[row]).addcmul_(r, s, value=-1.0)  # adjugate entry p·q - r·s
+    det = (a * out[0]).addcmul_(b, out[3]).addcmul_(c, out[6])
+    return out.div_(det)
+
+
+def _matvec3_into(m: torch.Tensor, v: torch.Tensor, out: torch.Tensor, transposed: bool = False) -> torch.Tensor:
+    """``out`` [3, B] = m v (or mᵀ v) for row-major 3×3 ``m`` [9, B] and ``v`` [3, B] (no autograd):
+    on large batches three multiply-adds of [3, B] columns (or rows), ~2× faster than a [9, B]
+    product and a reduction, which small batches keep (fewer ops)."""
+    m3 = m.view(3, 3, -1)
+    if m.shape[1] < EXPLICIT_INVERSE_MIN_SITES:
+        return torch.sum(m3 * (v[:, None] if transposed else v[None]), 0 if transposed else 1, out=out)
+    cols = m3.unbind(0) if transposed else m3.unbind(1)
+    torch.mul(cols[0], v[0], out=out)
+    return out.addcmul_(cols[1], v[1]).addcmul_(cols[2], v[2])
+
+
+class ShiftedFactorization:
+    """The sweeps' elimination of M_s = s 𝟙 + V̄ - A K̄, kept so that right-hand sides cost only the
+    substitutions: :meth:`solve` (M_s X = b; a transient with unchanging forcing) and
+    :meth:`solve_transposed` (M_sᵀ λ = g; the adjoint of the steady state, docs/model.md §3.3).
+
+    Litter: one Thomas LU per pool, M = L U with L lower bidiagonal (pivots ``d_j``) and U unit upper
+    (``c_j``), so Mᵀ = Uᵀ Lᵀ reuses them. SOM: block LU with the Schur blocks S_j, whose inverses
+    are kept; Mᵀ = Uᵀ Lᵀ needs S_j⁻ᵀ only, i.e. the same inverses read transposed. Values only (no
+    autograd; computed under ``no_grad``). Built by :func:`factor_shifted`; :meth:`solve` equals
+    :func:`solve_shifted` to rounding.
+
+    Every layer step works in place on [3, B] (or [9, B]) slices, sites innermost; the Schur block of
+    a layer is formed in a scratch [9, B] and never stored. Given ``rhs``, the first solve runs inside
+    the elimination (each inverse is used while it is still in cache) and is kept as ``solution``.
+
+    Parameters
+    ----------
+    k : Tensor [7, 20, B]
+        Decay rates (d-1).
+    transport : Tensor [3, 20, B]
+        V̄_b's lower, diagonal and upper bands (d-1).
+    f : dict name -> Tensor [B]
+        Transfer fractions (A's off-diagonals, incl. ``1-fcwdl2``).
+    shift_per_day : float or Tensor [B]
+        Diagonal shift s (d-1), ≥ 0.
+    rhs : Tensor [7, 20, B], optional
+        A right-hand side solved during the factorization (``solution``); None: factor only.
+    overwrite_rhs : bool
+        Solve ``rhs`` in place (it becomes ``solution``) instead of on a copy.
     """
 
-    def __init__(self, ops: Operators, shift_per_day: torch.Tensor | float):
-        k, transport, f = ops.decay_per_day, ops.transport, ops.fractions
+    def __init__(self, k: torch.Tensor, transport: torch.Tensor, f: dict[str, torch.Tensor],
+                 shift_per_day: torch.Tensor | float = 0.0, rhs: torch.Tensor | None = None, overwrite_rhs: bool = False):
+        self.batch_size = int(k.shape[-1])
+        if rhs is not None:
+            self._check(rhs)
+            rhs = rhs.detach() if overwrite_rhs else rhs.detach().clone()
+        with torch.no_grad():
+            self.solution = self._factor(k.detach(), transport.detach(), {n: v.detach() for n, v in f.items()},
+                                         shift_per_day, rhs)
+
+    def _factor(self, k: torch.Tensor, transport: torch.Tensor, f: dict[str, torch.Tensor], shift_per_day,
+                rhs: torch.Tensor | None) -> torch.Tensor | None:
         shift = torch.as_tensor(shift_per_day, dtype=k.dtype, device=k.device)
         lower, vdiag, upper = transport.unbind(0)
-        vdiag_s = vdiag + shift
-        self.batch_size = ops.batch_size
+        vdiag_s = vdiag + shift  # [20, B]
         self.k, self.f = k, f
         self.cwd_diag = k[0] + shift
+        # the share of CWD's inflow that leaves it by decay, k/(k + s): exactly 1 when s = 0, so
+        # that the steady state's litter input (and its gradient) is independent of τ_CWD exactly
+        self.cwd_decayed = k[0] / self.cwd_diag
         self.lower, self.upper = lower.unbind(0), upper.unbind(0)
-        # litter (3 tridiagonal systems at once): c'_j and 1/denominator_j of the Thomas sweep
-        diag = (k[1:4] + vdiag_s).transpose(0, 1).unbind(0)  # 20 × [3, B]
-        self.lit_cp, self.lit_rden = [], []
-        rden = 1.0 / diag[0]
+        out = None if rhs is None else self._cwd_and_litter_rhs(rhs)  # solved in place
+        # litter (3 tridiagonal systems at once): 1/d_j and c_j of the Thomas LU, [20, 3, B]
+        b = k.shape[-1]
+        self.lit_rden = rden = torch.empty((NL, 3, b), dtype=k.dtype, device=k.device)
+        self.lit_cp = cp = torch.empty_like(rden)
+        # per-layer views taken once (each indexing is a Python-level call; small batches are
+        # bound by those): layer j of the pivots, multipliers, solution pools, rates
+        self._rden, self._cp, vds, k_lit = rden.unbind(0), cp.unbind(0), vdiag_s.unbind(0), k[1:4].unbind(1)
+        lit = None if out is None else out[1:4].unbind(1)
         for j in range(NL):
+            torch.add(k_lit[j], vds[j], out=self._rden[j])
             if j:
-                rden = 1.0 / (diag[j] - self.lower[j] * self.lit_cp[-1])
-            self.lit_rden.append(rden)
-            self.lit_cp.append(self.upper[j] * rden)
-        # SOM (3×3 blocks): the inverted Schur blocks S_j^-1 of the block sweep
-        block = _som_blocks(k, vdiag_s, f).unbind(0)
-        self.som_inv = [_inv3(block[0])]
-        for j in range(1, NL):
-            self.som_inv.append(_inv3(block[j] - (self.lower[j] * self.upper[j - 1]) * self.som_inv[-1]))
+                self._rden[j].addcmul_(self._cp[j - 1], self.lower[j], value=-1.0)
+            self._rden[j].reciprocal_()
+            torch.mul(self._rden[j], self.upper[j], out=self._cp[j])
+            if lit is not None:
+                self._litter_forward(lit, j)
+        if out is not None:
+            self._litter_back(lit)
+            self._som_rhs(out)
+        # SOM (3×3 blocks): the inverted Schur blocks S_j^-1 = (D_j - l_j u_{j-1} S_{j-1}^-1)^-1, [20, 9, B]
+        self.som_inv = torch.empty((NL, 9, b), dtype=k.dtype, device=k.device)
+        self._inv = inv = self.som_inv.unbind(0)
+        neg_lu = (lower[1:] * upper[:-1]).neg_().unbind(0)  # 19 × [B]
+        som = None if out is None else out[4:7].unbind(1)
+        schur, t = torch.empty_like(inv[0]), torch.empty_like(inv[0][:3])
+        ks = k[4:7]
+        neg_f = {name: -f[name] for _, _, name in _SOM_EDGES}
+        # small batches: all D_j at once (few ops); large ones: each D_j in the scratch (stays in cache)
+        blocks = _som_blocks(k, vdiag_s, f).unbind(0) if b < EXPLICIT_INVERSE_MIN_SITES else None
+        for j in range(NL):
+            # D_j = diag(K_s) + V_jj 𝟙 - F K_s (docs/model.md §3.2), then S_j = D_j - l_j u_{j-1} S_{j-1}^-1
+            # (formed in this order: S_j is often much smaller than its two terms)
+            if blocks is not None:
+                if j:
+                    torch.addcmul(blocks[j], inv[j - 1], neg_lu[j - 1], out=schur)
+                else:
+                    schur.copy_(blocks[0])
+            else:
+                for i in _SOM_ZERO:
+                    schur[i].zero_()
+                torch.add(ks[:, j], vds[j], out=schur[0::4])
+                for recv, donor, name in _SOM_EDGES:
+                    torch.mul(ks[donor, j], neg_f[name], out=schur[3 * recv + donor])
+                if j:
+                    schur.addcmul_(inv[j - 1], neg_lu[j - 1])
+            _inv3_into(schur, inv[j])
+            if som is not None:
+                self._som_forward(som, j, t)
+        if som is not None:
+            self._som_back(som, t)
+        return out
 
-    def solve(self, rhs: torch.Tensor) -> torch.Tensor:
-        """X for a right-hand side ``rhs`` [7, 20, B] (gC m-3 d-1); pools [7, 20, B]."""
+    # -- the substitution steps, in place on the pools' layer slices ([3, B], sites innermost)
+
+    def _cwd_and_litter_rhs(self, out: torch.Tensor) -> torch.Tensor:
+        """``out`` (a right-hand side, overwritten) with CWD solved and its fragmentation flux added to L2 and L3."""
+        f = self.f
+        cwd_out = out[0] * self.cwd_decayed  # CWD fragmentation flux k X_cwd, gC m-3 d-1
+        out[0].div_(self.cwd_diag)
+        out[2].addcmul_(cwd_out, f["fcwdl2"])
+        out[3].addcmul_(cwd_out, f["1-fcwdl2"])
+        return out
+
+    def _litter_forward(self, lit: tuple[torch.Tensor, ...], j: int) -> None:
+        """y_j = (b_j - l_j y_{j-1}) / d_j on the litter pools' layer views ``lit`` (20 × [3, B])."""
+        if j:
+            lit[j].addcmul_(lit[j - 1], self.lower[j], value=-1.0)
+        lit[j].mul_(self._rden[j])
+
+    def _litter_back(self, lit: tuple[torch.Tensor, ...]) -> None:
+        """x_j = y_j - c_j x_{j+1}."""
+        for j in range(NL - 2, -1, -1):
+            lit[j].addcmul_(self._cp[j], lit[j + 1], value=-1.0)
+
+    def _som_rhs(self, out: torch.Tensor) -> None:
+        """Add the litter decomposition fluxes (solved litter in ``out[1:4]``) to the SOM right-hand side."""
+        k, f = self.k, self.f
+        out[4].addcmul_(k[1] * out[1], f["fl1s1"]).addcmul_(k[2] * out[2], f["fl2s1"])
+        out[5].addcmul_(k[3] * out[3], f["fl3s2"])
+
+    def _som_forward(self, som: tuple[torch.Tensor, ...], j: int, t: torch.Tensor) -> None:
+        """y_j = S_j^-1 (b_j - l_j y_{j-1}) on the SOM pools' layer views ``som`` (20 × [3, B])."""
+        if j:
+            torch.addcmul(som[j], som[j - 1], self.lower[j], value=-1.0, out=t)
+        else:
+            t.copy_(som[0])
+        _matvec3_into(self._inv[j], t, som[j])
+
+    def _som_back(self, som: tuple[torch.Tensor, ...], t: torch.Tensor) -> None:
+        """x_j = y_j - u_j S_j^-1 x_{j+1}."""
+        for j in range(NL - 2, -1, -1):
+            som[j].addcmul_(_matvec3_into(self._inv[j], som[j + 1], t), self.upper[j], value=-1.0)
+
+    def _check(self, rhs: torch.Tensor) -> None:
         if tuple(rhs.shape) != (grid.N_POOLS, NL, self.batch_size):
             raise ValueError(f"rhs must have shape [7, 20, {self.batch_size}]; got {tuple(rhs.shape)}")
-        k, f = self.k, self.f
-        x_cwd = rhs[0] / self.cwd_diag
-        cwd_out = k[0] * x_cwd
-        lit_rhs = torch.stack([rhs[1], rhs[2] + f["fcwdl2"] * cwd_out, rhs[3] + f["1-fcwdl2"] * cwd_out], 1).unbind(0)
-        dps = [lit_rhs[0] * self.lit_rden[0]]
-        for j in range(1, NL):
-            dps.append((lit_rhs[j] - self.lower[j] * dps[-1]) * self.lit_rden[j])
-        xs = [dps[-1]]
+
+    def solve(self, rhs: torch.Tensor) -> torch.Tensor:
+        """X for a right-hand side ``rhs`` [7, 20, B] (gC m-3 d-1); pools [7, 20, B] (no autograd)."""
+        self._check(rhs)
+        with torch.no_grad():
+            out = self._cwd_and_litter_rhs(rhs.detach().clone())
+            lit, som = out[1:4].unbind(1), out[4:7].unbind(1)
+            for j in range(NL):
+                self._litter_forward(lit, j)
+            self._litter_back(lit)
+            self._som_rhs(out)
+            t = torch.empty_like(out[0, :3])
+            for j in range(NL):
+                self._som_forward(som, j, t)
+            self._som_back(som, t)
+            return out
+
+    def solve_transposed(self, g: torch.Tensor) -> torch.Tensor:
+        """λ with M_sᵀ λ = ``g`` [7, 20, B]; [7, 20, B] (no autograd). Pools in reverse order: SOM,
+        litter, CWD (Mᵀ is block upper triangular over the pool groups)."""
+        self._check(g)
+        with torch.no_grad():
+            return self._solve_transposed(g.detach())
+
+    def _solve_transposed(self, g: torch.Tensor) -> torch.Tensor:
+        k, f, out = self.k, self.f, g.clone()
+        # SOM: Uᵀ z = g (z_j = S_j^-T (g_j - u_{j-1} z_{j-1})), then Lᵀ λ = z (λ_j = z_j - l_{j+1} S_j^-T λ_{j+1})
+        t = torch.empty_like(out[0, :3])
+        lam, z = out[4:7], out[4:7].unbind(1)
+        for j in range(NL):
+            if j:
+                torch.addcmul(z[j], z[j - 1], self.upper[j - 1], value=-1.0, out=t)
+            else:
+                t.copy_(z[0])
+            _matvec3_into(self._inv[j], t, z[j], transposed=True)
         for j in range(NL - 2, -1, -1):
-            xs.append(dps[j] - self.lit_cp[j] * xs[-1])
-        x_lit = torch.stack(xs[::-1], 1)
-        decay_flux = k[1:4] * x_lit
-        som_rhs = torch.stack([rhs[4] + f["fl1s1"] * decay_flux[0] + f["fl2s1"] * decay_flux[1],
-                               rhs[5] + f["fl3s2"] * decay_flux[2], rhs[6]], 1).unbind(0)
-        dps = [_matvec3(self.som_inv[0], som_rhs[0])]
+            z[j].addcmul_(_matvec3_into(self._inv[j], z[j + 1], t, transposed=True), self.lower[j + 1], value=-1.0)
+        # litter: g' = g + K Aᵀ λ_SOM; Uᵀ y = g' (y_j = g'_j - c_{j-1} y_{j-1}), then Lᵀ λ = y (λ_j = (y_j - l_{j+1} λ_{j+1}) / d_j)
+        out[1].addcmul_(k[1] * lam[0], f["fl1s1"])
+        out[2].addcmul_(k[2] * lam[0], f["fl2s1"])
+        out[3].addcmul_(k[3] * lam[1], f["fl3s2"])
+        y, yl = out[1:4], out[1:4].unbind(1)
         for j in range(1, NL):
-            dps.append(_matvec3(self.som_inv[j], som_rhs[j] - self.lower[j] * dps[-1]))
-        xs = [dps[-1]]
+            yl[j].addcmul_(self._cp[j - 1], yl[j - 1], value=-1.0)
+        yl[NL - 1].mul_(self._rden[NL - 1])
         for j in range(NL - 2, -1, -1):
-            xs.append(dps[j] - self.upper[j] * _matvec3(self.som_inv[j], xs[-1]))
-        x_som = torch.stack(xs[::-1], 1)
-        return torch.cat([x_cwd[None], x_lit, x_som], 0)
+            yl[j].addcmul_(yl[j + 1], self.lower[j + 1], value=-1.0).mul_(self._rden[j])
+        # CWD: (k_c + s) λ_c = g_c + k_c (f λ_L2 + (1 - f) λ_L3)
+        received = torch.mul(y[1], f["fcwdl2"]).addcmul_(y[2], f["1-fcwdl2"])
+        out[0].div_(self.cwd_diag).addcmul_(received, self.cwd_decayed)
+        return out
 
 
 def factor_shifted(ops: Operators, shift_per_day: torch.Tensor | float) -> ShiftedFactorization:
     """Factor (s 𝟙 + V̄ - A K̄) once for repeated solves (see :class:`ShiftedFactorization`)."""
-    return ShiftedFactorization(ops, shift_per_day)
+    return ShiftedFactorization(ops.decay_per_day, ops.transport, ops.fractions, shift_per_day)
