@@ -34,6 +34,7 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -46,6 +47,9 @@ from socmap.fsutil import atomic_path, write_atomic
 from socmap.provenance import json_default
 from socmap.splits import Fold
 from socmap.train_config import TrainConfig
+
+if TYPE_CHECKING:
+    from socmap.trainer import HybridTrainer
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +97,8 @@ def resolve_fold_workers(config: TrainConfig, n_folds: int, device: torch.device
     """Worker processes for ``n_folds`` folds: ``fold_workers`` if set, else one per usable core
     (:func:`usable_cores` ÷ :func:`fold_threads`) unless :data:`FOLD_WORKERS_ENV` is set, and one on a GPU (the folds would queue on it);
     never more than the folds, never fewer than one."""
+    if config.fold_batching:  # the folds train together in this process (socmap/fold_batch.py)
+        return 1
     if config.fold_workers is not None:
         return max(1, min(config.fold_workers, n_folds))
     env = os.environ.get(FOLD_WORKERS_ENV, "").strip()
@@ -118,25 +124,39 @@ def train_fold(config: TrainConfig, data: SiteData, fold: Fold, directory: Path,
 
     start = time.perf_counter()
     encoder = get_encoder(config.encoder)
-    p = None
     if isinstance(encoder, Baseline):
         sim = encoder.fit_fold(config, data, fold, directory, device, progress)
-        epochs, extra = None, {}
-    else:
-        trainer = HybridTrainer(config, data, fold, directory, device)
-        trainer.fit(progress=progress)
-        sim, p = trainer.predict(fold.test)
-        _save_npy(directory / "test_p.npy", p)
-        epochs = trainer.epoch
-        extra = {"edges_kept": trainer.edges_kept} if trainer.edges_kept is not None else {}
-        if trainer.selection is not None:
-            extra["selection"] = trainer.selection
-        if trainer.model.anoxia is not None:  # the learned wetland anoxia of this fold
-            extra["anoxia"] = trainer.model.anoxia.summary()
+        return _write_result(data, fold, directory, sim, None, {}, start)
+    trainer = HybridTrainer(config, data, fold, directory, device)
+    trainer.fit(progress=progress)
+    return hybrid_fold_result(trainer, start)
+
+
+def hybrid_fold_result(trainer: HybridTrainer, start: float) -> FoldResult:
+    """The result of the fitted ``trainer`` (:class:`socmap.trainer.HybridTrainer`), its test
+    predictions and ``result.json`` written; ``start`` is the ``time.perf_counter()`` the fold's
+    ``seconds`` count from."""
+    fold, directory = trainer.fold, trainer.dir
+    sim, p = trainer.predict(fold.test)
+    _save_npy(directory / "test_p.npy", p)
+    extra: dict = {"epochs": trainer.epoch}
+    if trainer.edges_kept is not None:
+        extra["edges_kept"] = trainer.edges_kept
+    if trainer.selection is not None:
+        extra["selection"] = trainer.selection
+    if trainer.model.anoxia is not None:  # the learned wetland anoxia of this fold
+        extra["anoxia"] = trainer.model.anoxia.summary()
+    return _write_result(trainer.data, fold, directory, sim, p, extra, start)
+
+
+def _write_result(data: SiteData, fold: Fold, directory: Path, sim: np.ndarray, p: np.ndarray | None, extra: dict,
+                  start: float) -> FoldResult:
+    """Write ``test_sim.npy`` and, last, ``result.json`` (``extra``: epochs and what the fit kept)."""
     _save_npy(directory / "test_sim.npy", sim)
     record = {
         "fold": fold.index, "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(fold.test),
-        "epochs": epochs, **extra, "seconds": time.perf_counter() - start, **metrics.skill(data.soc_g_m3[fold.test], sim),
+        "epochs": None, **extra, "seconds": time.perf_counter() - start,
+        **metrics.skill(data.soc_g_m3[fold.test], sim),
     }
     write_atomic(directory / "result.json", json.dumps(record, indent=2, default=json_default))
     return FoldResult(fold.index, record, sim, p)
@@ -149,7 +169,8 @@ def read_fold(directory: Path, fold: int) -> FoldResult:
                       np.load(p_file) if p_file.exists() else None)
 
 
-def _log_done(result: FoldResult) -> None:
+def log_fold_done(result: FoldResult) -> None:
+    """Log a finished fold's held-out skill."""
     log.info("fold %d: test NSE %.3f, NSE(log) %.3f", result.fold, result.record["nse"], result.record["nse_log"])
 
 
@@ -170,12 +191,16 @@ def train_folds(config: TrainConfig, data: SiteData, folds: list[Fold], out: Pat
         return []
     workers = resolve_fold_workers(config, len(folds), device)
     with logging_redirect_tqdm():  # log lines above the bars, not written into them
+        if config.fold_batching:  # every fold in this process, their mini-batch steps solved together
+            from socmap.fold_batch import train_folds_batched
+
+            return train_folds_batched(config, data, folds, Path(out), device, progress)
         if workers > 1:
             return _train_in_workers(config, data, folds, Path(out).resolve(), device, workers, progress)
         results = []
         for fold in folds:
             results.append(train_fold(config, data, fold, fold_dir(out, fold.index), device, progress))
-            _log_done(results[-1])
+            log_fold_done(results[-1])
         return results
 
 
@@ -264,7 +289,7 @@ def _train_in_workers(config: TrainConfig, data: SiteData, folds: list[Fold], ou
                     fold = pending.pop(future)
                     _raise_for(future.exception(), fold, out)
                     results[fold.index] = future.result()
-                    _log_done(results[fold.index])
+                    log_fold_done(results[fold.index])
                     bar.update(1)
         except BaseException:
             _end_workers(pool)

@@ -225,7 +225,7 @@ def _write_csv(path: Path, frame: pd.DataFrame) -> None:
 
 
 #: Options that may change on ``--resume``: where and how fast it runs, not what it trains.
-RUNTIME_FIELDS = frozenset({"device", "threads", "fold_workers"})
+RUNTIME_FIELDS = frozenset({"device", "threads", "fold_workers", "fold_batching"})
 
 
 def resume_config(config: TrainConfig, out: Path) -> TrainConfig:
