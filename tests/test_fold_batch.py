@@ -180,3 +180,16 @@ def test_uneven_batches_are_solved_so_each_fold_keeps_its_values(twin, tmp_path)
         together = {id(t): float(loss) for call in calls for (t, _), loss in zip(call, batched_losses(call))}
         for t, idx in group:
             assert together[id(t)] == float(t.batch_loss(idx))
+
+
+def test_site_rows_gather_what_subset_gathers(twin):
+    from socmap.clm5.operators import prepare_forcing
+    from socmap.fold_batch import SiteRows
+
+    data = load_sites(load_config(data_dir=str(twin)))
+    prepared = prepare_forcing(data.forcing.to(torch.float64, "cpu"))
+    index = torch.as_tensor(np.random.default_rng(0).permutation(len(data))[:77])
+    a, b = prepared.subset(index), SiteRows(prepared).subset(index)
+    for name in ("inputs_g_m2_day", "temp_exponent", "water", "oxygen", "oxygen_nitrogen", "transport_basis", "thawed"):
+        assert torch.equal(getattr(a, name), getattr(b, name)) and getattr(b, name).is_contiguous(), name
+    assert b.bedrock_rule == a.bedrock_rule and b.batch_size == 77
