@@ -29,7 +29,6 @@ writes (checkpoint every epoch, ``model.pt``, test predictions, ``result.json`` 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -39,48 +38,25 @@ import torch
 from tqdm.auto import tqdm
 
 from socmap.clm5 import interpolate_to_depths, soc_nodes, steady_state
-from socmap.clm5.operators import PreparedForcing, prepare_forcing
+from socmap.clm5.operators import prepare_forcing
 from socmap.clm5.parameters import to_physical
 from socmap.data.sites import SiteData
 from socmap.fold_runner import FoldResult, fold_dir, hybrid_fold_result, log_fold_done
 from socmap.phases import Phase
 from socmap.splits import Fold
 from socmap.train_config import TrainConfig
-from socmap.trainer import HybridTrainer
+from socmap.trainer import HybridTrainer, SiteRows
 
 log = logging.getLogger(__name__)
 
 
-class SiteRows:
-    """A prepared forcing (:class:`~socmap.clm5.operators.PreparedForcing`, sites innermost) kept
-    also with the sites outermost, to gather a batch's sites as rows.
-
-    ``index_select`` along the innermost dimension gathers single elements with a stride; along
-    the outermost it copies whole rows, and moving the sites back innermost is one transposing
-    copy: 3.6 ms instead of 9.8 ms for 640 of the twin's 2,000 sites (one thread), the same values
-    in the same (contiguous) layout as :meth:`~socmap.clm5.operators.PreparedForcing.subset`.
-    """
-
-    def __init__(self, prepared: PreparedForcing) -> None:
-        self.prepared = prepared
-        self.rows = {f.name: getattr(prepared, f.name).movedim(-1, 0).contiguous() for f in dataclasses.fields(prepared)
-                     if isinstance(getattr(prepared, f.name), torch.Tensor)}
-
-    def subset(self, index: torch.Tensor) -> PreparedForcing:
-        """The sites ``index`` [B] (a long tensor), as ``prepared.subset(index)``."""
-        return dataclasses.replace(self.prepared, **{name: rows.index_select(0, index).movedim(0, -1).contiguous()
-                                                     for name, rows in self.rows.items()})
-
-
-def batched_losses(group: list[tuple[HybridTrainer, np.ndarray]], forcing: SiteRows | None = None) -> list[torch.Tensor]:
+def batched_losses(group: list[tuple[HybridTrainer, np.ndarray]]) -> list[torch.Tensor]:
     """The training loss of every fold's batch, the folds' sites solved in one steady-state call.
 
     Parameters
     ----------
     group : ``(trainer, idx)`` per fold: the fold's trainer (all of one run: same data, prepared
         forcing and model spec) and the site indices of its batch ``idx`` [B_f].
-    forcing : the trainers' prepared forcing as :class:`SiteRows` (faster to gather), or None
-        (gathered by ``PreparedForcing.subset``).
 
     Returns
     -------
@@ -97,8 +73,7 @@ def batched_losses(group: list[tuple[HybridTrainer, np.ndarray]], forcing: SiteR
     theta = to_physical(torch.cat([p_full for p_full, _, _ in encoded]).to(torch.float64))
     # column_forcing only reads the spec (saturated wetlands, whether anoxia is learned), the same in
     # every fold; its wetland terms leave upland sites (w = 0) exact, whichever batch they are in
-    gathered = forcing.subset(t_all) if forcing is not None else lead.prepared.subset(t_all)
-    prepared = lead.model.column_forcing(gathered, lead.wetland[t_all])
+    prepared = lead.model.column_forcing(lead.forcing.subset(t_all), lead.wetland[t_all])
     pools = steady_state(theta, prepared, method=lead.model.solver_method, check=False,
                          o_scalar=None if oxygen[0] is None else torch.cat(oxygen))
     sims = interpolate_to_depths(soc_nodes(pools), lead.depth[t_all]).split([len(t) for t in ts])
@@ -106,11 +81,10 @@ def batched_losses(group: list[tuple[HybridTrainer, np.ndarray]], forcing: SiteR
             for (trainer, _), t, sim, (_, p_sub, u) in zip(group, ts, sims, encoded)]
 
 
-def batched_epoch(running: list[tuple[HybridTrainer, Phase]], forcing: SiteRows | None = None) -> dict[int, list[float]]:
+def batched_epoch(running: list[tuple[HybridTrainer, Phase]]) -> dict[int, list[float]]:
     """One mini-batch epoch of every fold in ``running`` (``(trainer, its current phase)``), the
-    folds' ``k``-th batches taken in one step (:func:`batched_losses`, with ``forcing``); each
-    fold's batch losses by fold index. A fold with fewer batches than the others leaves the last
-    steps."""
+    folds' ``k``-th batches taken in one step (:func:`batched_losses`); each fold's batch losses by
+    fold index. A fold with fewer batches than the others leaves the last steps."""
     batches = {}
     for trainer, phase in running:  # as HybridTrainer.train_epoch, fold by fold
         trainer.model.train()
@@ -121,7 +95,7 @@ def batched_epoch(running: list[tuple[HybridTrainer, Phase]], forcing: SiteRows 
         group = [(trainer, batches[trainer.fold.index][step]) for trainer, _ in running
                  if step < len(batches[trainer.fold.index])]
         calls = solve_groups(group)
-        fold_losses = [loss for call in calls for loss in batched_losses(call, forcing)]
+        fold_losses = [loss for call in calls for loss in batched_losses(call)]
         for trainer, _ in group:
             trainer.opt.zero_grad(set_to_none=True)
         torch.autograd.backward(fold_losses)  # = backward of their sum: each fold gets its own gradient
@@ -167,10 +141,9 @@ def train_folds_batched(config: TrainConfig, data: SiteData, folds: list[Fold], 
     the wall time from the start of the batched training to its end (the folds share that time).
     """
     start = time.perf_counter()
-    prepared = prepare_forcing(data.forcing.to(torch.float64, device))  # θ-independent: once for every fold
-    trainers = [HybridTrainer(config, data, fold, fold_dir(out, fold.index), device, prepared=prepared)
-                for fold in folds]
-    forcing = SiteRows(prepared)
+    # θ-independent: prepared once for every fold
+    forcing = SiteRows(prepare_forcing(data.forcing.to(torch.float64, device)))
+    trainers = [HybridTrainer(config, data, fold, fold_dir(out, fold.index), device, forcing=forcing) for fold in folds]
     for trainer in trainers:
         trainer.resume()
     log.info("training %d folds batched in one process", len(folds))
@@ -190,7 +163,7 @@ def train_folds_batched(config: TrainConfig, data: SiteData, folds: list[Fold], 
                 running.append((trainer, phase))
         active = [trainer for trainer, _ in running]
         minibatch = [(trainer, phase) for trainer, phase in running if phase.minibatch]
-        losses = batched_epoch(minibatch, forcing) if minibatch else {}
+        losses = batched_epoch(minibatch) if minibatch else {}
         for trainer, phase in running:
             if not phase.minibatch:
                 losses[trainer.fold.index] = phase.run_epoch(trainer, trainer.state)

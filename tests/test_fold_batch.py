@@ -184,7 +184,7 @@ def test_uneven_batches_are_solved_so_each_fold_keeps_its_values(twin, tmp_path)
 
 def test_site_rows_gather_what_subset_gathers(twin):
     from socmap.clm5.operators import prepare_forcing
-    from socmap.fold_batch import SiteRows
+    from socmap.trainer import SiteRows
 
     data = load_sites(load_config(data_dir=str(twin)))
     prepared = prepare_forcing(data.forcing.to(torch.float64, "cpu"))
