@@ -1,4 +1,4 @@
-"""Fold batching: the folds of a run trained in one process, their mini-batch steps solved together.
+"""Fold batching: folds of a run trained side by side in one process, their mini-batch steps solved together.
 
 At a mini-batch of 128 sites an epoch is bound by the number of operations, not by their size
 (README, "Synthetic retrieval test": the solver's forward and adjoint sweeps, the prepared-forcing
@@ -24,7 +24,8 @@ Folds in a phase that is not a mini-batch pass (the KAN's full-batch L-BFGS poli
 :class:`socmap.phases.Polish`) run it on their own while the others go on; a fold whose phase
 stopped early simply leaves the batch. Each fold writes what :func:`socmap.fold_runner.train_fold`
 writes (checkpoint every epoch, ``model.pt``, test predictions, ``result.json`` once it is done), so
-``--resume`` works the same way.
+``--resume`` works the same way. With several fold workers each worker process trains one group of
+folds so (:func:`socmap.fold_runner.worker_groups`).
 """
 
 from __future__ import annotations

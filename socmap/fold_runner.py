@@ -10,7 +10,10 @@ as "this fold is done" (:func:`read_fold`), so a fold stopped at any point never
 time. A fold's result does not depend on the process that trains it or on what that process
 trained before: every fold seeds its own generators (initial weights ``seed * 1000 + fold``,
 batch order ``[seed, fold, epoch]``), so a run on several workers is bit for bit the sequential
-run. The caller puts the results together in fold order.
+run. The caller puts the results together in fold order. With ``fold_batching`` the folds train
+batched (:mod:`socmap.fold_batch`): all here with one worker, else dealt into one group of
+consecutive folds per worker (:func:`worker_groups`), each group batched in its worker — the same
+run again.
 
 Workers are started with ``spawn``, not ``fork``: by now the parent has run torch, and a forked
 child inherits torch's OpenMP/BLAS thread state without its threads, which can hang it. A spawned
@@ -97,8 +100,6 @@ def resolve_fold_workers(config: TrainConfig, n_folds: int, device: torch.device
     """Worker processes for ``n_folds`` folds: ``fold_workers`` if set, else one per usable core
     (:func:`usable_cores` ÷ :func:`fold_threads`) unless :data:`FOLD_WORKERS_ENV` is set, and one on a GPU (the folds would queue on it);
     never more than the folds, never fewer than one."""
-    if config.fold_batching:  # the folds train together in this process (socmap/fold_batch.py)
-        return 1
     if config.fold_workers is not None:
         return max(1, min(config.fold_workers, n_folds))
     env = os.environ.get(FOLD_WORKERS_ENV, "").strip()
@@ -191,17 +192,28 @@ def train_folds(config: TrainConfig, data: SiteData, folds: list[Fold], out: Pat
         return []
     workers = resolve_fold_workers(config, len(folds), device)
     with logging_redirect_tqdm():  # log lines above the bars, not written into them
+        if workers > 1:
+            return _train_in_workers(config, data, folds, Path(out).resolve(), device, workers, progress)
         if config.fold_batching:  # every fold in this process, their mini-batch steps solved together
             from socmap.fold_batch import train_folds_batched
 
             return train_folds_batched(config, data, folds, Path(out), device, progress)
-        if workers > 1:
-            return _train_in_workers(config, data, folds, Path(out).resolve(), device, workers, progress)
         results = []
         for fold in folds:
             results.append(train_fold(config, data, fold, fold_dir(out, fold.index), device, progress))
             log_fold_done(results[-1])
         return results
+
+
+def worker_groups(config: TrainConfig, folds: list[Fold], workers: int) -> list[list[Fold]]:
+    """The tasks of the worker processes: one fold each, or with ``fold_batching`` the folds dealt
+    into ``workers`` groups of consecutive folds (sizes differing by at most one, the larger first),
+    each trained batched in one worker (:func:`socmap.fold_batch.train_folds_batched`)."""
+    if not config.fold_batching:
+        return [[fold] for fold in folds]
+    size, extra = divmod(len(folds), workers)
+    bounds = np.cumsum([0] + [size + (k < extra) for k in range(workers)])
+    return [folds[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
 # ----------------------------------------------------------------------------------------
@@ -221,8 +233,13 @@ def _init_worker(data_file: str, threads: int | None, log_queue, log_level: int)
     root.setLevel(log_level)
 
 
-def _train_in_worker(config: TrainConfig, fold: Fold, directory: str, device: str) -> FoldResult:
-    return train_fold(config, _WORKER_DATA, fold, Path(directory), torch.device(device), progress=False)
+def _train_in_worker(config: TrainConfig, folds: list[Fold], out: str, device: str) -> list[FoldResult]:
+    if config.fold_batching:
+        from socmap.fold_batch import train_folds_batched
+
+        return train_folds_batched(config, _WORKER_DATA, folds, Path(out), torch.device(device), progress=False)
+    return [train_fold(config, _WORKER_DATA, fold, fold_dir(Path(out), fold.index), torch.device(device), progress=False)
+            for fold in folds]
 
 
 class _ToLocalLoggers(logging.Handler):
@@ -276,21 +293,23 @@ def _train_in_workers(config: TrainConfig, data: SiteData, folds: list[Fold], ou
         started = time.perf_counter()
         pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                                    initargs=(str(data_file), fold_threads(config, device), log_queue, level))
-        log.info("training %d folds in %d worker processes", len(folds), workers)
+        groups = worker_groups(config, folds, workers)
+        log.info("training %d folds in %d worker processes%s", len(folds), workers,
+                 " (" + ", ".join("+".join(str(f.index) for f in g) for g in groups) + " batched)" if config.fold_batching else "")
         bar = tqdm(total=len(folds), desc=f"folds ({workers} workers)", unit="fold", disable=None if progress else True)
         try:
             with _sigint_ignored():  # the workers start on submit
-                pending = {pool.submit(_train_in_worker, config, fold, str(fold_dir(out, fold.index)), str(device)): fold
-                           for fold in folds}
+                pending = {pool.submit(_train_in_worker, config, group, str(out), str(device)): group for group in groups}
             log.debug("%d fold workers started in %.1f s", workers, time.perf_counter() - started)
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in sorted(done, key=lambda f: pending[f].index):
-                    fold = pending.pop(future)
-                    _raise_for(future.exception(), fold, out)
-                    results[fold.index] = future.result()
-                    log_fold_done(results[fold.index])
-                    bar.update(1)
+                for future in sorted(done, key=lambda f: pending[f][0].index):
+                    group = pending.pop(future)
+                    _raise_for(future.exception(), group, out)
+                    for result in future.result():
+                        results[result.fold] = result
+                        log_fold_done(result)
+                    bar.update(len(group))
         except BaseException:
             _end_workers(pool)
             raise
@@ -301,13 +320,16 @@ def _train_in_workers(config: TrainConfig, data: SiteData, folds: list[Fold], ou
     return [results[fold.index] for fold in folds]
 
 
-def _raise_for(error: BaseException | None, fold: Fold, out: Path) -> None:
-    """A :class:`FoldError` naming ``fold`` and what its worker raised (nothing when it finished)."""
+def _raise_for(error: BaseException | None, group: list[Fold], out: Path) -> None:
+    """A :class:`FoldError` naming the folds ``group`` of one worker task and what the worker raised
+    (nothing when it finished)."""
+    which = f"fold {group[0].index}" if len(group) == 1 else "folds " + ", ".join(str(f.index) for f in group)
+    where = fold_dir(out, group[0].index) if len(group) == 1 else Path(out) / "folds"
     if isinstance(error, BrokenProcessPool):
-        raise FoldError(f"fold {fold.index}: a worker process died (killed, out of memory, or it failed to start: a "
+        raise FoldError(f"{which}: a worker process died (killed, out of memory, or it failed to start: a "
                         "script that calls socmap.train.train must do so under `if __name__ == '__main__':`, since "
                         "worker processes import the script); folds without result.json are re-trained by "
                         "`socmap train --resume`, or set fold_workers: 1") from error
     if error is not None:
-        raise FoldError(f"fold {fold.index} failed in its worker process ({fold_dir(out, fold.index)}): "
+        raise FoldError(f"{which} failed in its worker process ({where}): "
                         f"{type(error).__name__}: {error}") from error

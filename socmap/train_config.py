@@ -68,7 +68,7 @@ class TrainConfig(BaseModel):
     device: str = Field("auto", description="auto | cpu | cuda")
     threads: int | None = Field(None, ge=1)
     fold_workers: int | None = Field(None, ge=1, description="Worker processes training folds side by side (default: one per usable CPU core, at most the folds to run; 1 on a GPU; 1: the folds one after another in this process)")
-    fold_batching: bool = Field(False, description="Train the folds together in this process, each mini-batch step solving every fold's batch in one steady-state call (each fold keeps its own model, optimiser and phases; the same run as one after another); hybrid encoders without dropout; replaces fold_workers")
+    fold_batching: bool = Field(False, description="Train the folds together, each mini-batch step solving every fold's batch in one steady-state call (each fold keeps its own model, optimiser and phases; the same run as one after another): all folds in this process with fold_workers 1, else the folds dealt into one group per worker process; hybrid encoders without dropout")
     profiles: str | None = Field(None, description="Horizon table(s) to train on: a file (CSV, Parquet, Excel; read as by `socmap profiles check`) or a catalog entry of kind profiles, comma-separated for several (default: the data entry's profile sets); implies --data real-conus")
     columns: str | None = Field(None, description="Column map (YAML: columns: {field: column}, units: {field: unit}) of the --profiles table")
     cube_resolution: float = Field(0.25, gt=0, description="Resolution (degrees) of the real covariate cube when socmap has to build it (an existing cube is reused as it is)")
@@ -124,9 +124,6 @@ class TrainConfig(BaseModel):
             raise ValueError(f"fold_batching needs dropout: 0 (the folds' dropout draws would interleave and the run "
                              f"would differ from the folds trained one after another); got {self.dropout}: set "
                              f"dropout: 0 {fix}")
-        if self.fold_workers is not None and self.fold_workers > 1:
-            raise ValueError(f"fold_batching trains every fold in one process; fold_workers {self.fold_workers} "
-                             f"asks for worker processes: drop fold_workers (or set it to 1) {fix}")
         return self
 
     @model_validator(mode="after")

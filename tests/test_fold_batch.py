@@ -43,19 +43,20 @@ def runs(twin, tmp_path_factory) -> dict[str, Path]:
         return solve(theta, *args, **kwargs)
 
     solve = fold_batch.steady_state
-    for name, batching in (("seq", False), ("batched", True)):
+    for name, batching, workers in (("seq", False, 1), ("batched", True, 1), ("batched-w2", True, 2)):
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(fold_batch, "steady_state", counted)
-            train(load_config(data_dir=str(twin), fold_workers=1, fold_batching=batching, **SHORT), base / name,
+            mp.setattr(fold_batch, "steady_state", counted)  # in this process only (not in workers)
+            train(load_config(data_dir=str(twin), fold_workers=workers, fold_batching=batching, **SHORT), base / name,
                   progress=False)
-    return {"seq": base / "seq", "batched": base / "batched", "solves": solves}
+    return {name: base / name for name in ("seq", "batched", "batched-w2")} | {"solves": solves}
 
 
 def _record(run: Path) -> dict:
     rec = json.loads((run / "run.json").read_text())
     for key in ("timing", "name"):
         rec.pop(key)
-    rec["config"].pop("fold_batching")
+    for key in ("fold_batching", "fold_workers"):
+        rec["config"].pop(key)
     for fold in rec["metrics"]["cv"]["folds"]:
         fold.pop("seconds")
     return rec
@@ -65,8 +66,10 @@ def _history(run: Path, k: int) -> list[dict]:
     return torch.load(run / f"folds/fold{k}/checkpoint.pt", weights_only=False)["history"]
 
 
-def test_batched_folds_are_the_sequential_run(runs):
-    seq, bat = runs["seq"], runs["batched"]
+@pytest.mark.parametrize("batched", ["batched", "batched-w2"])
+def test_batched_folds_are_the_sequential_run(runs, batched):
+    """Batched in this process, or in two worker processes (folds 0+1 and 2), the folds one after another."""
+    seq, bat = runs["seq"], runs[batched]
     assert _record(seq) == _record(bat)
     for name in ("predictions.csv", "site_parameters.csv", "sites.csv"):
         assert (seq / name).read_bytes() == (bat / name).read_bytes(), name
@@ -145,7 +148,6 @@ def test_resume_may_switch_fold_batching(twin, tmp_path):
 @pytest.mark.parametrize("options, words", [
     (dict(encoder="rf"), ["baseline", "fold_batching: false"]),
     (dict(encoder="mlp", dropout=0.2), ["dropout: 0", "interleave"]),
-    (dict(fold_workers=2), ["fold_workers 2", "one process"]),
 ])
 def test_bad_fold_batching_configs_are_clear_errors(options, words):
     with pytest.raises(ValueError) as err:
@@ -193,3 +195,13 @@ def test_site_rows_gather_what_subset_gathers(twin):
     for name in ("inputs_g_m2_day", "temp_exponent", "water", "oxygen", "oxygen_nitrogen", "transport_basis", "thawed"):
         assert torch.equal(getattr(a, name), getattr(b, name)) and getattr(b, name).is_contiguous(), name
     assert b.bedrock_rule == a.bedrock_rule and b.batch_size == 77
+
+
+def test_worker_groups_deal_consecutive_folds():
+    from socmap.fold_runner import worker_groups
+
+    folds = make_folds(np.arange(50.0) % 10 - 100, np.arange(50.0) // 10 + 30, 5, "random", 0)
+    batching = load_config(fold_batching=True)
+    assert [[f.index for f in g] for g in worker_groups(batching, folds, 2)] == [[0, 1, 2], [3, 4]]
+    assert [[f.index for f in g] for g in worker_groups(batching, folds[:2], 2)] == [[0], [1]]
+    assert [[f.index for f in g] for g in worker_groups(load_config(), folds, 2)] == [[k] for k in range(5)]
