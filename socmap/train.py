@@ -20,7 +20,8 @@ catalog added) and :func:`load_run_data` (``--profiles``: a user's tables throug
 pedotransfer-filled rows) and ``metrics.cv_measured_bd`` (skill on measured-density observations).
 
 The folds train one after another or side by side in worker processes (``fold_workers``, by
-default one per CPU core: :mod:`socmap.fold_runner`), with the same run bit for bit.
+default one per CPU core: :mod:`socmap.fold_runner`), or batched (``fold_batching``: their
+mini-batch steps solved together, :mod:`socmap.fold_batch`), with the same run bit for bit.
 ``--resume`` continues an interrupted run exactly where it stopped, and re-trains a fold whose
 model file is missing or unreadable. Before anything is written into ``--out`` the config and
 the data are checked (:func:`_prepare`), so a failed start leaves the folder as it was; a
