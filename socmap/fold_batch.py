@@ -18,11 +18,15 @@ its own AdamW. A fold's epochs run in the same order with the same data as in
 :meth:`~socmap.trainer.HybridTrainer.fit`; only the folds' epochs interleave. The one global
 state they would share is torch's default generator, which a hybrid fit draws from only at
 initialisation (reseeded per fold) and in MLP dropout — so ``fold_batching`` refuses
-``dropout > 0`` (:class:`socmap.train_config.TrainConfig`).
+``dropout > 0`` (:class:`socmap.train_config.TrainConfig`). Bit for bit holds for the batches that
+:func:`solve_groups` puts together, on one CPU thread (a fold's default): on several threads torch
+splits a kernel's elements between them by the tensor's size, which can move the last bit of a
+float64 as the SIMD tails do.
 
 Folds in a phase that is not a mini-batch pass (the KAN's full-batch L-BFGS polish,
 :class:`socmap.phases.Polish`) run it on their own while the others go on; a fold whose phase
-stopped early simply leaves the batch. Each fold writes what :func:`socmap.fold_runner.train_fold`
+stopped early simply leaves the batch (:func:`fit_batched`). Through
+:func:`socmap.fold_runner.train_folds_batched` each fold writes what :func:`socmap.fold_runner.train_fold`
 writes (checkpoint every epoch, ``model.pt``, test predictions, ``result.json`` once it is done), so
 ``--resume`` works the same way. With several fold workers each worker process trains one group of
 folds so (:func:`socmap.fold_runner.worker_groups`).
@@ -31,22 +35,16 @@ folds so (:func:`socmap.fold_runner.worker_groups`).
 from __future__ import annotations
 
 import logging
-import time
-from pathlib import Path
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from socmap.clm5 import interpolate_to_depths, soc_nodes, steady_state
-from socmap.clm5.operators import prepare_forcing
 from socmap.clm5.parameters import to_physical
-from socmap.data.sites import SiteData
-from socmap.fold_runner import FoldResult, fold_dir, hybrid_fold_result, log_fold_done
 from socmap.phases import Phase
-from socmap.splits import Fold
-from socmap.train_config import TrainConfig
-from socmap.trainer import HybridTrainer, SiteRows
+from socmap.trainer import HybridTrainer
 
 log = logging.getLogger(__name__)
 
@@ -132,25 +130,19 @@ def solve_groups(group: list[tuple[HybridTrainer, np.ndarray]]) -> list[list[tup
     return [aligned + rest[:1]] + [[member] for member in rest[1:]]
 
 
-def train_folds_batched(config: TrainConfig, data: SiteData, folds: list[Fold], out: Path, device: torch.device,
-                        progress: bool = True) -> list[FoldResult]:
-    """Train the hybrid ``folds`` into ``out/folds/foldK`` side by side in this process; their results
-    in the order of ``folds`` (what :func:`socmap.fold_runner.train_folds` returns).
+def fit_batched(trainers: list[HybridTrainer], progress: bool = True,
+                on_done: Callable[[HybridTrainer], None] | None = None) -> None:
+    """Fit the ``trainers`` (folds of one run, sharing one :class:`~socmap.trainer.SiteRows`) side by
+    side: what :meth:`~socmap.trainer.HybridTrainer.fit` does for each, their mini-batch epochs
+    batched (:func:`batched_epoch`).
 
-    Each fold resumes from its checkpoint, if any, and is finished (``model.pt``, test predictions,
-    ``result.json``) as soon as its last phase is over; a fold's ``seconds`` in ``result.json`` is
-    the wall time from the start of the batched training to its end (the folds share that time).
+    Each trainer resumes from its checkpoint, if any, and is finished (``model.pt``) as soon as its
+    last phase is over, then handed to ``on_done`` (the caller writes the fold's results).
     """
-    start = time.perf_counter()
-    # θ-independent: prepared once for every fold
-    forcing = SiteRows(prepare_forcing(data.forcing.to(torch.float64, device)))
-    trainers = [HybridTrainer(config, data, fold, fold_dir(out, fold.index), device, forcing=forcing) for fold in folds]
     for trainer in trainers:
         trainer.resume()
-    log.info("training %d folds batched in one process", len(folds))
     bar = tqdm(total=sum(t.max_epochs for t in trainers), initial=sum(t.epoch for t in trainers),
-               desc=f"{len(folds)} folds (batched)", unit="epoch", disable=None if progress else True)
-    results: dict[int, FoldResult] = {}
+               desc=f"{len(trainers)} folds (batched)", unit="epoch", disable=None if progress else True)
     active = trainers
     while active:
         running: list[tuple[HybridTrainer, Phase]] = []
@@ -158,8 +150,8 @@ def train_folds_batched(config: TrainConfig, data: SiteData, folds: list[Fold], 
             phase = trainer.advance()
             if phase is None:
                 trainer.finish()
-                results[trainer.fold.index] = hybrid_fold_result(trainer, start)
-                log_fold_done(results[trainer.fold.index])
+                if on_done is not None:
+                    on_done(trainer)
             else:
                 running.append((trainer, phase))
         active = [trainer for trainer, _ in running]
@@ -174,4 +166,3 @@ def train_folds_batched(config: TrainConfig, data: SiteData, folds: list[Fold], 
         if running:
             bar.set_postfix(folds=len(running), phases="+".join(sorted({p.name for _, p in running})))
     bar.close()
-    return [results[fold.index] for fold in folds]

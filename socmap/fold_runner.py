@@ -163,6 +163,31 @@ def _write_result(data: SiteData, fold: Fold, directory: Path, sim: np.ndarray, 
     return FoldResult(fold.index, record, sim, p)
 
 
+def train_folds_batched(config: TrainConfig, data: SiteData, folds: list[Fold], out: Path, device: torch.device,
+                        progress: bool = True) -> list[FoldResult]:
+    """Train the hybrid ``folds`` into ``out/folds/foldK`` side by side in this process, their
+    mini-batch steps batched (:func:`socmap.fold_batch.fit_batched`); their results in the order of
+    ``folds``. Each fold writes what :func:`train_fold` writes as soon as it is done; its
+    ``seconds`` are the wall time from the start of the batched training to its end (the folds
+    share that time)."""
+    from socmap.clm5.operators import prepare_forcing
+    from socmap.fold_batch import fit_batched
+    from socmap.trainer import HybridTrainer, SiteRows
+
+    start = time.perf_counter()
+    forcing = SiteRows(prepare_forcing(data.forcing.to(torch.float64, device)))  # θ-independent: once for all folds
+    trainers = [HybridTrainer(config, data, fold, fold_dir(out, fold.index), device, forcing=forcing) for fold in folds]
+    results: dict[int, FoldResult] = {}
+
+    def done(trainer: HybridTrainer) -> None:
+        results[trainer.fold.index] = hybrid_fold_result(trainer, start)
+        log_fold_done(results[trainer.fold.index])
+
+    log.info("training %d folds batched in one process", len(folds))
+    fit_batched(trainers, progress, done)
+    return [results[fold.index] for fold in folds]
+
+
 def read_fold(directory: Path, fold: int) -> FoldResult:
     """A finished fold's result as :func:`train_fold` wrote it into ``directory``."""
     p_file = directory / "test_p.npy"
@@ -195,8 +220,6 @@ def train_folds(config: TrainConfig, data: SiteData, folds: list[Fold], out: Pat
         if workers > 1:
             return _train_in_workers(config, data, folds, Path(out).resolve(), device, workers, progress)
         if config.fold_batching:  # every fold in this process, their mini-batch steps solved together
-            from socmap.fold_batch import train_folds_batched
-
             return train_folds_batched(config, data, folds, Path(out), device, progress)
         results = []
         for fold in folds:
@@ -208,7 +231,7 @@ def train_folds(config: TrainConfig, data: SiteData, folds: list[Fold], out: Pat
 def worker_groups(config: TrainConfig, folds: list[Fold], workers: int) -> list[list[Fold]]:
     """The tasks of the worker processes: one fold each, or with ``fold_batching`` the folds dealt
     into ``workers`` groups of consecutive folds (sizes differing by at most one, the larger first),
-    each trained batched in one worker (:func:`socmap.fold_batch.train_folds_batched`)."""
+    each trained batched in one worker (:func:`train_folds_batched`)."""
     if not config.fold_batching:
         return [[fold] for fold in folds]
     size, extra = divmod(len(folds), workers)
@@ -235,8 +258,6 @@ def _init_worker(data_file: str, threads: int | None, log_queue, log_level: int)
 
 def _train_in_worker(config: TrainConfig, folds: list[Fold], out: str, device: str) -> list[FoldResult]:
     if config.fold_batching:
-        from socmap.fold_batch import train_folds_batched
-
         return train_folds_batched(config, _WORKER_DATA, folds, Path(out), torch.device(device), progress=False)
     return [train_fold(config, _WORKER_DATA, fold, fold_dir(Path(out), fold.index), torch.device(device), progress=False)
             for fold in folds]
