@@ -248,7 +248,8 @@ def resume_config(config: TrainConfig, out: Path) -> TrainConfig:
     if diffs:
         raise ValueError(f"--resume: {out} was started with another config ({saved_path}); differs: "
                          + "; ".join(diffs) + ". Resume without those options, or train into a new --out")
-    return saved.model_copy(update={k: getattr(config, k) for k in given & RUNTIME_FIELDS})
+    # validated again: a runtime option given now must suit the saved run (fold_batching and dropout)
+    return TrainConfig.model_validate({**saved.model_dump(), **{k: getattr(config, k) for k in given & RUNTIME_FIELDS}})
 
 
 def _prepare(config: TrainConfig, out: Path, resume: bool, progress: bool = True) -> tuple[TrainConfig, RunData, list]:

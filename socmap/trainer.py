@@ -256,9 +256,8 @@ class HybridTrainer:
 
     def train_epoch(self) -> list[float]:
         """One pass over the training sites in a seeded random order; the batch losses."""
-        cfg, fold, loop = self.config, self.fold, self.loop
         self.model.train()
-        self._current().begin_epoch(self, self.state, loop.phase_epoch)
+        self._current().begin_epoch(self, self.state, self.loop.phase_epoch)
         losses = []
         for idx in self.epoch_batches():
             loss = self.batch_loss(idx)

@@ -143,6 +143,10 @@ def test_resume_may_switch_fold_batching(twin, tmp_path):
     saved = load_config(data_dir=str(twin), fold_batching=True, **SHORT)
     (tmp_path / "config.yaml").write_text(json.dumps(saved.model_dump()))  # YAML is a superset of JSON
     assert resume_config(load_config(data_dir=str(twin), fold_batching=False), tmp_path).fold_batching is False
+    dropout = load_config(data_dir=str(twin), encoder="mlp", dropout=0.3)
+    (tmp_path / "config.yaml").write_text(json.dumps(dropout.model_dump()))
+    with pytest.raises(ValueError, match="fold_batching needs dropout: 0"):
+        resume_config(load_config(data_dir=str(twin), fold_batching=True), tmp_path)
 
 
 @pytest.mark.parametrize("options, words", [
