@@ -12,12 +12,16 @@ folder, or ``--twin DIR``), timed end to end (``retrieval_5fold_s``) with its he
 and parameter recovery (R² per learned parameter), so that a speed-up can be checked to leave
 the recovery unchanged (``retrieval_cpu_s``: the CPU seconds it took, fold workers included, a
 figure a busy machine inflates less than the wall time); ``--fold-workers 1 auto`` times it with the folds one after another and
-side by side in worker processes (the default), in the same run. ``--profile`` prints a
-cProfile table of one training epoch.
+side by side in worker processes (the default), in the same run; ``--fold-batching`` (or
+``batched`` among the ``--fold-workers`` values, where its place sets the order) also times it with
+``fold_batching: true`` and one fold worker, the folds trained together in this process
+(socmap/fold_batch.py); ``batched-auto`` with fold batching in the default worker processes, one
+group of folds each.
+``--profile`` prints a cProfile table of one training epoch.
 
     python benchmarks/train.py [--json] [--sites 1000] [--epochs 2] [--threads 1] [--device cpu]
                                [--skip-retrieval | --skip-epochs] [--twin data/synthetic]
-                               [--fold-workers N|auto ...] [--profile]
+                               [--fold-workers N|auto|batched|batched-auto ...] [--fold-batching] [--profile]
 """
 
 from __future__ import annotations
@@ -96,11 +100,13 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def retrieval(base: Path, twin: Path | None, device: str, fold_workers: int | None = None) -> dict:
+def retrieval(base: Path, twin: Path | None, device: str, fold_workers: int | None = None,
+              fold_batching: bool = False) -> dict:
     """``socmap train`` with the defaults on the default twin (as ``make demo``): wall seconds and recovery.
 
-    ``fold_workers`` None is the default (one worker process per usable core); the run folder is
-    ``base/retrieval-w{fold_workers or 'auto'}``.
+    ``fold_workers`` None is the default (one worker process per usable core); ``fold_batching``
+    trains the folds batched (socmap/fold_batch.py). The run folder is
+    ``base/retrieval-[batched-]w{fold_workers or 'auto'}``.
     """
     from socmap.fold_runner import resolve_fold_workers
     from socmap.train import train
@@ -110,15 +116,16 @@ def retrieval(base: Path, twin: Path | None, device: str, fold_workers: int | No
     if not data_dir.exists():
         write_synthetic(data_dir, SynthConfig(), progress=False)
     build_s = time.perf_counter() - t
-    config = load_config(data_dir=str(data_dir), device=device, fold_workers=fold_workers)
+    config = load_config(data_dir=str(data_dir), device=device, fold_workers=fold_workers, fold_batching=fold_batching)
     cpu = _cpu_seconds()
     t = time.perf_counter()
-    record = train(config, base / f"retrieval-w{fold_workers or 'auto'}", progress=False)
+    record = train(config, base / f"retrieval-{'batched-' * fold_batching}w{fold_workers or 'auto'}", progress=False)
     seconds = time.perf_counter() - t
     cpu = _cpu_seconds() - cpu
     mean = record["metrics"]["cv"]["mean"]
     return {"retrieval_5fold_s": round(seconds, 1), "retrieval_cpu_s": round(cpu, 1), "retrieval_twin_build_s": round(build_s, 1),
             "retrieval_fold_workers": resolve_fold_workers(config, config.folds, resolve_device(device)),
+            "retrieval_fold_batching": fold_batching,
             "retrieval_fold_s": [round(s, 1) for s in record["timing"]["per_fold_s"]],
             "retrieval_nse": round(mean["nse"], 4), "retrieval_nse_log": round(mean["nse_log"], 4),
             "retrieval_param_r2": {k: round(v["r2"], 4) for k, v in record["metrics"].get("param_recovery", {}).items()}}
@@ -137,15 +144,19 @@ def main() -> None:
     ap.add_argument("--skip-retrieval", action="store_true", help="per-epoch figures only (quick)")
     ap.add_argument("--twin", type=Path, default=None, help="an existing default twin for the retrieval (default: build one)")
     ap.add_argument("--profile", action="store_true", help="print a cProfile table of one structured epoch")
-    ap.add_argument("--fold-workers", nargs="+", default=["auto"], metavar="N|auto",
+    ap.add_argument("--fold-workers", nargs="+", default=["auto"], metavar="N|auto|batched|batched-auto",
                     help="retrieval with these fold_workers, one after another in this run (default: auto, as "
-                         "`socmap train`); the first gives retrieval_5fold_s, each one retrieval_by_fold_workers")
+                         "`socmap train`; batched: fold_batching: true on 1 worker, batched-auto: on the default "
+                         "workers); the first gives retrieval_5fold_s, each one retrieval_by_fold_workers")
+    ap.add_argument("--fold-batching", action="store_true",
+                    help="also the retrieval with fold_batching: true, after the --fold-workers runs (= batched last)")
     ap.add_argument("--skip-epochs", action="store_true", help="the retrieval only (no per-epoch figures)")
     args = ap.parse_args()
+    modes = args.fold_workers + (["batched"] if args.fold_batching and "batched" not in args.fold_workers else [])
     try:
-        workers = [None if w == "auto" else int(w) for w in args.fold_workers]
+        workers = [w if w in ("batched", "batched-auto") else None if w == "auto" else int(w) for w in modes]
     except ValueError:
-        ap.error(f"--fold-workers takes whole numbers or auto, not {args.fold_workers}")
+        ap.error(f"--fold-workers takes whole numbers, auto, batched or batched-auto, not {args.fold_workers}")
     torch.set_num_threads(args.threads)
     try:
         device = resolve_device(args.device)
@@ -185,7 +196,9 @@ def main() -> None:
                 "fast_s_per_epoch_per_1k_by_threads": by_threads,
             })
         if not args.skip_retrieval:
-            runs = {w: retrieval(Path(tmp), args.twin, args.device, w) for w in workers}
+            batched_workers = {"batched": 1, "batched-auto": None}
+            runs = {w: retrieval(Path(tmp), args.twin, args.device, batched_workers.get(w, w), w in batched_workers)
+                    for w in workers}
             result.update(runs[workers[0]])
             if len(runs) > 1:
                 result["retrieval_by_fold_workers"] = {str(w or "auto"): r for w, r in runs.items()}
@@ -196,8 +209,8 @@ def main() -> None:
         print(f"  speedup:           {result['speedup']:.1f}x")
         print(f"  solver alone:      {result['solver_fwdbwd_s_per_1k']:.3f} s per 1,000 sites (fwd+bwd; epoch = {result['overhead_ratio']:.1f}x that)")
     for w, r in result.get("retrieval_by_fold_workers", {"": result} if "retrieval_5fold_s" in result else {}).items():
-        print(f"  5-fold retrieval:  {r['retrieval_5fold_s']:.0f} s (`socmap train` defaults, {r['retrieval_fold_workers']} fold "
-              f"workers{' = ' + w if w else ''}), NSE {r['retrieval_nse']:.3f}, param R² {r['retrieval_param_r2']}")
+        how = f"{r['retrieval_fold_workers']} fold workers{' = ' + w if w else ''}"
+        print(f"  5-fold retrieval:  {r['retrieval_5fold_s']:.0f} s (`socmap train` defaults, {how}), NSE {r['retrieval_nse']:.3f}, param R² {r['retrieval_param_r2']}")
     if args.json:
         print(json.dumps(result))
 

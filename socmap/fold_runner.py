@@ -10,7 +10,10 @@ as "this fold is done" (:func:`read_fold`), so a fold stopped at any point never
 time. A fold's result does not depend on the process that trains it or on what that process
 trained before: every fold seeds its own generators (initial weights ``seed * 1000 + fold``,
 batch order ``[seed, fold, epoch]``), so a run on several workers is bit for bit the sequential
-run. The caller puts the results together in fold order.
+run. The caller puts the results together in fold order. With ``fold_batching`` the folds train
+batched (:mod:`socmap.fold_batch`): all here with one worker, else dealt into one group of
+consecutive folds per worker (:func:`worker_groups`), each group batched in its worker — the same
+run again.
 
 Workers are started with ``spawn``, not ``fork``: by now the parent has run torch, and a forked
 child inherits torch's OpenMP/BLAS thread state without its threads, which can hang it. A spawned
@@ -34,6 +37,7 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -46,6 +50,9 @@ from socmap.fsutil import atomic_path, write_atomic
 from socmap.provenance import json_default
 from socmap.splits import Fold
 from socmap.train_config import TrainConfig
+
+if TYPE_CHECKING:
+    from socmap.trainer import HybridTrainer
 
 log = logging.getLogger(__name__)
 
@@ -118,28 +125,67 @@ def train_fold(config: TrainConfig, data: SiteData, fold: Fold, directory: Path,
 
     start = time.perf_counter()
     encoder = get_encoder(config.encoder)
-    p = None
     if isinstance(encoder, Baseline):
         sim = encoder.fit_fold(config, data, fold, directory, device, progress)
-        epochs, extra = None, {}
-    else:
-        trainer = HybridTrainer(config, data, fold, directory, device)
-        trainer.fit(progress=progress)
-        sim, p = trainer.predict(fold.test)
-        _save_npy(directory / "test_p.npy", p)
-        epochs = trainer.epoch
-        extra = {"edges_kept": trainer.edges_kept} if trainer.edges_kept is not None else {}
-        if trainer.selection is not None:
-            extra["selection"] = trainer.selection
-        if trainer.model.anoxia is not None:  # the learned wetland anoxia of this fold
-            extra["anoxia"] = trainer.model.anoxia.summary()
+        return _write_result(data, fold, directory, sim, None, {}, start)
+    trainer = HybridTrainer(config, data, fold, directory, device)
+    trainer.fit(progress=progress)
+    return hybrid_fold_result(trainer, start)
+
+
+def hybrid_fold_result(trainer: HybridTrainer, start: float) -> FoldResult:
+    """The result of the fitted ``trainer`` (:class:`socmap.trainer.HybridTrainer`), its test
+    predictions and ``result.json`` written; ``start`` is the ``time.perf_counter()`` the fold's
+    ``seconds`` count from."""
+    fold, directory = trainer.fold, trainer.dir
+    sim, p = trainer.predict(fold.test)
+    _save_npy(directory / "test_p.npy", p)
+    extra: dict = {"epochs": trainer.epoch}
+    if trainer.edges_kept is not None:
+        extra["edges_kept"] = trainer.edges_kept
+    if trainer.selection is not None:
+        extra["selection"] = trainer.selection
+    if trainer.model.anoxia is not None:  # the learned wetland anoxia of this fold
+        extra["anoxia"] = trainer.model.anoxia.summary()
+    return _write_result(trainer.data, fold, directory, sim, p, extra, start)
+
+
+def _write_result(data: SiteData, fold: Fold, directory: Path, sim: np.ndarray, p: np.ndarray | None, extra: dict,
+                  start: float) -> FoldResult:
+    """Write ``test_sim.npy`` and, last, ``result.json`` (``extra``: epochs and what the fit kept)."""
     _save_npy(directory / "test_sim.npy", sim)
     record = {
         "fold": fold.index, "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(fold.test),
-        "epochs": epochs, **extra, "seconds": time.perf_counter() - start, **metrics.skill(data.soc_g_m3[fold.test], sim),
+        "epochs": None, **extra, "seconds": time.perf_counter() - start,
+        **metrics.skill(data.soc_g_m3[fold.test], sim),
     }
     write_atomic(directory / "result.json", json.dumps(record, indent=2, default=json_default))
     return FoldResult(fold.index, record, sim, p)
+
+
+def train_folds_batched(config: TrainConfig, data: SiteData, folds: list[Fold], out: Path, device: torch.device,
+                        progress: bool = True) -> list[FoldResult]:
+    """Train the hybrid ``folds`` into ``out/folds/foldK`` side by side in this process, their
+    mini-batch steps batched (:func:`socmap.fold_batch.fit_batched`); their results in the order of
+    ``folds``. Each fold writes what :func:`train_fold` writes as soon as it is done; its
+    ``seconds`` are the wall time from the start of the batched training to its end (the folds
+    share that time)."""
+    from socmap.clm5.operators import prepare_forcing
+    from socmap.fold_batch import fit_batched
+    from socmap.trainer import HybridTrainer, SiteRows
+
+    start = time.perf_counter()
+    forcing = SiteRows(prepare_forcing(data.forcing.to(torch.float64, device)))  # θ-independent: once for all folds
+    trainers = [HybridTrainer(config, data, fold, fold_dir(out, fold.index), device, forcing=forcing) for fold in folds]
+    results: dict[int, FoldResult] = {}
+
+    def done(trainer: HybridTrainer) -> None:
+        results[trainer.fold.index] = hybrid_fold_result(trainer, start)
+        log_fold_done(results[trainer.fold.index])
+
+    log.info("training %d folds batched in one process", len(folds))
+    fit_batched(trainers, progress, done)
+    return [results[fold.index] for fold in folds]
 
 
 def read_fold(directory: Path, fold: int) -> FoldResult:
@@ -149,7 +195,8 @@ def read_fold(directory: Path, fold: int) -> FoldResult:
                       np.load(p_file) if p_file.exists() else None)
 
 
-def _log_done(result: FoldResult) -> None:
+def log_fold_done(result: FoldResult) -> None:
+    """Log a finished fold's held-out skill."""
     log.info("fold %d: test NSE %.3f, NSE(log) %.3f", result.fold, result.record["nse"], result.record["nse_log"])
 
 
@@ -172,11 +219,24 @@ def train_folds(config: TrainConfig, data: SiteData, folds: list[Fold], out: Pat
     with logging_redirect_tqdm():  # log lines above the bars, not written into them
         if workers > 1:
             return _train_in_workers(config, data, folds, Path(out).resolve(), device, workers, progress)
+        if config.fold_batching:  # every fold in this process, their mini-batch steps solved together
+            return train_folds_batched(config, data, folds, Path(out), device, progress)
         results = []
         for fold in folds:
             results.append(train_fold(config, data, fold, fold_dir(out, fold.index), device, progress))
-            _log_done(results[-1])
+            log_fold_done(results[-1])
         return results
+
+
+def worker_groups(config: TrainConfig, folds: list[Fold], workers: int) -> list[list[Fold]]:
+    """The tasks of the worker processes: one fold each, or with ``fold_batching`` the folds dealt
+    into ``workers`` groups of consecutive folds (sizes differing by at most one, the larger first),
+    each trained batched in one worker (:func:`train_folds_batched`)."""
+    if not config.fold_batching:
+        return [[fold] for fold in folds]
+    size, extra = divmod(len(folds), workers)
+    bounds = np.cumsum([0] + [size + (k < extra) for k in range(workers)])
+    return [folds[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
 # ----------------------------------------------------------------------------------------
@@ -196,8 +256,11 @@ def _init_worker(data_file: str, threads: int | None, log_queue, log_level: int)
     root.setLevel(log_level)
 
 
-def _train_in_worker(config: TrainConfig, fold: Fold, directory: str, device: str) -> FoldResult:
-    return train_fold(config, _WORKER_DATA, fold, Path(directory), torch.device(device), progress=False)
+def _train_in_worker(config: TrainConfig, folds: list[Fold], out: str, device: str) -> list[FoldResult]:
+    if config.fold_batching:
+        return train_folds_batched(config, _WORKER_DATA, folds, Path(out), torch.device(device), progress=False)
+    return [train_fold(config, _WORKER_DATA, fold, fold_dir(Path(out), fold.index), torch.device(device), progress=False)
+            for fold in folds]
 
 
 class _ToLocalLoggers(logging.Handler):
@@ -251,21 +314,23 @@ def _train_in_workers(config: TrainConfig, data: SiteData, folds: list[Fold], ou
         started = time.perf_counter()
         pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                                    initargs=(str(data_file), fold_threads(config, device), log_queue, level))
-        log.info("training %d folds in %d worker processes", len(folds), workers)
+        groups = worker_groups(config, folds, workers)
+        log.info("training %d folds in %d worker processes%s", len(folds), workers,
+                 " (" + ", ".join("+".join(str(f.index) for f in g) for g in groups) + " batched)" if config.fold_batching else "")
         bar = tqdm(total=len(folds), desc=f"folds ({workers} workers)", unit="fold", disable=None if progress else True)
         try:
             with _sigint_ignored():  # the workers start on submit
-                pending = {pool.submit(_train_in_worker, config, fold, str(fold_dir(out, fold.index)), str(device)): fold
-                           for fold in folds}
+                pending = {pool.submit(_train_in_worker, config, group, str(out), str(device)): group for group in groups}
             log.debug("%d fold workers started in %.1f s", workers, time.perf_counter() - started)
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in sorted(done, key=lambda f: pending[f].index):
-                    fold = pending.pop(future)
-                    _raise_for(future.exception(), fold, out)
-                    results[fold.index] = future.result()
-                    _log_done(results[fold.index])
-                    bar.update(1)
+                for future in sorted(done, key=lambda f: pending[f][0].index):
+                    group = pending.pop(future)
+                    _raise_for(future.exception(), group, out)
+                    for result in future.result():
+                        results[result.fold] = result
+                        log_fold_done(result)
+                    bar.update(len(group))
         except BaseException:
             _end_workers(pool)
             raise
@@ -276,13 +341,16 @@ def _train_in_workers(config: TrainConfig, data: SiteData, folds: list[Fold], ou
     return [results[fold.index] for fold in folds]
 
 
-def _raise_for(error: BaseException | None, fold: Fold, out: Path) -> None:
-    """A :class:`FoldError` naming ``fold`` and what its worker raised (nothing when it finished)."""
+def _raise_for(error: BaseException | None, group: list[Fold], out: Path) -> None:
+    """A :class:`FoldError` naming the folds ``group`` of one worker task and what the worker raised
+    (nothing when it finished)."""
+    which = f"fold {group[0].index}" if len(group) == 1 else "folds " + ", ".join(str(f.index) for f in group)
+    where = fold_dir(out, group[0].index) if len(group) == 1 else Path(out) / "folds"
     if isinstance(error, BrokenProcessPool):
-        raise FoldError(f"fold {fold.index}: a worker process died (killed, out of memory, or it failed to start: a "
+        raise FoldError(f"{which}: a worker process died (killed, out of memory, or it failed to start: a "
                         "script that calls socmap.train.train must do so under `if __name__ == '__main__':`, since "
                         "worker processes import the script); folds without result.json are re-trained by "
                         "`socmap train --resume`, or set fold_workers: 1") from error
     if error is not None:
-        raise FoldError(f"fold {fold.index} failed in its worker process ({fold_dir(out, fold.index)}): "
+        raise FoldError(f"{which} failed in its worker process ({where}): "
                         f"{type(error).__name__}: {error}") from error

@@ -72,6 +72,9 @@ class Phase:
     #: the learning-rate schedule (``lr_schedule``) steps in this phase
     scheduled_lr: ClassVar[bool] = False
     lr_divisor: ClassVar[float] = 1.0
+    #: an epoch is the trainer's mini-batch pass (``run_epoch`` = ``train_epoch``), which fold
+    #: batching (socmap/fold_batch.py) runs for several folds at once
+    minibatch: ClassVar[bool] = True
 
     def __init__(self, epochs: int) -> None:
         self.epochs = epochs
@@ -120,6 +123,7 @@ class Polish(Phase):
     """Full-batch L-BFGS on the training sites, recorded as one epoch."""
 
     name = "polish"
+    minibatch = False  # full-batch L-BFGS, per fold
 
     def __init__(self, iterations: int) -> None:
         super().__init__(epochs=1)

@@ -20,7 +20,8 @@ catalog added) and :func:`load_run_data` (``--profiles``: a user's tables throug
 pedotransfer-filled rows) and ``metrics.cv_measured_bd`` (skill on measured-density observations).
 
 The folds train one after another or side by side in worker processes (``fold_workers``, by
-default one per CPU core: :mod:`socmap.fold_runner`), with the same run bit for bit.
+default one per CPU core: :mod:`socmap.fold_runner`), or batched (``fold_batching``: their
+mini-batch steps solved together, :mod:`socmap.fold_batch`), with the same run bit for bit.
 ``--resume`` continues an interrupted run exactly where it stopped, and re-trains a fold whose
 model file is missing or unreadable. Before anything is written into ``--out`` the config and
 the data are checked (:func:`_prepare`), so a failed start leaves the folder as it was; a
@@ -225,7 +226,7 @@ def _write_csv(path: Path, frame: pd.DataFrame) -> None:
 
 
 #: Options that may change on ``--resume``: where and how fast it runs, not what it trains.
-RUNTIME_FIELDS = frozenset({"device", "threads", "fold_workers"})
+RUNTIME_FIELDS = frozenset({"device", "threads", "fold_workers", "fold_batching"})
 
 
 def resume_config(config: TrainConfig, out: Path) -> TrainConfig:
@@ -247,7 +248,8 @@ def resume_config(config: TrainConfig, out: Path) -> TrainConfig:
     if diffs:
         raise ValueError(f"--resume: {out} was started with another config ({saved_path}); differs: "
                          + "; ".join(diffs) + ". Resume without those options, or train into a new --out")
-    return saved.model_copy(update={k: getattr(config, k) for k in given & RUNTIME_FIELDS})
+    # validated again: a runtime option given now must suit the saved run (fold_batching and dropout)
+    return TrainConfig.model_validate({**saved.model_dump(), **{k: getattr(config, k) for k in given & RUNTIME_FIELDS}})
 
 
 def _prepare(config: TrainConfig, out: Path, resume: bool, progress: bool = True) -> tuple[TrainConfig, RunData, list]:

@@ -68,6 +68,7 @@ class TrainConfig(BaseModel):
     device: str = Field("auto", description="auto | cpu | cuda")
     threads: int | None = Field(None, ge=1)
     fold_workers: int | None = Field(None, ge=1, description="Worker processes training folds side by side (default: one per usable CPU core, at most the folds to run; 1 on a GPU; 1: the folds one after another in this process)")
+    fold_batching: bool = Field(False, description="Train the folds together, each mini-batch step solving every fold's batch in one steady-state call (each fold keeps its own model, optimiser and phases; the same run as one after another): all folds in this process with fold_workers 1, else the folds dealt into one group per worker process; hybrid encoders without dropout")
     profiles: str | None = Field(None, description="Horizon table(s) to train on: a file (CSV, Parquet, Excel; read as by `socmap profiles check`) or a catalog entry of kind profiles, comma-separated for several (default: the data entry's profile sets); implies --data real-conus")
     columns: str | None = Field(None, description="Column map (YAML: columns: {field: column}, units: {field: unit}) of the --profiles table")
     cube_resolution: float = Field(0.25, gt=0, description="Resolution (degrees) of the real covariate cube when socmap has to build it (an existing cube is reused as it is)")
@@ -111,6 +112,19 @@ class TrainConfig(BaseModel):
         from socmap.devices import check_device_name
 
         return check_device_name(v)
+
+    @model_validator(mode="after")
+    def _fold_batching_applies(self) -> "TrainConfig":
+        if not self.fold_batching:
+            return self
+        fix = "or set fold_batching: false"
+        if not get_encoder(self.encoder).hybrid:
+            raise ValueError(f"fold_batching trains hybrid encoders; {self.encoder!r} is a baseline: {fix}")
+        if self.dropout > 0:  # dropout draws from torch's one generator: the folds' draws would interleave
+            raise ValueError(f"fold_batching needs dropout: 0 (the folds' dropout draws would interleave and the run "
+                             f"would differ from the folds trained one after another); got {self.dropout}: set "
+                             f"dropout: 0 {fix}")
+        return self
 
     @model_validator(mode="after")
     def _folds_in_range(self) -> "TrainConfig":
