@@ -219,7 +219,7 @@ def train_folds(config: TrainConfig, data: SiteData, folds: list[Fold], out: Pat
     with logging_redirect_tqdm():  # log lines above the bars, not written into them
         if workers > 1:
             return _train_in_workers(config, data, folds, Path(out).resolve(), device, workers, progress)
-        if config.fold_batching:  # every fold in this process, their mini-batch steps solved together
+        if config.batches_folds:  # every fold in this process, their mini-batch steps solved together
             return train_folds_batched(config, data, folds, Path(out), device, progress)
         results = []
         for fold in folds:
@@ -232,7 +232,7 @@ def worker_groups(config: TrainConfig, folds: list[Fold], workers: int) -> list[
     """The tasks of the worker processes: one fold each, or with ``fold_batching`` the folds dealt
     into ``workers`` groups of consecutive folds (sizes differing by at most one, the larger first),
     each trained batched in one worker (:func:`train_folds_batched`)."""
-    if not config.fold_batching:
+    if not config.batches_folds:
         return [[fold] for fold in folds]
     size, extra = divmod(len(folds), workers)
     bounds = np.cumsum([0] + [size + (k < extra) for k in range(workers)])
@@ -257,7 +257,7 @@ def _init_worker(data_file: str, threads: int | None, log_queue, log_level: int)
 
 
 def _train_in_worker(config: TrainConfig, folds: list[Fold], out: str, device: str) -> list[FoldResult]:
-    if config.fold_batching:
+    if config.batches_folds:
         return train_folds_batched(config, _WORKER_DATA, folds, Path(out), torch.device(device), progress=False)
     return [train_fold(config, _WORKER_DATA, fold, fold_dir(Path(out), fold.index), torch.device(device), progress=False)
             for fold in folds]
@@ -316,7 +316,7 @@ def _train_in_workers(config: TrainConfig, data: SiteData, folds: list[Fold], ou
                                    initargs=(str(data_file), fold_threads(config, device), log_queue, level))
         groups = worker_groups(config, folds, workers)
         log.info("training %d folds in %d worker processes%s", len(folds), workers,
-                 " (" + ", ".join("+".join(str(f.index) for f in g) for g in groups) + " batched)" if config.fold_batching else "")
+                 " (" + ", ".join("+".join(str(f.index) for f in g) for g in groups) + " batched)" if config.batches_folds else "")
         bar = tqdm(total=len(folds), desc=f"folds ({workers} workers)", unit="fold", disable=None if progress else True)
         try:
             with _sigint_ignored():  # the workers start on submit
@@ -352,5 +352,6 @@ def _raise_for(error: BaseException | None, group: list[Fold], out: Path) -> Non
                         "worker processes import the script); folds without result.json are re-trained by "
                         "`socmap train --resume`, or set fold_workers: 1") from error
     if error is not None:
-        raise FoldError(f"{which} failed in its worker process ({where}): "
+        verb = "failed in its worker process" if len(group) == 1 else "(trained batched together) failed in their worker process"
+        raise FoldError(f"{which} {verb} ({where}): "
                         f"{type(error).__name__}: {error}") from error

@@ -68,7 +68,7 @@ class TrainConfig(BaseModel):
     device: str = Field("auto", description="auto | cpu | cuda")
     threads: int | None = Field(None, ge=1)
     fold_workers: int | None = Field(None, ge=1, description="Worker processes training folds side by side (default: one per usable CPU core, at most the folds to run; 1 on a GPU; 1: the folds one after another in this process)")
-    fold_batching: bool = Field(False, description="Train the folds together, each mini-batch step solving every fold's batch in one steady-state call (each fold keeps its own model, optimiser and phases; the same run as one after another): all folds in this process with fold_workers 1, else the folds dealt into one group per worker process; hybrid encoders without dropout")
+    fold_batching: bool | None = Field(None, description="Train the folds together, each mini-batch step solving every fold's batch in one steady-state call (each fold keeps its own model, optimiser and phases; the same run as one after another): all folds in this process with fold_workers 1, else the folds dealt into one group per worker process; hybrid encoders without dropout. Default (null): on wherever it applies (a hybrid encoder, dropout 0); false: each fold on its own")
     profiles: str | None = Field(None, description="Horizon table(s) to train on: a file (CSV, Parquet, Excel; read as by `socmap profiles check`) or a catalog entry of kind profiles, comma-separated for several (default: the data entry's profile sets); implies --data real-conus")
     columns: str | None = Field(None, description="Column map (YAML: columns: {field: column}, units: {field: unit}) of the --profiles table")
     cube_resolution: float = Field(0.25, gt=0, description="Resolution (degrees) of the real covariate cube when socmap has to build it (an existing cube is reused as it is)")
@@ -113,9 +113,17 @@ class TrainConfig(BaseModel):
 
         return check_device_name(v)
 
+    @property
+    def batches_folds(self) -> bool:
+        """Whether the folds train batched (:mod:`socmap.fold_batch`): ``fold_batching``, or by
+        default (None) wherever it applies, a hybrid encoder without dropout."""
+        if self.fold_batching is not None:
+            return self.fold_batching
+        return get_encoder(self.encoder).hybrid and self.dropout == 0
+
     @model_validator(mode="after")
     def _fold_batching_applies(self) -> "TrainConfig":
-        if not self.fold_batching:
+        if self.fold_batching is not True:  # None (the default) batches only where it applies: batches_folds
             return self
         fix = "or set fold_batching: false"
         if not get_encoder(self.encoder).hybrid:

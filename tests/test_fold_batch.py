@@ -225,4 +225,15 @@ def test_worker_groups_deal_consecutive_folds():
     batching = load_config(fold_batching=True)
     assert [[f.index for f in g] for g in worker_groups(batching, folds, 2)] == [[0, 1, 2], [3, 4]]
     assert [[f.index for f in g] for g in worker_groups(batching, folds[:2], 2)] == [[0], [1]]
-    assert [[f.index for f in g] for g in worker_groups(load_config(), folds, 2)] == [[k] for k in range(5)]
+    assert [[f.index for f in g] for g in worker_groups(load_config(), folds, 2)] == [[0, 1, 2], [3, 4]]  # the default
+    assert [[f.index for f in g] for g in worker_groups(load_config(fold_batching=False), folds, 2)] == [[k] for k in range(5)]
+
+
+def test_fold_batching_is_the_default_where_it_applies():
+    """Unset (None), the folds train batched for a hybrid encoder without dropout, and each on
+    its own otherwise (a baseline, or dropout); false turns it off, and the run records what was given."""
+    assert load_config().fold_batching is None and load_config().batches_folds is True
+    assert load_config(encoder="mlp").batches_folds is True
+    assert load_config(encoder="mlp", dropout=0.1).batches_folds is False
+    assert load_config(encoder="rf").batches_folds is False
+    assert load_config(fold_batching=False).batches_folds is False

@@ -99,11 +99,24 @@ def test_a_failing_fold_stops_the_run_naming_the_fold(twin, tmp_path):
     (run / "folds").mkdir(parents=True)
     (run / "folds" / "fold1").write_text("not a folder")  # fold 1 cannot create its folder in its worker
     with pytest.raises(FoldError, match=r"fold 1 failed in its worker process .*fold1\): FileExistsError"):
-        train(load_config(data_dir=str(twin), fold_workers=2, **SHORT), run, resume=True, progress=False)
+        train(load_config(data_dir=str(twin), fold_workers=2, fold_batching=False, **SHORT), run, resume=True,
+              progress=False)
     assert not (run / "run.json").exists() and not (run / "predictions.csv").exists()
     for k in (0, 2):  # a fold either finished completely or left no result.json
         done = run / f"folds/fold{k}/result.json"
         assert not done.exists() or all((run / f"folds/fold{k}" / n).is_file() for n in ("test_sim.npy", "test_p.npy", "model.pt"))
+
+
+def test_a_failing_batched_group_names_its_folds_and_the_cause(twin, tmp_path):
+    """With fold batching (the default) a worker trains a group of folds; its failure names the
+    group, the file and the worker's error, and no run.json is written."""
+    run = tmp_path / "run"
+    (run / "folds").mkdir(parents=True)
+    (run / "folds" / "fold1").write_text("not a folder")
+    with pytest.raises(FoldError, match=r"folds 0, 1 \(trained batched together\) failed in their worker process "
+                                        r".*FileExistsError.*fold1"):
+        train(load_config(data_dir=str(twin), fold_workers=2, **SHORT), run, resume=True, progress=False)
+    assert not (run / "run.json").exists() and not (run / "predictions.csv").exists()
 
 
 def test_ctrl_c_ends_the_workers(twin, tmp_path):
