@@ -164,7 +164,7 @@ def _write_result(data: SiteData, fold: Fold, directory: Path, sim: np.ndarray, 
 
 
 def train_folds_batched(config: TrainConfig, data: SiteData, folds: list[Fold], out: Path, device: torch.device,
-                        progress: bool = True) -> list[FoldResult]:
+                        progress: bool = True, log_done: bool = True) -> list[FoldResult]:
     """Train the hybrid ``folds`` into ``out/folds/foldK`` side by side in this process, their
     mini-batch steps batched (:func:`socmap.fold_batch.fit_batched`); their results in the order of
     ``folds``. Each fold writes what :func:`train_fold` writes as soon as it is done; its
@@ -181,7 +181,8 @@ def train_folds_batched(config: TrainConfig, data: SiteData, folds: list[Fold], 
 
     def done(trainer: HybridTrainer) -> None:
         results[trainer.fold.index] = hybrid_fold_result(trainer, start)
-        log_fold_done(results[trainer.fold.index])
+        if log_done:  # a worker's results are logged by the parent as they arrive
+            log_fold_done(results[trainer.fold.index])
 
     log.info("training %d folds batched in one process", len(folds))
     fit_batched(trainers, progress, done)
@@ -258,7 +259,8 @@ def _init_worker(data_file: str, threads: int | None, log_queue, log_level: int)
 
 def _train_in_worker(config: TrainConfig, folds: list[Fold], out: str, device: str) -> list[FoldResult]:
     if config.batches_folds:
-        return train_folds_batched(config, _WORKER_DATA, folds, Path(out), torch.device(device), progress=False)
+        return train_folds_batched(config, _WORKER_DATA, folds, Path(out), torch.device(device), progress=False,
+                                   log_done=False)
     return [train_fold(config, _WORKER_DATA, fold, fold_dir(Path(out), fold.index), torch.device(device), progress=False)
             for fold in folds]
 

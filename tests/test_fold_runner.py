@@ -77,6 +77,8 @@ def test_worker_log_records_reach_this_process(twin, tmp_path, caplog):
     train(load_config(data_dir=str(twin), fold_workers=2, fold_indices=[0, 2], **SHORT), tmp_path / "run", progress=False)
     pruned = {r.getMessage() for r in caplog.records if r.name == "socmap.phases" and "pruned" in r.getMessage()}
     assert {m.split(":")[0] for m in pruned} == {"fold 0", "fold 2"}  # logged in the workers
+    done = [r.getMessage() for r in caplog.records if r.name == "socmap.fold_runner" and "test NSE" in r.getMessage()]
+    assert sorted(m.split(":")[0] for m in done) == ["fold 0", "fold 2"]  # each fold's result logged once
     assert sorted(json.loads((tmp_path / "run" / "run.json").read_text())["timing"]) == ["per_fold_s", "total_s"]
 
 
