@@ -12,11 +12,11 @@ folder, or ``--twin DIR``), timed end to end (``retrieval_5fold_s``) with its he
 and parameter recovery (R² per learned parameter), so that a speed-up can be checked to leave
 the recovery unchanged (``retrieval_cpu_s``: the CPU seconds it took, fold workers included, a
 figure a busy machine inflates less than the wall time); ``--fold-workers 1 auto`` times it with the folds one after another and
-side by side in worker processes (the default), in the same run; ``--fold-batching`` (or
-``batched`` among the ``--fold-workers`` values, where its place sets the order) also times it with
-``fold_batching: true`` and one fold worker, the folds trained together in this process
-(socmap/fold_batch.py); ``batched-auto`` with fold batching in the default worker processes, one
-group of folds each.
+side by side in worker processes, unbatched (``fold_batching: false``), in the same run;
+``--fold-batching`` (or ``batched`` among the ``--fold-workers`` values, where its place sets the
+order) also times it with ``fold_batching: true`` and one fold worker, the folds trained together
+in this process (socmap/fold_batch.py); ``batched-auto`` with fold batching in the default worker
+processes, one group of folds each — what ``socmap train`` does by default.
 ``--profile`` prints a cProfile table of one training epoch.
 
     python benchmarks/train.py [--json] [--sites 1000] [--epochs 2] [--threads 1] [--device cpu]
