@@ -42,8 +42,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from socmap.clm5 import interpolate_to_depths, soc_nodes, steady_state
-from socmap.clm5.parameters import to_physical
 from socmap.phases import Phase
 from socmap.trainer import HybridTrainer
 
@@ -73,18 +71,16 @@ def batched_losses(group: list[tuple[HybridTrainer, np.ndarray]]) -> list[torch.
 def _batched_losses(group: list[tuple[HybridTrainer, np.ndarray]]) -> list[torch.Tensor]:
     lead = group[0][0]
     ts = [torch.as_tensor(idx, device=lead.device) for _, idx in group]
-    # the steps of HybridModel.simulate, with the encoder (and the learned anoxia) per fold and the
-    # forcing, the solve and the observation operator once for every fold's sites
+    # HybridModel.simulate with the encoder (and the learned anoxia) per fold and the forcing, the
+    # solve and the observation operator (HybridModel.solve_soc) once for every fold's sites
     encoded = [trainer.model.encode(trainer.x[t]) for (trainer, _), t in zip(group, ts)]
     oxygen = [trainer.model.o_scalar(trainer.wetland[t]) for (trainer, _), t in zip(group, ts)]
     t_all = torch.cat(ts)
-    theta = to_physical(torch.cat([p_full for p_full, _, _ in encoded]).to(torch.float64))
-    # column_forcing only reads the spec (saturated wetlands, whether anoxia is learned), the same in
-    # every fold; its wetland terms leave upland sites (w = 0) exact, whichever batch they are in
-    prepared = lead.model.column_forcing(lead.forcing.subset(t_all), lead.wetland[t_all])
-    pools = steady_state(theta, prepared, method=lead.model.solver_method, check=False,
-                         o_scalar=None if oxygen[0] is None else torch.cat(oxygen))
-    sims = interpolate_to_depths(soc_nodes(pools), lead.depth[t_all]).split([len(t) for t in ts])
+    # solve_soc's column forcing only reads the spec (saturated wetlands, whether anoxia is learned),
+    # the same in every fold; its wetland terms leave upland sites (w = 0) exact, whichever batch they are in
+    sims = lead.model.solve_soc(torch.cat([p_full for p_full, _, _ in encoded]), lead.forcing.subset(t_all),
+                                lead.depth[t_all], lead.wetland[t_all],
+                                None if oxygen[0] is None else torch.cat(oxygen)).split([len(t) for t in ts])
     return [trainer.objective(t, sim, p_sub, u)
             for (trainer, _), t, sim, (_, p_sub, u) in zip(group, ts, sims, encoded)]
 

@@ -34,7 +34,7 @@ from socmap.clm5.parameters import NAMES
 from socmap.data.cube import FORCING_VARS, cell_forcing, cell_values, open_cube, sample_grid
 from socmap.fsutil import atomic_path, probe_writable
 from socmap.runs import Run, open_run
-from socmap.stages import StageClock, maybe_stage
+from socmap.stages import StageClock, maybe_stage, sum_stages
 from socmap.store import SOC, STOCKS
 
 log = logging.getLogger(__name__)
@@ -360,10 +360,7 @@ def _predicted(blocks: Iterator[pd.DataFrame], workers: int, device: str, clock:
     from concurrent.futures.process import BrokenProcessPool
 
     def merge(stages: dict[str, dict[str, float]]) -> None:
-        for name, row in stages.items():
-            acc = clock.stages.setdefault(name, dict.fromkeys(row, 0.0))
-            for f, v in row.items():
-                acc[f] += v
+        clock.stages = sum_stages([clock.stages, stages], digits=9)
 
     def read() -> pd.DataFrame | None:
         with clock.stage("read"):
@@ -475,7 +472,7 @@ def predict_file(run_dir: str | Path, points: str | Path, out: str | Path, *, ba
         "fold_models": run.fold_models, "partial_ensemble": run.partial, "fold_models_missing": run.missing_models,
         "batch": batch, "workers": n_workers, "device": device, "seconds": round(seconds, 3),
         "points_per_s": round(n_rows / seconds, 1) if seconds > 0 else None,
-        "stages": {name: {f: round(v, 3) for f, v in row.items()} for name, row in clock.stages.items()},
+        "stages": sum_stages([clock.stages]),
     }
     from socmap.fsutil import write_atomic
 

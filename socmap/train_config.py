@@ -113,25 +113,29 @@ class TrainConfig(BaseModel):
 
         return check_device_name(v)
 
+    def _fold_batching_blocker(self) -> str | None:
+        """Why the folds of this config cannot train batched, or None where they can."""
+        fix = "or set fold_batching: false"
+        if not get_encoder(self.encoder).hybrid:
+            return f"fold_batching trains hybrid encoders; {self.encoder!r} is a baseline: {fix}"
+        if self.dropout > 0:  # dropout draws from torch's one generator: the folds' draws would interleave
+            return (f"fold_batching needs dropout: 0 (the folds' dropout draws would interleave and the run would "
+                    f"differ from the folds trained one after another); got {self.dropout}: set dropout: 0 {fix}")
+        return None
+
     @property
     def batches_folds(self) -> bool:
         """Whether the folds train batched (:mod:`socmap.fold_batch`): ``fold_batching``, or by
         default (None) wherever it applies, a hybrid encoder without dropout."""
         if self.fold_batching is not None:
             return self.fold_batching
-        return get_encoder(self.encoder).hybrid and self.dropout == 0
+        return self._fold_batching_blocker() is None
 
     @model_validator(mode="after")
     def _fold_batching_applies(self) -> "TrainConfig":
-        if self.fold_batching is not True:  # None (the default) batches only where it applies: batches_folds
-            return self
-        fix = "or set fold_batching: false"
-        if not get_encoder(self.encoder).hybrid:
-            raise ValueError(f"fold_batching trains hybrid encoders; {self.encoder!r} is a baseline: {fix}")
-        if self.dropout > 0:  # dropout draws from torch's one generator: the folds' draws would interleave
-            raise ValueError(f"fold_batching needs dropout: 0 (the folds' dropout draws would interleave and the run "
-                             f"would differ from the folds trained one after another); got {self.dropout}: set "
-                             f"dropout: 0 {fix}")
+        blocker = self._fold_batching_blocker() if self.fold_batching else None  # None (default): where it applies
+        if blocker:
+            raise ValueError(blocker)
         return self
 
     @model_validator(mode="after")

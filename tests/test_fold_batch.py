@@ -33,7 +33,7 @@ def twin(tmp_path_factory) -> Path:
 def runs(twin, tmp_path_factory) -> dict[str, Path]:
     """The same run with the folds one after another and batched; ``solves``: the sites of every
     steady-state call of the batched run."""
-    from socmap import fold_batch
+    from socmap.nets import hybrid
 
     base = tmp_path_factory.mktemp("runs")
     solves: list[int] = []
@@ -42,10 +42,11 @@ def runs(twin, tmp_path_factory) -> dict[str, Path]:
         solves.append(theta.shape[0])
         return solve(theta, *args, **kwargs)
 
-    solve = fold_batch.steady_state
+    solve = hybrid.steady_state
     for name, batching, workers in (("seq", False, 1), ("batched", True, 1), ("batched-w2", True, 2)):
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(fold_batch, "steady_state", counted)  # in this process only (not in workers)
+            if name == "batched":  # every solve of that run (HybridModel.solve_soc), in this process
+                mp.setattr(hybrid, "steady_state", counted)
             train(load_config(data_dir=str(twin), fold_workers=workers, fold_batching=batching, **SHORT), base / name,
                   progress=False)
     return {name: base / name for name in ("seq", "batched", "batched-w2")} | {"solves": solves}
@@ -82,7 +83,8 @@ def test_batched_folds_are_the_sequential_run(runs, batched):
         assert _history(seq, k) == _history(bat, k)  # every epoch's losses, learning rate and phase
     rec = json.loads((bat / "run.json").read_text())
     assert rec["config"]["fold_batching"] is True
-    assert max(runs["solves"]) == 3 * SHORT["batch_size"]  # three folds' batches were solved in one call
+    # three folds' batches were solved in one call (its other solves, validation and polish, are of one fold's sites)
+    assert max(runs["solves"]) == 3 * SHORT["batch_size"]
     phases = {h["phase"] for k in range(3) for h in _history(bat, k)}
     assert phases == {"fit", "polish", "sparsify", "refit"}
 

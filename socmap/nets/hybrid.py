@@ -184,10 +184,18 @@ class HybridModel(nn.Module):
         ``wetland`` [B] (0/1) is the sites' wetland flag, used by the learned anoxia (if any).
         """
         p_full, p_sub, u = self.encode(covariates)
+        return self.solve_soc(p_full, prepared, depth_m, wetland, self.o_scalar(wetland)), p_sub, u
+
+    def solve_soc(self, p_full: torch.Tensor, prepared: PreparedForcing, depth_m: torch.Tensor,
+                  wetland: torch.Tensor | None, o_scalar: torch.Tensor | None) -> torch.Tensor:
+        """SOC (g C m-3, float64) at ``depth_m`` [B, L] from the normalised parameters ``p_full``
+        [B, 21]: the steady state of the sites' columns and the observation operator of
+        :meth:`simulate`. ``o_scalar`` [B, 20] (or None) is the learned anoxia's oxygen scalar;
+        fold batching (socmap/fold_batch.py) passes several folds' sites and scalars at once."""
         theta = to_physical(p_full.to(torch.float64))
         pools = steady_state(theta, self.column_forcing(prepared, wetland), method=self.solver_method, check=False,
-                             o_scalar=self.o_scalar(wetland))
-        return interpolate_to_depths(soc_nodes(pools), depth_m), p_sub, u
+                             o_scalar=o_scalar)
+        return interpolate_to_depths(soc_nodes(pools), depth_m)
 
     @torch.no_grad()
     def hold_output_range(self, covariates: torch.Tensor) -> tuple[list[float], list[float]]:
