@@ -29,6 +29,7 @@ from socmap.clm5.operators import (
     TRANSFER_EDGES, BedrockRule, Operators, PreparedForcing, build_operators, check_o_scalar, prepare_forcing,
 )
 from socmap.clm5.parameters import N_PARAMS, check_bounds
+from socmap.clm5 import kernels
 from socmap import allocator
 
 allocator.configure()  # big temporaries reused from the heap, not mmapped per op (socmap/allocator.py)
@@ -36,6 +37,12 @@ allocator.configure()  # big temporaries reused from the heap, not mmapped per o
 
 Method = Literal["structured", "dense"]
 NL = grid.N_LAYERS
+if tuple((r, d) for r, d, _ in TRANSFER_EDGES) != kernels.EDGES:  # pragma: no cover - a model change
+    raise ImportError("socmap.clm5.kernels is written for the CLM5 transfer edges of docs/model.md §2.4; "
+                      "TRANSFER_EDGES changed: update the kernels' block structure")
+#: Use the compiled kernels (socmap.clm5.kernels) for float64 CPU factorizations; False keeps the
+#: torch sweeps everywhere (the kernels' reference in the tests; CUDA always takes them).
+COMPILED_KERNELS = True
 
 
 class SingularSystemWarning(RuntimeWarning):
@@ -163,8 +170,7 @@ class _AdjointSteadyState(torch.autograd.Function):
     @staticmethod
     def forward(ctx, k, transport, src, fractions):  # type: ignore[override]
         f = dict(zip(_EDGE_NAMES, fractions.unbind(0)))
-        rhs = torch.cat([src, torch.zeros_like(k[4:])])  # no input to the SOM pools
-        fac = ShiftedFactorization(k, transport, f, rhs=rhs, overwrite_rhs=True)
+        fac = ShiftedFactorization(k, transport, f, rhs=src, overwrite_rhs=True)  # no input to the SOM pools
         # ctx must not hold the output outside save_for_backward: x -> grad_fn -> ctx -> fac -> x
         # would be a cycle, freed only when Python's cyclic GC runs (rarely in a loop of large
         # solves: memory grew by ~110 MB and ~25k page faults per 16k-site call)
@@ -452,24 +458,29 @@ class ShiftedFactorization:
         Transfer fractions (A's off-diagonals, incl. ``1-fcwdl2``).
     shift_per_day : float or Tensor [B]
         Diagonal shift s (d-1), ≥ 0.
-    rhs : Tensor [7, 20, B], optional
-        A right-hand side solved during the factorization (``solution``); None: factor only.
+    rhs : Tensor [7, 20, B] or [4, 20, B], optional
+        A right-hand side solved during the factorization (``solution``); with 4 pools, inputs to
+        CWD and litter only (the SOM pools' zero, as in the steady state); None: factor only.
     overwrite_rhs : bool
-        Solve ``rhs`` in place (it becomes ``solution``) instead of on a copy.
+        Allow ``rhs`` [7, 20, B] to be overwritten by the solution (it may become ``solution``).
+
+    On float64 CPU tensors the eliminations and substitutions run in the compiled kernels of
+    :mod:`socmap.clm5.kernels` (same factors, same layout; docs/model.md §3.6); elsewhere (CUDA)
+    in the torch ops below.
     """
 
     def __init__(self, k: torch.Tensor, transport: torch.Tensor, f: dict[str, torch.Tensor],
                  shift_per_day: torch.Tensor | float = 0.0, rhs: torch.Tensor | None = None, overwrite_rhs: bool = False):
         self.batch_size = int(k.shape[-1])
         if rhs is not None:
-            self._check(rhs)
-            rhs = rhs.detach() if overwrite_rhs else rhs.detach().clone()
+            self._check(rhs, source=True)
+            rhs = rhs.detach()
         with torch.no_grad():
             self.solution = self._factor(k.detach(), transport.detach(), {n: v.detach() for n, v in f.items()},
-                                         shift_per_day, rhs)
+                                         shift_per_day, rhs, overwrite_rhs)
 
     def _factor(self, k: torch.Tensor, transport: torch.Tensor, f: dict[str, torch.Tensor], shift_per_day,
-                rhs: torch.Tensor | None) -> torch.Tensor | None:
+                rhs: torch.Tensor | None, overwrite_rhs: bool) -> torch.Tensor | None:
         shift = torch.as_tensor(shift_per_day, dtype=k.dtype, device=k.device)
         lower, vdiag, upper = transport.unbind(0)
         vdiag_s = vdiag + shift  # [20, B]
@@ -478,7 +489,21 @@ class ShiftedFactorization:
         # the share of CWD's inflow that leaves it by decay, k/(k + s): exactly 1 when s = 0, so
         # that the steady state's litter input (and its gradient) is independent of τ_CWD exactly
         self.cwd_decayed = k[0] / self.cwd_diag
+        self.compiled = COMPILED_KERNELS and kernels.usable(k, transport, vdiag_s, *([] if rhs is None else [rhs]))
+        if self.compiled:  # the same eliminations, fused per block of sites (docs/model.md §3.6)
+            self.k = k = k.contiguous()
+            self._bands = (lower.contiguous(), vdiag_s.contiguous(), upper.contiguous())
+            self._f_rows = torch.stack([f[n] for n in _EDGE_NAMES])
+            in_place = overwrite_rhs and rhs is not None and rhs.shape[0] == grid.N_POOLS and rhs.is_contiguous()
+            out = rhs if in_place else None
+            self.lit_rden, self.lit_cp, self.som_inv, out = kernels.factor(
+                k, *self._bands, self._f_rows, self.cwd_diag, self.cwd_decayed, rhs, out)
+            return out
         self.lower, self.upper = lower.unbind(0), upper.unbind(0)
+        if rhs is not None and rhs.shape[0] < grid.N_POOLS:  # inputs to CWD and litter only
+            rhs = torch.cat([rhs, rhs.new_zeros((grid.N_POOLS - rhs.shape[0],) + rhs.shape[1:])])
+        elif rhs is not None and not overwrite_rhs:
+            rhs = rhs.clone()
         out = None if rhs is None else self._cwd_and_litter_rhs(rhs)  # solved in place
         # litter (3 tridiagonal systems at once): 1/d_j and c_j of the Thomas LU, [20, 3, B]
         b = k.shape[-1]
@@ -573,13 +598,21 @@ class ShiftedFactorization:
         for j in range(NL - 2, -1, -1):
             som[j].addcmul_(_matvec3_into(self._inv[j], som[j + 1], t), self.upper[j], value=-1.0)
 
-    def _check(self, rhs: torch.Tensor) -> None:
-        if tuple(rhs.shape) != (grid.N_POOLS, NL, self.batch_size):
-            raise ValueError(f"rhs must have shape [7, 20, {self.batch_size}]; got {tuple(rhs.shape)}")
+    def _check(self, rhs: torch.Tensor, source: bool = False) -> None:
+        pools = (grid.N_POOLS, 4) if source else (grid.N_POOLS,)
+        if rhs.shape[0] not in pools or tuple(rhs.shape[1:]) != (NL, self.batch_size):
+            want = "[7, 20, B] (or [4, 20, B]: inputs to CWD and litter only)" if source else "[7, 20, B]"
+            raise ValueError(f"rhs must have shape {want} with B = {self.batch_size}; got {tuple(rhs.shape)}")
+
+    def _kernel_args(self) -> tuple:
+        lower, _, upper = self._bands
+        return (self.k, lower, upper, self._f_rows, self.cwd_diag, self.cwd_decayed, self.lit_rden, self.lit_cp, self.som_inv)
 
     def solve(self, rhs: torch.Tensor) -> torch.Tensor:
         """X for a right-hand side ``rhs`` [7, 20, B] (gC m-3 d-1); pools [7, 20, B] (no autograd)."""
         self._check(rhs)
+        if self.compiled and kernels.usable(rhs):
+            return kernels.solve(*self._kernel_args(), rhs.detach().clone(memory_format=torch.contiguous_format))
         with torch.no_grad():
             out = self._cwd_and_litter_rhs(rhs.detach().clone())
             lit, som = out[1:4].unbind(1), out[4:7].unbind(1)
@@ -601,6 +634,9 @@ class ShiftedFactorization:
             return self._solve_transposed(g.detach())
 
     def _solve_transposed(self, g: torch.Tensor) -> torch.Tensor:
+        if self.compiled and kernels.usable(g):
+            out = kernels.solve_transposed(*self._kernel_args(), g.clone(memory_format=torch.contiguous_format))
+            return self._cwd_adjoint(out)
         k, f, out = self.k, self.f, g.clone()
         # SOM: Uᵀ z = g (z_j = S_j^-T (g_j - u_{j-1} z_{j-1})), then Lᵀ λ = z (λ_j = z_j - l_{j+1} S_j^-T λ_{j+1})
         t = torch.empty_like(out[0, :3])
@@ -623,8 +659,16 @@ class ShiftedFactorization:
         yl[NL - 1].mul_(self._rden[NL - 1])
         for j in range(NL - 2, -1, -1):
             yl[j].addcmul_(yl[j + 1], self.lower[j + 1], value=-1.0).mul_(self._rden[j])
-        # CWD: (k_c + s) λ_c = g_c + k_c (f λ_L2 + (1 - f) λ_L3)
-        received = torch.mul(y[1], f["fcwdl2"]).addcmul_(y[2], f["1-fcwdl2"])
+        return self._cwd_adjoint(out)
+
+    def _cwd_adjoint(self, out: torch.Tensor) -> torch.Tensor:
+        """CWD's row of Mᵀ λ = g: (k_c + s) λ_c = g_c + k_c (f λ_L2 + (1 - f) λ_L3), given λ_L2, λ_L3 in ``out``.
+
+        In torch on both paths: the backward's dL/dk_c sums f λ_L2 + (1 - f) λ_L3 by the same ops,
+        so at s = 0 the two cancel exactly and τ_CWD's gradient is exactly 0 (docs/model.md §3.3).
+        """
+        f = self.f
+        received = torch.mul(out[2], f["fcwdl2"]).addcmul_(out[3], f["1-fcwdl2"])
         out[0].div_(self.cwd_diag).addcmul_(received, self.cwd_decayed)
         return out
 

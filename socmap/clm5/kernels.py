@@ -1,0 +1,357 @@
+"""Compiled per-site kernels of the structured steady-state solver (docs/model.md §3.6).
+
+The torch sweeps of :mod:`socmap.clm5.solver` issue ~15 small tensor ops per layer; on a CPU they
+are bound by per-op overhead and memory traffic, and ops on [B] slices run on one thread. These
+kernels do the same eliminations (litter Thomas LU, SOM block LU with explicit 3×3 inverses) and
+substitutions in one compiled pass per layer over a range of sites (numba): each intermediate
+lives in registers, each layer's rows are streamed once. The caller's threads each take a range
+of sites (the kernels release the GIL).
+
+Layouts follow the solver's: every array is layer × site with **sites innermost**, float64,
+C-contiguous. ``f`` [10, B] holds the transfer fractions in ``TRANSFER_EDGES`` order (``EDGES``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+import numpy as np
+import torch
+
+from socmap.clm5 import grid
+
+NL = grid.N_LAYERS
+#: Below this many sites a call runs on the calling thread only (a thread hand-off costs ~20 µs).
+MIN_SITES_PER_THREAD = 2048
+
+# fractions by row of ``f``, in socmap.clm5.operators.TRANSFER_EDGES order (socmap.clm5.solver checks
+# at import that the edges are these (receiver, donor) pairs)
+F_CWD_L2, F_CWD_L3, F_L1_S1, F_L2_S1, F_L3_S2, F_S1_S2, F_S1_S3, F_S2_S1, F_S2_S3, F_S3_S1 = range(10)
+EDGES = ((2, 0), (3, 0), (4, 1), (4, 2), (5, 3), (5, 4), (6, 4), (4, 5), (6, 5), (4, 6))
+
+_jit = numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False)
+#: Site indices are unsigned: numba wraps negative indices around, and the check that needs on a
+#: signed index the compiler cannot bound keeps the inner loops from vectorising.
+_u = numba.uint64
+
+
+@_jit
+def _cwd_litter_solve(k, lower, f, cwd_diag, cwd_decayed, rden, cp, src, x, lo, hi):
+    """CWD (no transport) and its fragmentation flux into L2/L3, the litter substitutions, and the
+    litter decomposition fluxes as the SOM right-hand side, from b in ``src`` into ``x``: ``src``
+    [7, 20, B] (may be ``x`` itself) or [4, 20, B] (zero SOM input, the steady state)."""
+    full = src.shape[0] == 7
+    for j in range(NL):
+        for i in range(_u(lo), _u(hi)):
+            c = src[0, j, i]
+            flux = c * cwd_decayed[j, i]
+            x[0, j, i] = c / cwd_diag[j, i]
+            x[1, j, i] = src[1, j, i]
+            x[2, j, i] = src[2, j, i] + flux * f[F_CWD_L2, i]
+            x[3, j, i] = src[3, j, i] + flux * f[F_CWD_L3, i]
+    for j in range(NL):
+        for p in range(3):
+            for i in range(_u(lo), _u(hi)):
+                y = x[1 + p, j, i]
+                if j > 0:
+                    y -= x[1 + p, j - 1, i] * lower[j, i]
+                x[1 + p, j, i] = y * rden[j, p, i]
+    for j in range(NL - 2, -1, -1):
+        for p in range(3):
+            for i in range(_u(lo), _u(hi)):
+                x[1 + p, j, i] -= cp[j, p, i] * x[1 + p, j + 1, i]
+    for j in range(NL):
+        for i in range(_u(lo), _u(hi)):
+            s4 = src[4, j, i] if full else 0.0
+            s5 = src[5, j, i] if full else 0.0
+            x[4, j, i] = s4 + k[1, j, i] * x[1, j, i] * f[F_L1_S1, i] + k[2, j, i] * x[2, j, i] * f[F_L2_S1, i]
+            x[5, j, i] = s5 + k[3, j, i] * x[3, j, i] * f[F_L3_S2, i]
+            x[6, j, i] = src[6, j, i] if full else 0.0
+
+
+@_jit
+def _factor_sites(k, lower, vds, upper, f, cwd_diag, cwd_decayed, src, rhs, has_rhs, rden, cp, inv, lo, hi):
+    """The LU factors of M_s for sites [lo, hi), and, given ``has_rhs``, M_s X = b solved into
+    ``rhs``, where b is ``src`` [7, 20, B] or, with 4 pools, ``src`` and zero SOM input (the
+    steady state); ``src`` may be ``rhs`` itself."""
+    # litter: Thomas LU of the three tridiagonal systems, pivots 1/d_j and multipliers c_j
+    for j in range(NL):
+        for p in range(3):
+            for i in range(_u(lo), _u(hi)):
+                d = k[1 + p, j, i] + vds[j, i]
+                if j > 0:
+                    d -= cp[j - 1, p, i] * lower[j, i]
+                r = 1.0 / d
+                rden[j, p, i] = r
+                cp[j, p, i] = r * upper[j, i]
+    if has_rhs:
+        _cwd_litter_solve(k, lower, f, cwd_diag, cwd_decayed, rden, cp, src, rhs, lo, hi)
+    # SOM: S_j = D_j - l_j u_{j-1} S_{j-1}^-1, inverted by the adjugate; forward substitution alongside
+    for j in range(NL):
+        for i in range(_u(lo), _u(hi)):
+            vd = vds[j, i]
+            s1, s2, s3 = k[4, j, i], k[5, j, i], k[6, j, i]
+            # D_j = diag(K_s) + V_jj 𝟙 - F K_s, row-major (S2 receives nothing from S3)
+            a, b, c = s1 + vd, -f[F_S2_S1, i] * s2, -f[F_S3_S1, i] * s3
+            d, e, g6 = -f[F_S1_S2, i] * s1, s2 + vd, 0.0
+            g, h, m9 = -f[F_S1_S3, i] * s1, -f[F_S2_S3, i] * s2, s3 + vd
+            if j > 0:
+                w = -(lower[j, i] * upper[j - 1, i])
+                a += w * inv[j - 1, 0, i]
+                b += w * inv[j - 1, 1, i]
+                c += w * inv[j - 1, 2, i]
+                d += w * inv[j - 1, 3, i]
+                e += w * inv[j - 1, 4, i]
+                g6 += w * inv[j - 1, 5, i]
+                g += w * inv[j - 1, 6, i]
+                h += w * inv[j - 1, 7, i]
+                m9 += w * inv[j - 1, 8, i]
+            c0 = e * m9 - g6 * h
+            c1 = c * h - b * m9
+            c2 = b * g6 - c * e
+            c3 = g6 * g - d * m9
+            c4 = a * m9 - c * g
+            c5 = c * d - a * g6
+            c6 = d * h - e * g
+            c7 = b * g - a * h
+            c8 = a * e - b * d
+            rdet = 1.0 / (a * c0 + b * c3 + c * c6)
+            c0 *= rdet
+            c1 *= rdet
+            c2 *= rdet
+            c3 *= rdet
+            c4 *= rdet
+            c5 *= rdet
+            c6 *= rdet
+            c7 *= rdet
+            c8 *= rdet
+            inv[j, 0, i], inv[j, 1, i], inv[j, 2, i] = c0, c1, c2
+            inv[j, 3, i], inv[j, 4, i], inv[j, 5, i] = c3, c4, c5
+            inv[j, 6, i], inv[j, 7, i], inv[j, 8, i] = c6, c7, c8
+            if has_rhs:  # y_j = S_j^-1 (b_j - l_j y_{j-1}) while S_j^-1 is in registers (as _som_forward_at;
+                # calling it here, even inlined, measured 0.4 µs per site slower at 16k sites)
+                t0, t1, t2 = rhs[4, j, i], rhs[5, j, i], rhs[6, j, i]
+                if j > 0:
+                    lj = lower[j, i]
+                    t0 -= rhs[4, j - 1, i] * lj
+                    t1 -= rhs[5, j - 1, i] * lj
+                    t2 -= rhs[6, j - 1, i] * lj
+                rhs[4, j, i] = c0 * t0 + c1 * t1 + c2 * t2
+                rhs[5, j, i] = c3 * t0 + c4 * t1 + c5 * t2
+                rhs[6, j, i] = c6 * t0 + c7 * t1 + c8 * t2
+    if has_rhs:
+        _som_back(upper, inv, rhs, lo, hi)
+
+
+@_jit
+def _som_forward_at(lower, inv, x, j, i):
+    """y_j = S_j^-1 (b_j - l_j y_{j-1}) on the SOM pools of ``x``, layer j of site i."""
+    t0, t1, t2 = x[4, j, i], x[5, j, i], x[6, j, i]
+    if j > 0:
+        lj = lower[j, i]
+        t0 -= x[4, j - 1, i] * lj
+        t1 -= x[5, j - 1, i] * lj
+        t2 -= x[6, j - 1, i] * lj
+    x[4, j, i] = inv[j, 0, i] * t0 + inv[j, 1, i] * t1 + inv[j, 2, i] * t2
+    x[5, j, i] = inv[j, 3, i] * t0 + inv[j, 4, i] * t1 + inv[j, 5, i] * t2
+    x[6, j, i] = inv[j, 6, i] * t0 + inv[j, 7, i] * t1 + inv[j, 8, i] * t2
+
+
+@_jit
+def _som_back(upper, inv, x, lo, hi):
+    """x_j = y_j - u_j S_j^-1 x_{j+1} on the SOM pools of ``x``."""
+    for j in range(NL - 2, -1, -1):
+        for i in range(_u(lo), _u(hi)):
+            x0, x1, x2 = x[4, j + 1, i], x[5, j + 1, i], x[6, j + 1, i]
+            u = upper[j, i]
+            x[4, j, i] -= u * (inv[j, 0, i] * x0 + inv[j, 1, i] * x1 + inv[j, 2, i] * x2)
+            x[5, j, i] -= u * (inv[j, 3, i] * x0 + inv[j, 4, i] * x1 + inv[j, 5, i] * x2)
+            x[6, j, i] -= u * (inv[j, 6, i] * x0 + inv[j, 7, i] * x1 + inv[j, 8, i] * x2)
+
+
+@_jit
+def _solve_sites(k, lower, upper, f, cwd_diag, cwd_decayed, rden, cp, inv, x, lo, hi):
+    """M_s X = b in place in ``x`` with a kept factorization (the substitutions only)."""
+    _cwd_litter_solve(k, lower, f, cwd_diag, cwd_decayed, rden, cp, x, x, lo, hi)
+    for j in range(NL):
+        for i in range(_u(lo), _u(hi)):
+            _som_forward_at(lower, inv, x, j, i)
+    _som_back(upper, inv, x, lo, hi)
+
+
+@_jit
+def _transposed_sites(k, lower, upper, f, cwd_diag, cwd_decayed, rden, cp, inv, lam, lo, hi):
+    """M_sᵀ λ = g in place in ``lam`` for the SOM and litter pools (Mᵀ is block upper triangular:
+    SOM first); CWD's row is left to the caller (``ShiftedFactorization._cwd_adjoint``)."""
+    # SOM: Uᵀ z = g, z_j = S_j^-T (g_j - u_{j-1} z_{j-1}); then Lᵀ λ = z, λ_j = z_j - l_{j+1} S_j^-T λ_{j+1}
+    for j in range(NL):
+        for i in range(_u(lo), _u(hi)):
+            t0, t1, t2 = lam[4, j, i], lam[5, j, i], lam[6, j, i]
+            if j > 0:
+                u = upper[j - 1, i]
+                t0 -= lam[4, j - 1, i] * u
+                t1 -= lam[5, j - 1, i] * u
+                t2 -= lam[6, j - 1, i] * u
+            lam[4, j, i] = inv[j, 0, i] * t0 + inv[j, 3, i] * t1 + inv[j, 6, i] * t2
+            lam[5, j, i] = inv[j, 1, i] * t0 + inv[j, 4, i] * t1 + inv[j, 7, i] * t2
+            lam[6, j, i] = inv[j, 2, i] * t0 + inv[j, 5, i] * t1 + inv[j, 8, i] * t2
+    for j in range(NL - 2, -1, -1):
+        for i in range(_u(lo), _u(hi)):
+            z0, z1, z2 = lam[4, j + 1, i], lam[5, j + 1, i], lam[6, j + 1, i]
+            w = lower[j + 1, i]
+            lam[4, j, i] -= w * (inv[j, 0, i] * z0 + inv[j, 3, i] * z1 + inv[j, 6, i] * z2)
+            lam[5, j, i] -= w * (inv[j, 1, i] * z0 + inv[j, 4, i] * z1 + inv[j, 7, i] * z2)
+            lam[6, j, i] -= w * (inv[j, 2, i] * z0 + inv[j, 5, i] * z1 + inv[j, 8, i] * z2)
+    # litter: g' = g + K Aᵀ λ_SOM; Uᵀ y = g' (y_j = g'_j - c_{j-1} y_{j-1}); Lᵀ λ = y (λ_j = (y_j - l_{j+1} λ_{j+1}) / d_j)
+    for j in range(NL):
+        for i in range(_u(lo), _u(hi)):
+            lam[1, j, i] += k[1, j, i] * lam[4, j, i] * f[F_L1_S1, i]
+            lam[2, j, i] += k[2, j, i] * lam[4, j, i] * f[F_L2_S1, i]
+            lam[3, j, i] += k[3, j, i] * lam[5, j, i] * f[F_L3_S2, i]
+    for j in range(1, NL):
+        for p in range(3):
+            for i in range(_u(lo), _u(hi)):
+                lam[1 + p, j, i] -= cp[j - 1, p, i] * lam[1 + p, j - 1, i]
+    for p in range(3):
+        for i in range(_u(lo), _u(hi)):
+            lam[1 + p, NL - 1, i] *= rden[NL - 1, p, i]
+    for j in range(NL - 2, -1, -1):
+        for p in range(3):
+            for i in range(_u(lo), _u(hi)):
+                lam[1 + p, j, i] = (lam[1 + p, j, i] - lam[1 + p, j + 1, i] * lower[j + 1, i]) * rden[j, p, i]
+
+
+# ----------------------------------------------------------------------------------------
+# dispatch: tensors in, site ranges over the caller's threads
+# ----------------------------------------------------------------------------------------
+
+_pool: ThreadPoolExecutor | None = None
+
+
+def _threads_for(n_sites: int) -> int:
+    return max(1, min(torch.get_num_threads(), n_sites // MIN_SITES_PER_THREAD))
+
+
+def _over_sites(kernel, n_sites: int, *args) -> None:
+    """Run ``kernel(*args, lo, hi)`` over [0, n_sites) split into one range per thread
+    (``torch.get_num_threads()``, so a process limited to one thread stays on one)."""
+    global _pool
+    n = _threads_for(n_sites)
+    if n == 1:
+        kernel(*args, 0, n_sites)
+        return
+    if _pool is None or _pool._max_workers < n - 1:  # noqa: SLF001 - grow to the thread count asked for
+        _pool = ThreadPoolExecutor(max(n - 1, os.cpu_count() or 1), thread_name_prefix="socmap-kernel")
+    step = 8 * math.ceil(n_sites / (8 * n))  # whole cache lines of sites per range
+    bounds = [(lo, min(n_sites, lo + step)) for lo in range(0, n_sites, step)]
+    futures = [_pool.submit(kernel, *args, lo, hi) for lo, hi in bounds[1:]]
+    kernel(*args, *bounds[0])
+    for fut in futures:
+        fut.result()
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels apply: float64 tensors on the CPU."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float64 for t in tensors)
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().numpy())
+
+
+def factor(k: torch.Tensor, lower: torch.Tensor, vdiag_s: torch.Tensor, upper: torch.Tensor, f: torch.Tensor,
+           cwd_diag: torch.Tensor, cwd_decayed: torch.Tensor, rhs: torch.Tensor | None, out: torch.Tensor | None = None,
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The factorization of :class:`~socmap.clm5.solver.ShiftedFactorization`, and M_s X = ``rhs`` solved.
+
+    Parameters: decay ``k`` [7, 20, B] (d-1); V̄'s bands ``lower``, ``vdiag_s`` (shift included),
+    ``upper`` [20, B]; fractions ``f`` [10, B]; CWD's ``k + s`` and ``k/(k + s)`` [20, B]; ``rhs``
+    [7, 20, B], or [4, 20, B] for inputs to CWD and litter only (the steady state's), or None;
+    ``out`` [7, 20, B] C-contiguous for the solution (may be ``rhs``; default a new tensor).
+    Returns the litter pivots 1/d_j and multipliers c_j [20, 3, B], the Schur inverses S_j^-1
+    [20, 9, B] and the solution X [7, 20, B] (None without ``rhs``).
+    """
+    b = int(k.shape[-1])
+    rden = torch.empty((NL, 3, b), dtype=torch.float64)
+    cp, inv = torch.empty_like(rden), torch.empty((NL, 9, b), dtype=torch.float64)
+    if rhs is not None and out is None:
+        out = torch.empty((7, NL, b), dtype=torch.float64)
+    if out is not None and not out.is_contiguous():
+        raise ValueError("out must be C-contiguous")
+    empty = np.empty((7, NL, 0))
+    _over_sites(_factor_sites, b, _np(k), _np(lower), _np(vdiag_s), _np(upper), _np(f), _np(cwd_diag), _np(cwd_decayed),
+                empty if rhs is None else _np(rhs), empty if out is None else out.numpy(), rhs is not None,
+                rden.numpy(), cp.numpy(), inv.numpy())
+    return rden, cp, inv, out
+
+
+def solve(k, lower, upper, f, cwd_diag, cwd_decayed, rden, cp, inv, x: torch.Tensor) -> torch.Tensor:
+    """M_s X = b for b in ``x`` [7, 20, B] (C-contiguous, overwritten), with :func:`factor`'s factors."""
+    _over_sites(_solve_sites, int(x.shape[-1]), _np(k), _np(lower), _np(upper), _np(f), _np(cwd_diag), _np(cwd_decayed),
+                rden.numpy(), cp.numpy(), inv.numpy(), x.numpy())
+    return x
+
+
+def solve_transposed(k, lower, upper, f, cwd_diag, cwd_decayed, rden, cp, inv, lam: torch.Tensor) -> torch.Tensor:
+    """M_sᵀ λ = g for g in ``lam`` [7, 20, B] (C-contiguous, overwritten), with :func:`factor`'s
+    factors, except CWD's λ (pool 0 keeps g_c): the caller forms it in torch, with the same ops as
+    the gradient that cancels against it (docs/model.md §3.3: τ_CWD's exact zero).
+
+    The adjoint's outer products stay in torch (``_AdjointSteadyState.backward``): fused here they
+    measured slower (5.65 vs 5.50 µs per site forward + backward at 16k sites, 2 threads).
+    """
+    _over_sites(_transposed_sites, int(lam.shape[-1]), _np(k), _np(lower), _np(upper), _np(f), _np(cwd_diag),
+                _np(cwd_decayed), rden.numpy(), cp.numpy(), inv.numpy(), lam.numpy())
+    return lam
+
+
+# ----------------------------------------------------------------------------------------
+# monthly means of the environmental scalars (socmap.clm5.operators._EnvironmentMeans)
+# ----------------------------------------------------------------------------------------
+
+@_jit
+def _environment_sites(tw, water, oxygen, oxygen_nitrogen, temp_exponent, w_scaling, sums, keep, lo, hi):
+    """Month sums per layer and site of ξ^T ξ^W ξ^O and ξ^T ξ^W ξ^O ξ^N (``sums[0:2]``) from
+    ``tw`` = ξ^T [12, 20, B] and the fields [12, 20, B]; with ``keep``, also the sums the gradient
+    needs (``sums[2:6]``): Σ ξ^T ξ^W ξ^O·T_exp, Σ … ξ^N·T_exp, and both again with the
+    unclipped indicator 1(w_scaling·W ≤ 1) in place of T_exp (docs/model.md §3.6)."""
+    n_months = tw.shape[0]
+    for j in range(NL):
+        for i in range(_u(lo), _u(hi)):
+            ws = w_scaling[i]
+            e = en = q = qn = u = un = 0.0
+            for m in range(n_months):
+                w = water[m, j, i] * ws
+                xi = tw[m, j, i] * min(w, 1.0)
+                xo = xi * oxygen[m, j, i]
+                xn = xi * oxygen_nitrogen[m, j, i]
+                e += xo
+                en += xn
+                if keep:
+                    t = temp_exponent[m, j, i]
+                    q += xo * t
+                    qn += xn * t
+                    if w <= 1.0:
+                        u += xo
+                        un += xn
+            sums[0, j, i] = e
+            sums[1, j, i] = en
+            if keep:
+                sums[2, j, i] = q
+                sums[3, j, i] = qn
+                sums[4, j, i] = u
+                sums[5, j, i] = un
+
+
+def environment_sums(tw: torch.Tensor, water: torch.Tensor, oxygen: torch.Tensor, oxygen_nitrogen: torch.Tensor,
+                     temp_exponent: torch.Tensor, w_scaling: torch.Tensor, keep: bool) -> torch.Tensor:
+    """[2, 20, B] (or [6, 20, B] with ``keep``) month sums of :func:`_environment_sites`; inputs
+    [12, 20, B] float64 on the CPU (``tw`` = ξ^T), ``w_scaling`` [B]."""
+    b = int(tw.shape[-1])
+    sums = torch.empty((6 if keep else 2, NL, b), dtype=torch.float64)
+    _over_sites(_environment_sites, b, _np(tw), _np(water), _np(oxygen), _np(oxygen_nitrogen), _np(temp_exponent),
+                _np(w_scaling), sums.numpy(), keep)
+    return sums

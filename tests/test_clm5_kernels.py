@@ -1,0 +1,109 @@
+"""The compiled solver kernels (socmap.clm5.kernels) against the torch sweeps they replace on the CPU."""
+
+import pytest
+import torch
+
+from conftest import make_forcing, random_theta
+from socmap.clm5 import kernels, operators as O, solver as S
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Max over (pool, site) of the max-norm relative difference of the depth profile."""
+    return float(((a - b).abs().amax(1) / b.abs().amax(1).clamp_min(1e-300)).max())
+
+
+@pytest.fixture
+def torch_sweeps(monkeypatch):
+    """Run a callable with the compiled kernels switched off (the reference path)."""
+    def run(fn):
+        monkeypatch.setattr(S, "COMPILED_KERNELS", False)
+        try:
+            return fn()
+        finally:
+            monkeypatch.setattr(S, "COMPILED_KERNELS", True)
+    return run
+
+
+def _ops(n: int, seed: int) -> O.Operators:
+    return O.build_operators(random_theta(n, seed + 1), O.prepare_forcing(make_forcing(n, seed)))
+
+
+# 5 sites: the small-batch torch branches; 1,500: the large-batch ones; 4,500: split over two threads
+@pytest.mark.parametrize("n", [5, 1500, 4500])
+def test_factors_and_steady_state_match_the_torch_sweeps(n, torch_sweeps):
+    ops = _ops(n, n)
+    compiled = S.ShiftedFactorization(ops.decay_per_day, ops.transport, ops.fractions, shift_per_day=0.0,
+                                      rhs=ops.source_g_m3_day)
+    reference = torch_sweeps(lambda: S.ShiftedFactorization(ops.decay_per_day, ops.transport, ops.fractions,
+                                                            rhs=ops.source_g_m3_day))
+    assert compiled.compiled and not reference.compiled
+    for name in ("lit_rden", "lit_cp"):  # entry by entry
+        a, b = getattr(compiled, name), getattr(reference, name)
+        assert float(((a - b).abs() / b.abs().clamp_min(1e-300)).max()) < 1e-12, name
+    # the Schur inverses block by block (their entries cancel where a block is ill-conditioned)
+    assert rel(compiled.som_inv, reference.som_inv) < 1e-10
+    # rounding differs (1/det then products vs a division per entry); ill-conditioned sites amplify it
+    # as they do against the dense reference, whose bound (1e-9) applies
+    assert rel(compiled.solution, reference.solution) < 1e-9
+    assert rel(S.solve_structured(ops), torch_sweeps(lambda: S.solve_structured(ops))) < 1e-9
+
+
+@pytest.mark.parametrize("n", [7, 4500])
+def test_shifted_solve_and_transposed_solve_match_the_torch_sweeps(n, torch_sweeps):
+    ops = _ops(n, 3)
+    shift = torch.linspace(0.0, 0.05, n, dtype=torch.float64)
+    g = torch.randn(7, 20, n, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    fac = S.factor_shifted(ops, shift)
+    ref = torch_sweeps(lambda: S.factor_shifted(ops, shift))
+    assert rel(fac.solve(g), ref.solve(g)) < 1e-9
+    assert rel(fac.solve_transposed(g), ref.solve_transposed(g)) < 1e-9
+    # the adjoint identity <M⁻ᵀ g, b> = <g, M⁻¹ b> on the compiled path alone
+    b = torch.rand(7, 20, n, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    lhs, rhs = (fac.solve_transposed(g) * b).sum(), (g * fac.solve(b)).sum()
+    assert abs(float(lhs - rhs)) <= 1e-10 * abs(float(rhs))
+
+
+def test_the_inputs_are_not_overwritten():
+    ops = _ops(40, 6)
+    g = torch.randn(7, 20, 40, dtype=torch.float64)
+    src, g0 = ops.source_g_m3_day.clone(), g.clone()
+    fac = S.factor_shifted(ops, 0.01)
+    fac.solve(g), fac.solve_transposed(g), S.solve_structured(ops)
+    assert torch.equal(g, g0) and torch.equal(ops.source_g_m3_day, src)
+
+
+def test_sites_split_over_threads_give_the_same_numbers_bit_for_bit():
+    ops = _ops(4500, 8)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = S.solve_structured(ops)
+        torch.set_num_threads(2)
+        assert kernels._threads_for(4500) == 2
+        two = S.solve_structured(ops)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+
+
+def test_tau_cwd_gradient_stays_exactly_zero_for_a_som_loss():
+    """The steady state's SOM does not depend on τ_CWD (CWD passes on what it receives); the
+    compiled adjoint keeps that exact (its CWD row is formed by the same ops as the gradient)."""
+    from socmap.clm5.parameters import INDEX
+
+    n = 64
+    prepared = O.prepare_forcing(make_forcing(n, 9))
+    th = random_theta(n, 10).requires_grad_()
+    x = S.solve_structured(O.build_operators(th, prepared))
+    torch.log(x[4:7].sum(0)[:3]).sum().backward()  # top layers: above every bedrock
+    assert torch.count_nonzero(th.grad[:, INDEX["taucwd"]]) == 0
+    assert torch.count_nonzero(th.grad[:, INDEX["tau4s1"]]) == n
+
+
+def test_float32_and_other_devices_take_the_torch_sweeps():
+    ops = _ops(6, 11)
+    k32 = ops.decay_per_day.float()
+    f32 = {name: v.float() for name, v in ops.fractions.items()}
+    fac = S.ShiftedFactorization(k32, ops.transport.float(), f32, rhs=ops.source_g_m3_day.float())
+    assert not fac.compiled and fac.solution.dtype == torch.float32
+    assert not kernels.usable(torch.zeros(2, dtype=torch.float64, device="meta"))
