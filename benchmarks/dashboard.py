@@ -39,6 +39,8 @@ session and for N sessions opened at once, against the dashboard's own server
 
 from __future__ import annotations
 
+import socmap  # noqa: F401, I001 - first: its OpenMP setting must precede torch (socmap/openmp.py)
+
 import argparse
 import contextlib
 import json

@@ -37,6 +37,8 @@ this process on the N largest windows (no Dask; robust to other jobs on the mach
 
 from __future__ import annotations
 
+import socmap  # noqa: F401, I001 - first: its OpenMP setting must precede torch (socmap/openmp.py)
+
 import argparse
 import json
 import shutil

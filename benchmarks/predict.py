@@ -22,6 +22,8 @@ figures are contended.
 
 from __future__ import annotations
 
+import socmap  # noqa: F401, I001 - first: its OpenMP setting must precede torch (socmap/openmp.py)
+
 import argparse
 import json
 import os

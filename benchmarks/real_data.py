@@ -34,6 +34,8 @@ The cube is built once at ``--resolution`` (default 0.25) into ``--data-dir``
 
 from __future__ import annotations
 
+import socmap  # noqa: F401, I001 - first: its OpenMP setting must precede torch (socmap/openmp.py)
+
 import argparse
 import json
 import logging

@@ -20,6 +20,8 @@ because other jobs on a shared machine inflate every wall time.
 
 from __future__ import annotations
 
+import socmap  # noqa: F401, I001 - first: its OpenMP setting must precede torch (socmap/openmp.py)
+
 import argparse
 import json
 import os

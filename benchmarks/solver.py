@@ -19,8 +19,11 @@ solved), which a contended machine distorts less than the wall-clock rate.
 
 from __future__ import annotations
 
+import socmap  # noqa: F401, I001 - first: its OpenMP setting must precede torch (socmap/openmp.py)
+
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -50,6 +53,11 @@ def _run(theta, prepared_chunks, method: str, backward: bool) -> torch.Tensor:
     if out.is_cuda:  # the rate must include the queued kernels
         torch.cuda.synchronize()
     return out
+
+
+def _openmp_spin() -> str:
+    """torch's OpenMP spin-wait as this process started it (socmap/openmp.py)."""
+    return f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', 'libgomp default')}"
 
 
 def _cpu() -> tuple[float, float]:
@@ -126,7 +134,7 @@ def main() -> None:
             f"{r['prepare']:>10.0f} {r['prepare_batch_first']:>10.0f} {r['max_rel_diff']:>13.1e}"
         )
     print("max rel diff: max over sites and pools of the max-norm relative difference of the depth profile")
-    print(f"\nCPU seconds per stage (user / sys / wall), {allocator.describe()}")
+    print(f"\nCPU seconds per stage (user / sys / wall), {allocator.describe()}, {_openmp_spin()}")
     for r in rows:
         print(f"{r['sites']:>7} " + "  ".join(f"{k} {v['user_s']:.2f}/{v['sys_s']:.2f}/{v['wall_s']:.2f}" for k, v in r["cpu_s"].items()))
     print("CPU microseconds per site (user + sys)")
@@ -147,6 +155,7 @@ def main() -> None:
             "max_rel_diff": max_rel,
             "cpu_s": big["cpu_s"],
             "allocator": allocator.describe(),
+            "openmp": _openmp_spin(),
             "device": str(device),
             "by_size": rows,
         }))

@@ -26,6 +26,8 @@ processes, one group of folds each — what ``socmap train`` does by default.
 
 from __future__ import annotations
 
+import socmap  # noqa: F401, I001 - first: its OpenMP setting must precede torch (socmap/openmp.py)
+
 import argparse
 import copy
 import json

@@ -107,3 +107,31 @@ def test_float32_and_other_devices_take_the_torch_sweeps():
     fac = S.ShiftedFactorization(k32, ops.transport.float(), f32, rhs=ops.source_g_m3_day.float())
     assert not fac.compiled and fac.solution.dtype == torch.float32
     assert not kernels.usable(torch.zeros(2, dtype=torch.float64, device="meta"))
+
+
+def test_compiled_adjoint_gradients_match_autograd_over_several_blocks():
+    """The outer products run in blocks of sites: two whole blocks and a partial one here."""
+    n = 700
+    assert 2 * kernels.GRAD_BLOCK < n < 3 * kernels.GRAD_BLOCK
+    prepared = O.prepare_forcing(make_forcing(n, 12))
+    theta = random_theta(n, 13)
+    grads = []
+    for adjoint in (True, False):
+        th = theta.clone().requires_grad_()
+        x = S.solve_structured(O.build_operators(th, prepared), adjoint=adjoint)
+        torch.log(x[4:7].sum(0)[:3]).sum().backward()
+        grads.append(th.grad)
+    scale = grads[1].abs().amax(0, keepdim=True) + 1e-300
+    assert float(((grads[0] - grads[1]).abs() / scale).max()) < 1e-8
+
+
+def test_openmp_spin_count_is_set_only_where_the_user_chose_nothing():
+    from socmap import openmp
+
+    env: dict[str, str] = {}
+    openmp.configure(env)
+    assert env == {"GOMP_SPINCOUNT": openmp.SPINCOUNT}
+    for chosen in ({"GOMP_SPINCOUNT": "5"}, {"OMP_WAIT_POLICY": "PASSIVE"}, {"SOCMAP_OPENMP": "default"}):
+        env = dict(chosen)
+        assert openmp.configure(env) is False and env == chosen
+    assert openmp.configure({}) is False  # torch is loaded in this process: too late to apply here

@@ -308,50 +308,63 @@ def solve_transposed(k, lower, upper, f, cwd_diag, cwd_decayed, rden, cp, inv, l
     return lam
 
 
-# ----------------------------------------------------------------------------------------
-# monthly means of the environmental scalars (socmap.clm5.operators._EnvironmentMeans)
-# ----------------------------------------------------------------------------------------
+
+#: Sites per block of the adjoint's outer products: a block's rows stay in L1/L2 while ~700 short
+#: loops (each over few arrays, so the compiler vectorises it) pass over them.
+GRAD_BLOCK = 256
+
 
 @_jit
-def _environment_sites(tw, water, oxygen, oxygen_nitrogen, temp_exponent, w_scaling, sums, keep, lo, hi):
-    """Month sums per layer and site of ξ^T ξ^W ξ^O and ξ^T ξ^W ξ^O ξ^N (``sums[0:2]``) from
-    ``tw`` = ξ^T [12, 20, B] and the fields [12, 20, B]; with ``keep``, also the sums the gradient
-    needs (``sums[2:6]``): Σ ξ^T ξ^W ξ^O·T_exp, Σ … ξ^N·T_exp, and both again with the
-    unclipped indicator 1(w_scaling·W ≤ 1) in place of T_exp (docs/model.md §3.6)."""
-    n_months = tw.shape[0]
-    for j in range(NL):
-        for i in range(_u(lo), _u(hi)):
-            ws = w_scaling[i]
-            e = en = q = qn = u = un = 0.0
-            for m in range(n_months):
-                w = water[m, j, i] * ws
-                xi = tw[m, j, i] * min(w, 1.0)
-                xo = xi * oxygen[m, j, i]
-                xn = xi * oxygen_nitrogen[m, j, i]
-                e += xo
-                en += xn
-                if keep:
-                    t = temp_exponent[m, j, i]
-                    q += xo * t
-                    qn += xn * t
-                    if w <= 1.0:
-                        u += xo
-                        un += xn
-            sums[0, j, i] = e
-            sums[1, j, i] = en
-            if keep:
-                sums[2, j, i] = q
-                sums[3, j, i] = qn
-                sums[4, j, i] = u
-                sums[5, j, i] = un
+def _steady_grads_sites(k, f, x, lam, grad_k, grad_t, grad_f, lo, hi):
+    """Outer products of the steady state's adjoint over M's sparsity (docs/model.md §3.3):
+    dL/dk_d = x_d (Σ_r A_rd λ_r - λ_d), dL/dV̄ = -Σ_p λ_p xₚᵀ on the three bands (pools 1–6; CWD
+    has no transport), dL/df_(r←d) = Σ_j λ_r k_d x_d. Blocks of sites, each term its own loop."""
+    edges = ((F_CWD_L2, 2, 0), (F_CWD_L3, 3, 0), (F_L1_S1, 4, 1), (F_L2_S1, 4, 2), (F_L3_S2, 5, 3),
+             (F_S1_S2, 5, 4), (F_S1_S3, 6, 4), (F_S2_S1, 4, 5), (F_S2_S3, 6, 5), (F_S3_S1, 4, 6))
+    for b0 in range(lo, hi, GRAD_BLOCK):
+        s0, s1 = _u(b0), _u(min(hi, b0 + GRAD_BLOCK))
+        for j in range(NL):
+            # dL/dk: -λ_d, plus λ_r f for every transfer out of d, times x_d; CWD's (d = 0) is the
+            # caller's, from the very sum its λ was formed with (so that it cancels exactly)
+            for d in range(1, 7):
+                for i in range(s0, s1):
+                    grad_k[d, j, i] = -lam[d, j, i]
+            for e, r, d in edges[2:]:
+                for i in range(s0, s1):
+                    grad_k[d, j, i] += lam[r, j, i] * f[e, i]
+            for d in range(1, 7):
+                for i in range(s0, s1):
+                    grad_k[d, j, i] *= x[d, j, i]
+            # dL/dV̄, bands (lower, diagonal, upper) of row j
+            for band in range(3):
+                col = j + band - 1
+                if col < 0 or col >= NL:
+                    for i in range(s0, s1):
+                        grad_t[band, j, i] = 0.0
+                    continue
+                for i in range(s0, s1):
+                    grad_t[band, j, i] = -lam[1, j, i] * x[1, col, i]
+                for p in range(2, 7):
+                    for i in range(s0, s1):
+                        grad_t[band, j, i] -= lam[p, j, i] * x[p, col, i]
+            # dL/df
+            for e, r, d in edges:
+                if j == 0:
+                    for i in range(s0, s1):
+                        grad_f[e, i] = lam[r, 0, i] * k[d, 0, i] * x[d, 0, i]
+                else:
+                    for i in range(s0, s1):
+                        grad_f[e, i] += lam[r, j, i] * k[d, j, i] * x[d, j, i]
 
 
-def environment_sums(tw: torch.Tensor, water: torch.Tensor, oxygen: torch.Tensor, oxygen_nitrogen: torch.Tensor,
-                     temp_exponent: torch.Tensor, w_scaling: torch.Tensor, keep: bool) -> torch.Tensor:
-    """[2, 20, B] (or [6, 20, B] with ``keep``) month sums of :func:`_environment_sites`; inputs
-    [12, 20, B] float64 on the CPU (``tw`` = ξ^T), ``w_scaling`` [B]."""
-    b = int(tw.shape[-1])
-    sums = torch.empty((6 if keep else 2, NL, b), dtype=torch.float64)
-    _over_sites(_environment_sites, b, _np(tw), _np(water), _np(oxygen), _np(oxygen_nitrogen), _np(temp_exponent),
-                _np(w_scaling), sums.numpy(), keep)
-    return sums
+def steady_state_gradients(k: torch.Tensor, f: torch.Tensor, x: torch.Tensor, lam: torch.Tensor,
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients to the decay rates [7, 20, B] (pools 1–6; row 0, CWD's, is left to the caller), V̄'s
+    bands [3, 20, B] and the fractions [10, B] of a loss with adjoint ``lam`` at the steady state
+    ``x`` (both [7, 20, B])."""
+    b = int(x.shape[-1])
+    grad_k, grad_t = torch.empty((7, NL, b), dtype=torch.float64), torch.empty((3, NL, b), dtype=torch.float64)
+    grad_f = torch.empty((10, b), dtype=torch.float64)
+    _over_sites(_steady_grads_sites, b, _np(k), _np(f), _np(x), _np(lam), grad_k.numpy(), grad_t.numpy(), grad_f.numpy())
+    return grad_k, grad_t, grad_f
+

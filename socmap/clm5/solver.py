@@ -186,6 +186,12 @@ class _AdjointSteadyState(torch.autograd.Function):
         fac = ctx.fac
         k, fractions = fac.k, fac.f
         lam = fac._solve_transposed(g.contiguous())
+        if fac.compiled and kernels.usable(lam, x):
+            grad_k, grad_transport, grad_f = kernels.steady_state_gradients(k, fac._f_rows, x, lam)
+            # CWD: dL/dk_c = x_c (f λ_L2 + (1 - f) λ_L3 - λ_c), from the sum λ_c was formed with: exactly
+            # 0 where λ_c is that sum (g_c = 0 at s = 0; τ_CWD leaves litter and SOM untouched)
+            torch.sub(fac.cwd_received, lam[0], out=grad_k[0]).mul_(x[0])
+            return grad_k, grad_transport, lam[:4], grad_f
         # dL/dM = -λ xᵀ on M's pattern; dL/dk_d = x_d (Σ_r A_rd λ_r - λ_d) (every pool is a donor)
         grad_k = torch.empty_like(lam)
         first = set()
@@ -668,7 +674,7 @@ class ShiftedFactorization:
         so at s = 0 the two cancel exactly and τ_CWD's gradient is exactly 0 (docs/model.md §3.3).
         """
         f = self.f
-        received = torch.mul(out[2], f["fcwdl2"]).addcmul_(out[3], f["1-fcwdl2"])
+        self.cwd_received = received = torch.mul(out[2], f["fcwdl2"]).addcmul_(out[3], f["1-fcwdl2"])
         out[0].div_(self.cwd_diag).addcmul_(received, self.cwd_decayed)
         return out
 
