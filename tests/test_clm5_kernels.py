@@ -135,3 +135,20 @@ def test_openmp_spin_count_is_set_only_where_the_user_chose_nothing():
         env = dict(chosen)
         assert openmp.configure(env) is False and env == chosen
     assert openmp.configure({}) is False  # torch is loaded in this process: too late to apply here
+
+
+def test_warm_up_loads_the_signatures_the_solver_calls():
+    """What a fork server warms is what the workers then run: a real forward, backward and shifted
+    solve afterwards add no new compiled signature."""
+    kernels.warm_up()
+    dispatchers = (kernels._factor_sites, kernels._solve_sites, kernels._transposed_sites, kernels._steady_grads_sites)
+    before = [len(d.signatures) for d in dispatchers]
+    assert all(before)
+    ops = _ops(30, 14)
+    th = random_theta(30, 15).requires_grad_()
+    x = S.solve_structured(O.build_operators(th, O.prepare_forcing(make_forcing(30, 14))))
+    torch.log(x[4:7].sum(0)[:3]).sum().backward()
+    fac = S.factor_shifted(ops, 0.02)
+    fac.solve(ops.source_g_m3_day.new_ones((7, 20, 30)))
+    fac.solve_transposed(ops.source_g_m3_day.new_ones((7, 20, 30)))
+    assert [len(d.signatures) for d in dispatchers] == before
