@@ -138,17 +138,30 @@ def test_openmp_spin_count_is_set_only_where_the_user_chose_nothing():
 
 
 def test_warm_up_loads_the_signatures_the_solver_calls():
-    """What a fork server warms is what the workers then run: a real forward, backward and shifted
-    solve afterwards add no new compiled signature."""
-    kernels.warm_up()
-    dispatchers = (kernels._factor_sites, kernels._solve_sites, kernels._transposed_sites, kernels._steady_grads_sites)
-    before = [len(d.signatures) for d in dispatchers]
-    assert all(before)
-    ops = _ops(30, 14)
-    th = random_theta(30, 15).requires_grad_()
-    x = S.solve_structured(O.build_operators(th, O.prepare_forcing(make_forcing(30, 14))))
-    torch.log(x[4:7].sum(0)[:3]).sum().backward()
-    fac = S.factor_shifted(ops, 0.02)
-    fac.solve(ops.source_g_m3_day.new_ones((7, 20, 30)))
-    fac.solve_transposed(ops.source_g_m3_day.new_ones((7, 20, 30)))
-    assert [len(d.signatures) for d in dispatchers] == before
+    """What a fork server warms is what the workers then run: in a fresh process, a real forward,
+    backward and shifted solve after :func:`kernels.warm_up` add no compiled signature."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = """
+import json, sys, torch
+sys.path.insert(0, 'tests')
+from conftest import make_forcing, random_theta
+from socmap.clm5 import kernels, operators as O, solver as S
+kernels.warm_up()
+ds = (kernels._factor_sites, kernels._solve_sites, kernels._transposed_sites, kernels._steady_grads_sites)
+before = [len(d.signatures) for d in ds]
+prepared = O.prepare_forcing(make_forcing(30, 14))
+th = random_theta(30, 15).requires_grad_()
+ops = O.build_operators(th, prepared)
+torch.log(S.solve_structured(ops)[4:7].sum(0)[:3]).sum().backward()
+fac = S.factor_shifted(ops, 0.02)
+fac.solve(torch.ones(7, 20, 30, dtype=torch.float64)), fac.solve_transposed(torch.ones(7, 20, 30, dtype=torch.float64))
+print(json.dumps([before, [len(d.signatures) for d in ds]]))
+"""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=True).stdout
+    before, after = json.loads(out)
+    assert all(before) and after == before, out
