@@ -165,3 +165,29 @@ print(json.dumps([before, [len(d.signatures) for d in ds]]))
     out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=True).stdout
     before, after = json.loads(out)
     assert all(before) and after == before, out
+
+
+@pytest.mark.parametrize("n", [9, 3000])
+def test_compiled_environment_means_match_the_torch_ops(n, monkeypatch):
+    """Values and both derivatives (ln Q10, w_scaling; some water clipped by w_scaling) agree with
+    the month-by-month torch path, which takes the whole-year branch at 9 sites."""
+    from socmap.clm5.operators import _EnvironmentMeans
+    from socmap.clm5.parameters import INDEX
+
+    p = O.prepare_forcing(make_forcing(n, 16))
+    theta = random_theta(n, 17)
+    q10, w_scaling = theta[:, INDEX["q10"]], theta[:, INDEX["w_scaling"]]
+    fields = (p.temp_exponent, p.water, p.oxygen, p.oxygen_nitrogen)
+    weights = torch.rand(2, 20, n, dtype=torch.float64, generator=torch.Generator().manual_seed(18))
+    out = []
+    for compiled in (True, False):
+        monkeypatch.setattr(O, "COMPILED_MEANS", compiled)
+        lq = torch.log(q10).requires_grad_()
+        ws = (w_scaling * 1.5).contiguous().requires_grad_()  # × 1.5: clips W·w_scaling at 1 somewhere
+        env, env_n = _EnvironmentMeans.apply(lq, ws, *fields)
+        ((env * weights[0]).sum() + (env_n * weights[1]).sum()).backward()
+        out.append((env.detach(), env_n.detach(), lq.grad, ws.grad))
+    clipped = p.water * w_scaling * 1.5 > 1
+    assert bool(clipped.any()) and not bool(clipped.all())
+    for a, b in zip(*out):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0.0)
