@@ -191,3 +191,28 @@ def test_compiled_environment_means_match_the_torch_ops(n, monkeypatch):
     assert bool(clipped.any()) and not bool(clipped.all())
     for a, b in zip(*out):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=0.0)
+
+
+def test_a_forked_child_splits_sites_over_threads_of_its_own():
+    """The kernels' thread pool does not survive a fork: a child that splits sites over two threads
+    must start its own pool, not hand work to the parent's (absent) threads and wait forever.
+    (torch's own OpenMP team is not fork-safe, so the child keeps torch on one thread.)"""
+    import multiprocessing as mp
+
+    ops = _ops(4500, 19)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        expected = S.solve_structured(ops)  # the parent's pool exists now
+        assert kernels._pool is not None
+    finally:
+        torch.set_num_threads(threads)
+    with mp.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(_solve_on_two_kernel_threads, (ops,)).get(timeout=30)
+    assert torch.equal(got, expected)
+
+
+def _solve_on_two_kernel_threads(ops):
+    torch.set_num_threads(1)
+    kernels._threads_for = lambda n_sites: 2
+    return S.solve_structured(ops)

@@ -231,6 +231,14 @@ def _transposed_sites(k, lower, upper, f, cwd_diag, cwd_decayed, rden, cp, inv, 
 _pool: ThreadPoolExecutor | None = None
 
 
+def _forget_pool() -> None:
+    global _pool
+    _pool = None  # a forked child inherits the pool object but not its threads
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _threads_for(n_sites: int) -> int:
     return max(1, min(torch.get_num_threads(), n_sites // MIN_SITES_PER_THREAD))
 
