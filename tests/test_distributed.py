@@ -189,3 +189,21 @@ def test_local_cluster_started_in_the_background_is_closed_when_the_map_fails(ru
         M.map_run(run, workers=1, progress=False)
     assert len(started) == 1 and started[0].status.name == "closed"
     assert not (run / "maps.zarr").exists() and not (run / "map.json").exists()
+
+
+def test_starting_the_worker_server_keeps_distributeds_config():
+    """In a process that has not imported distributed yet (a fresh `socmap map`), starting the
+    fork server must leave Dask's "distributed" config section in place: it was removed by the
+    `dask.config.set` around the first import of distributed, and the map's first dask
+    computation then failed with KeyError: 'distributed'."""
+    script = (
+        "import sys, dask\n"
+        "from socmap.cluster import start_worker_server\n"
+        "assert 'distributed' not in sys.modules\n"
+        "start_worker_server(None)\n"
+        "print(dask.config.get('distributed.worker.multiprocessing-method'), dask.config.get('distributed.comm.timeouts.connect'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    method, timeout = out.stdout.split()
+    assert method == "spawn" and timeout  # distributed's own defaults, back after the set's exit
