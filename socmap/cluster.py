@@ -53,15 +53,6 @@ def _worker_spawn_environ() -> dict[str, str]:
     return env
 
 
-def _load_distributed_config() -> None:
-    """Import distributed, which adds its defaults to Dask's config, before a ``dask.config.set``
-    of a ``distributed.*`` key: set on a config without the section, the context records the
-    whole section as inserted and removes it on exit, distributed's defaults with it (later
-    ``dask.config.get("distributed…")`` then raises ``KeyError: 'distributed'``, as a map's first
-    dask computation did in a process that had not imported distributed yet)."""
-    import distributed  # noqa: F401
-
-
 def start_worker_server(scheduler: str | None) -> bool:
     """Start the local workers' fork server now, in the background; False where there is none to start.
 
@@ -77,8 +68,11 @@ def start_worker_server(scheduler: str | None) -> bool:
     import multiprocessing.forkserver
 
     import dask
-
-    _load_distributed_config()
+    # first: distributed adds its defaults to Dask's config on import. A dask.config.set of a
+    # distributed.* key on a config without that section records the whole section as inserted and
+    # removes it on exit, distributed's defaults with it (a map's first dask computation then raised
+    # KeyError: 'distributed' in a process that had not imported distributed yet)
+    import distributed  # noqa: F401
 
     with dask.config.set({"distributed.worker.multiprocessing-method": WORKER_START_METHOD}):
         _preload_worker_imports()

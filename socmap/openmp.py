@@ -7,17 +7,17 @@ before it sleeps. On a machine with as many cores as threads (2 here) a kernel t
 its core with a spinning one for most of its run. A spin count of 30,000 keeps the team awake
 across back-to-back tensor ops and lets it sleep before a kernel competes with it.
 
-Measured (16,000 sites, 2 threads, quiet 2-core machine, µs per site, median of 12 interleaved
-repetitions; ``python benchmarks/solver.py`` agrees within its noise):
+Measured with the final kernels (16,000 sites, 2 threads, quiet 2-core machine, sites per second,
+two runs each of ``GOMP_SPINCOUNT=N python benchmarks/solver.py --sizes 16000 --skip-dense``):
 
 ==================  ==================  ==================
 GOMP_SPINCOUNT      forward             forward + backward
 ==================  ==================  ==================
-1,000               2.42                6.49
-10,000              1.80                4.88
-30,000 (this)       1.79                4.86
-100,000             1.89                5.02
-300,000 (default)   2.03                5.45
+1,000               513k / 545k         207k / 209k
+10,000              556k / 577k         235k / 251k
+30,000 (this)       566k / 589k         243k / 255k
+100,000             561k / 575k         243k / 248k
+300,000 (default)   497k / 516k         210k / 215k
 ==================  ==================  ==================
 
 libgomp reads the variable once, when torch loads it: :func:`configure` runs when ``socmap`` is

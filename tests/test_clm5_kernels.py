@@ -138,8 +138,9 @@ def test_openmp_spin_count_is_set_only_where_the_user_chose_nothing():
 
 
 def test_warm_up_loads_the_signatures_the_solver_calls():
-    """What a fork server warms is what the workers then run: in a fresh process, a real forward,
-    backward and shifted solve after :func:`kernels.warm_up` add no compiled signature."""
+    """What a fork server warms is what the workers then run: in a fresh process, a real forward
+    (environment means included), backward and shifted solve after :func:`kernels.warm_up` add no
+    compiled signature."""
     import json
     import subprocess
     import sys
@@ -151,7 +152,8 @@ sys.path.insert(0, 'tests')
 from conftest import make_forcing, random_theta
 from socmap.clm5 import kernels, operators as O, solver as S
 kernels.warm_up()
-ds = (kernels._factor_sites, kernels._solve_sites, kernels._transposed_sites, kernels._steady_grads_sites)
+ds = (kernels._factor_sites, kernels._solve_sites, kernels._transposed_sites, kernels._steady_grads_sites,
+      kernels._environment_sites)
 before = [len(d.signatures) for d in ds]
 prepared = O.prepare_forcing(make_forcing(30, 14))
 th = random_theta(30, 15).requires_grad_()

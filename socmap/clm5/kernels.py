@@ -2,10 +2,11 @@
 
 The torch sweeps of :mod:`socmap.clm5.solver` issue ~15 small tensor ops per layer; on a CPU they
 are bound by per-op overhead and memory traffic, and ops on [B] slices run on one thread. These
-kernels do the same eliminations (litter Thomas LU, SOM block LU with explicit 3×3 inverses) and
-substitutions in one compiled pass per layer over a range of sites (numba): each intermediate
-lives in registers, each layer's rows are streamed once. The caller's threads each take a range
-of sites (the kernels release the GIL).
+kernels do the same eliminations (litter Thomas LU, SOM block LU with explicit 3×3 inverses),
+substitutions and adjoint outer products in one compiled pass per layer over a range of sites
+(numba): each intermediate lives in registers, each layer's rows are streamed once. The monthly
+environmental means of :mod:`socmap.clm5.operators` are summed here too. The caller's threads each
+take a range of sites (the kernels release the GIL).
 
 Layouts follow the solver's: every array is layer × site with **sites innermost**, float64,
 C-contiguous. ``f`` [10, B] holds the transfer fractions in ``TRANSFER_EDGES`` order (``EDGES``).
@@ -177,7 +178,7 @@ def _solve_sites(k, lower, upper, f, cwd_diag, cwd_decayed, rden, cp, inv, x, lo
 
 
 @_jit
-def _transposed_sites(k, lower, upper, f, cwd_diag, cwd_decayed, rden, cp, inv, lam, lo, hi):
+def _transposed_sites(k, lower, upper, f, rden, cp, inv, lam, lo, hi):
     """M_sᵀ λ = g in place in ``lam`` for the SOM and litter pools (Mᵀ is block upper triangular:
     SOM first); CWD's row is left to the caller (``ShiftedFactorization._cwd_adjoint``)."""
     # SOM: Uᵀ z = g, z_j = S_j^-T (g_j - u_{j-1} z_{j-1}); then Lᵀ λ = z, λ_j = z_j - l_{j+1} S_j^-T λ_{j+1}
@@ -297,18 +298,13 @@ def solve(k, lower, upper, f, cwd_diag, cwd_decayed, rden, cp, inv, x: torch.Ten
     return x
 
 
-def solve_transposed(k, lower, upper, f, cwd_diag, cwd_decayed, rden, cp, inv, lam: torch.Tensor) -> torch.Tensor:
+def solve_transposed(k, lower, upper, f, rden, cp, inv, lam: torch.Tensor) -> torch.Tensor:
     """M_sᵀ λ = g for g in ``lam`` [7, 20, B] (C-contiguous, overwritten), with :func:`factor`'s
     factors, except CWD's λ (pool 0 keeps g_c): the caller forms it in torch, with the same ops as
-    the gradient that cancels against it (docs/model.md §3.3: τ_CWD's exact zero).
-
-    The adjoint's outer products stay in torch (``_AdjointSteadyState.backward``): fused here they
-    measured slower (5.65 vs 5.50 µs per site forward + backward at 16k sites, 2 threads).
-    """
-    _over_sites(_transposed_sites, int(lam.shape[-1]), _np(k), _np(lower), _np(upper), _np(f), _np(cwd_diag),
-                _np(cwd_decayed), rden.numpy(), cp.numpy(), inv.numpy(), lam.numpy())
+    the gradient that cancels against it (docs/model.md §3.3: τ_CWD's exact zero)."""
+    _over_sites(_transposed_sites, int(lam.shape[-1]), _np(k), _np(lower), _np(upper), _np(f),
+                rden.numpy(), cp.numpy(), inv.numpy(), lam.numpy())
     return lam
-
 
 
 #: Sites per block of the adjoint's outer products: a block's rows stay in L1/L2 while ~700 short
@@ -371,20 +367,6 @@ def steady_state_gradients(k: torch.Tensor, f: torch.Tensor, x: torch.Tensor, la
     return grad_k, grad_t, grad_f
 
 
-
-def warm_up() -> None:
-    """Load (or compile, the first time on a machine) every kernel now, on a few sites: a process
-    that forks workers calls this first so that they inherit the machine code instead of each
-    loading it on its first batch (~0.3 s of CPU apiece from numba's cache)."""
-    n, z = 8, np.zeros
-    k, bands, f = np.ones((7, NL, n)), np.ones((NL, n)), np.full((10, n), 0.1)
-    rden, cp, inv, x = z((NL, 3, n)), z((NL, 3, n)), z((NL, 9, n)), z((7, NL, n))
-    _factor_sites(k, bands, bands, bands, f, bands, bands, z((4, NL, n)), x, True, rden, cp, inv, 0, n)
-    _solve_sites(k, bands, bands, f, bands, bands, rden, cp, inv, x, 0, n)
-    _transposed_sites(k, bands, bands, f, bands, bands, rden, cp, inv, x, 0, n)
-    _steady_grads_sites(k, f, x, x, z((7, NL, n)), z((3, NL, n)), z((10, n)), 0, n)
-
-
 # ----------------------------------------------------------------------------------------
 # monthly means of the environmental scalars (socmap.clm5.operators._EnvironmentMeans)
 # ----------------------------------------------------------------------------------------
@@ -428,3 +410,18 @@ def environment_sums(tw: torch.Tensor, water: torch.Tensor, oxygen: torch.Tensor
     _over_sites(_environment_sites, b, _np(tw), _np(water), _np(oxygen), _np(oxygen_nitrogen), _np(temp_exponent),
                 _np(w_scaling), sums.numpy(), keep)
     return sums
+
+
+def warm_up() -> None:
+    """Load (or compile, the first time on a machine) every kernel now, on a few sites: a process
+    that forks workers calls this first so that they inherit the machine code instead of each
+    loading it on its first batch (~0.3 s of CPU apiece from numba's cache)."""
+    n, z = 8, np.zeros
+    k, bands, f = np.ones((7, NL, n)), np.ones((NL, n)), np.full((10, n), 0.1)
+    rden, cp, inv, x = z((NL, 3, n)), z((NL, 3, n)), z((NL, 9, n)), z((7, NL, n))
+    _factor_sites(k, bands, bands, bands, f, bands, bands, z((4, NL, n)), x, True, rden, cp, inv, 0, n)
+    _solve_sites(k, bands, bands, f, bands, bands, rden, cp, inv, x, 0, n)
+    _transposed_sites(k, bands, bands, f, rden, cp, inv, x, 0, n)
+    _steady_grads_sites(k, f, x, x, z((7, NL, n)), z((3, NL, n)), z((10, n)), 0, n)
+    fields = np.full((12, NL, n), 0.5)
+    _environment_sites(fields, fields, fields, fields, fields, np.ones(n), z((6, NL, n)), True, 0, n)

@@ -496,7 +496,7 @@ class ShiftedFactorization:
         # that the steady state's litter input (and its gradient) is independent of τ_CWD exactly
         self.cwd_decayed = k[0] / self.cwd_diag
         self.compiled = COMPILED_KERNELS and kernels.usable(k, transport, vdiag_s, *([] if rhs is None else [rhs]))
-        if self.compiled:  # the same eliminations, fused per block of sites (docs/model.md §3.6)
+        if self.compiled:  # the same eliminations, compiled, one pass per layer over ranges of sites (docs/model.md §3.6)
             self.k = k = k.contiguous()
             self._bands = (lower.contiguous(), vdiag_s.contiguous(), upper.contiguous())
             self._f_rows = torch.stack([f[n] for n in _EDGE_NAMES])
@@ -610,15 +610,14 @@ class ShiftedFactorization:
             want = "[7, 20, B] (or [4, 20, B]: inputs to CWD and litter only)" if source else "[7, 20, B]"
             raise ValueError(f"rhs must have shape {want} with B = {self.batch_size}; got {tuple(rhs.shape)}")
 
-    def _kernel_args(self) -> tuple:
-        lower, _, upper = self._bands
-        return (self.k, lower, upper, self._f_rows, self.cwd_diag, self.cwd_decayed, self.lit_rden, self.lit_cp, self.som_inv)
 
     def solve(self, rhs: torch.Tensor) -> torch.Tensor:
         """X for a right-hand side ``rhs`` [7, 20, B] (gC m-3 d-1); pools [7, 20, B] (no autograd)."""
         self._check(rhs)
         if self.compiled and kernels.usable(rhs):
-            return kernels.solve(*self._kernel_args(), rhs.detach().clone(memory_format=torch.contiguous_format))
+            lower, _, upper = self._bands
+            return kernels.solve(self.k, lower, upper, self._f_rows, self.cwd_diag, self.cwd_decayed, self.lit_rden,
+                                 self.lit_cp, self.som_inv, rhs.detach().clone(memory_format=torch.contiguous_format))
         with torch.no_grad():
             out = self._cwd_and_litter_rhs(rhs.detach().clone())
             lit, som = out[1:4].unbind(1), out[4:7].unbind(1)
@@ -641,7 +640,9 @@ class ShiftedFactorization:
 
     def _solve_transposed(self, g: torch.Tensor) -> torch.Tensor:
         if self.compiled and kernels.usable(g):
-            out = kernels.solve_transposed(*self._kernel_args(), g.clone(memory_format=torch.contiguous_format))
+            lower, _, upper = self._bands
+            out = kernels.solve_transposed(self.k, lower, upper, self._f_rows, self.lit_rden, self.lit_cp, self.som_inv,
+                                           g.clone(memory_format=torch.contiguous_format))
             return self._cwd_adjoint(out)
         k, f, out = self.k, self.f, g.clone()
         # SOM: Uᵀ z = g (z_j = S_j^-T (g_j - u_{j-1} z_{j-1})), then Lᵀ λ = z (λ_j = z_j - l_{j+1} S_j^-T λ_{j+1})
