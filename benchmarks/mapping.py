@@ -105,7 +105,7 @@ def solver_rate(run: Path, resolution: float, threads: int, batch: int, device: 
             for start in range(0, iy.size, batch):
                 sl = slice(start, min(iy.size, start + batch))
                 torch.set_num_threads(threads)
-                prepared = prepare_forcing(cell_forcing(win, iy[sl], ix[sl]).to(torch.float64, dev))
+                prepared = prepare_forcing(cell_forcing(win, iy[sl], ix[sl], in_memory=True).to(torch.float64, dev))
                 x = torch.as_tensor(cov[iy[sl], ix[sl]], dtype=torch.float32, device=dev)
                 theta = to_physical(torch.stack([m(x).to(torch.float64) for m in models]).mean(0))
                 if n == 0:  # first call: one-off allocations and kernel set-up

@@ -26,7 +26,7 @@ def check_scheduler_address(scheduler: str | None) -> None:
 #: in the same process); the fork server starts once per process and is reused by later clusters.
 WORKER_START_METHOD = "forkserver"
 #: What the fork server imports before it forks workers (besides distributed's own list).
-WORKER_PRELOAD = ("torch", "socmap.cells", "socmap.clm5.solver", "socmap.clm5.warm_kernels", "socmap.mapping")
+WORKER_PRELOAD = ("torch", "socmap.cells", "socmap.clm5.solver", "socmap.warm_kernels", "socmap.mapping")
 
 
 def _preload_worker_imports() -> None:

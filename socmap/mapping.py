@@ -238,7 +238,7 @@ def map_chunk(job: ChunkJob) -> dict[str, Any]:
         for start in range(0, iy.size, job.batch):
             sl = slice(start, min(iy.size, start + job.batch))
             with clock.stage("forcing"):
-                forcing = cell_forcing(win, iy[sl], ix[sl])
+                forcing = cell_forcing(win, iy[sl], ix[sl], in_memory=True)
             with clock.stage("prepare"):
                 prepared = prepare_forcing(forcing.to(torch.float64, dev))
             if fresh is not None:  # θ-independent: solved once per cube and cached (DefaultStockCache)

@@ -431,7 +431,7 @@ def _window(job: WindowJob) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     for start in range(0, iy.size, job.batch):
         sl = slice(start, min(iy.size, start + job.batch))
         t1 = time.perf_counter()
-        present_forcing = cell_forcing(win, iy[sl], ix[sl])
+        present_forcing = cell_forcing(win, iy[sl], ix[sl], in_memory=True)
         climate = cell_climate(win, iy[sl], ix[sl])
         timings["forcing"] += time.perf_counter() - t1
         b = _batch(models, cov[iy[sl], ix[sl]], climate, present_forcing, scenario, job.ensemble, job.sensitivity, timings)

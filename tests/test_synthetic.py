@@ -157,6 +157,17 @@ def test_forcing_plausible_over_whole_grid(result):
     assert f.batch_size == iy.size
 
 
+
+def test_forcing_of_a_loaded_window_is_the_lazy_cubes(result):
+    """cell_forcing's NumPy gather (in_memory=True, a loaded window) equals xarray's vectorised isel."""
+    cube = result.cube
+    win = cube.isel(y=slice(2, 14), x=slice(3, 30)).load()
+    iy, ix = np.nonzero(np.asarray(win["land_mask"].values, bool))
+    assert iy.size > 20
+    fast, lazy = cell_forcing(win, iy, ix, in_memory=True), cell_forcing(win, iy, ix)
+    for name, v in fast.to_numpy().items():
+        np.testing.assert_array_equal(v, lazy.to_numpy()[name], err_msg=name)
+
 def test_land_mask_known_places():
     ds = conus_grid(0.25)
     lon = [-104.99, -87.63, -84.39, -124.9, -90.0, -70.0, -130.0, -87.0]
