@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,3 +119,27 @@ def main_store(mapped_run):
     from socmap.store import open_store
 
     return open_store(mapped_run).load()
+
+
+def write_twin(tmp_path_factory, name: str, n_sites: int) -> Path:
+    """A small synthetic twin (1° grid, seed 3, 5 % noise) with ``n_sites`` profiles; its data folder."""
+    from socmap.data.synthetic import SynthConfig, write_synthetic
+
+    folder = tmp_path_factory.mktemp(name) / "data"
+    write_synthetic(folder, SynthConfig(resolution_deg=1.0, n_sites=n_sites, seed=3, noise=0.05), progress=False)
+    return folder
+
+
+def run_record(run: Path, runtime: tuple[str, ...]) -> dict:
+    """run.json without what may differ between two runs of one config: timings, the name and the
+    ``runtime`` config fields (e.g. ``fold_workers``), so that two such runs compare equal."""
+    import json
+
+    rec = json.loads((run / "run.json").read_text())
+    for key in ("timing", "name"):
+        rec.pop(key)
+    for key in runtime:
+        rec["config"].pop(key)
+    for fold in rec["metrics"]["cv"]["folds"]:
+        fold.pop("seconds")
+    return rec

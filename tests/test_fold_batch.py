@@ -8,12 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
-from socmap.data.synthetic import SynthConfig, write_synthetic
 from socmap.fold_batch import batched_losses
 from socmap.fold_runner import fold_dir
 from socmap.splits import make_folds
 from socmap.train import load_sites, resume_config, train
 from socmap.train_config import load_config
+
+from conftest import run_record, write_twin
 from socmap.trainer import HybridTrainer
 
 #: A short KAN schedule (fit with early stopping, polish, sparsify + prune, refit) on 3 folds.
@@ -24,9 +25,7 @@ SHORT = dict(folds=3, epochs=8, patience=1, batch_size=64, kan_polish_iters=5, k
 @pytest.fixture(scope="module")
 def twin(tmp_path_factory) -> Path:
     """400 sites: 126–142 training sites per fold, so two full batches of 64 and a partial one."""
-    folder = tmp_path_factory.mktemp("twin400") / "data"
-    write_synthetic(folder, SynthConfig(resolution_deg=1.0, n_sites=400, seed=3, noise=0.05), progress=False)
-    return folder
+    return write_twin(tmp_path_factory, "twin400", 400)
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +52,7 @@ def runs(twin, tmp_path_factory) -> dict[str, Path]:
 
 
 def _record(run: Path) -> dict:
-    rec = json.loads((run / "run.json").read_text())
-    for key in ("timing", "name"):
-        rec.pop(key)
-    for key in ("fold_batching", "fold_workers"):
-        rec["config"].pop(key)
-    for fold in rec["metrics"]["cv"]["folds"]:
-        fold.pop("seconds")
-    return rec
+    return run_record(run, ("fold_batching", "fold_workers"))
 
 
 def _history(run: Path, k: int) -> list[dict]:

@@ -16,10 +16,11 @@ import pytest
 import torch
 
 from socmap import fold_runner
-from socmap.data.synthetic import SynthConfig, write_synthetic
 from socmap.fold_runner import FoldError, resolve_fold_workers
 from socmap.train import resume_config, train
 from socmap.train_config import load_config
+
+from conftest import run_record, write_twin
 
 #: A short KAN schedule (fit, polish, sparsify + prune, refit) on 3 folds.
 SHORT = dict(folds=3, epochs=3, batch_size=32, kan_polish_iters=5, kan_sparsify_epochs=2, kan_refit_epochs=2)
@@ -28,9 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def twin(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("twin") / "data"
-    write_synthetic(out, SynthConfig(resolution_deg=1.0, n_sites=120, seed=3, noise=0.05), progress=False)
-    return out
+    return write_twin(tmp_path_factory, "twin", 120)
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +43,7 @@ def runs(twin, tmp_path_factory) -> dict[str, Path]:
 
 def _record(run: Path) -> dict:
     """run.json without what may differ between two runs of the same config: timing and the runtime option."""
-    rec = json.loads((run / "run.json").read_text())
-    rec.pop("timing")
-    rec.pop("name")
-    rec["config"].pop("fold_workers")
-    for fold in rec["metrics"]["cv"]["folds"]:
-        fold.pop("seconds")
-    return rec
+    return run_record(run, ("fold_workers",))
 
 
 def _assert_same_run(a: Path, b: Path) -> None:
