@@ -14,9 +14,11 @@ which leaks ~1e-6 d-1 at the bedrock interface when ``nbedrock <= 18``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 
 from socmap.clm5 import grid, kernels
@@ -307,6 +309,10 @@ def _transport_basis(forcing: Forcing, bedrock_rule: BedrockRule) -> torch.Tenso
     if bedrock_rule not in ("conservative", "binn"):
         raise ValueError(f"bedrock_rule must be 'conservative' or 'binn', not {bedrock_rule!r}")
     alt_m, nb, like = forcing.alt_m, forcing.nbedrock, forcing.soil_temp_k
+    if _compiled_prepare(alt_m, like) and nb.device.type == "cpu" and nb.numel() > 0:
+        lowest, highest = torch.aminmax(nb)
+        if 0 <= int(lowest) and int(highest) < len(grid.INTERFACE_BOTTOM_ALL_M):  # else the torch ops' own error
+            return kernels.transport_basis(alt_m.movedim(0, -1), nb.to(torch.int64), bedrock_rule == "binn", _kernel_constants())
     dt, dev, n_sites, n_months = like.dtype, like.device, alt_m.shape[0], alt_m.shape[1]
     taper_end = cryoturbation_taper_end_m(nb, like)  # [B]
     regime_alt = alt_m.detach()  # the regime is a threshold on ALT, not differentiated
@@ -381,20 +387,52 @@ class _ConductanceConstants:
         return g_shape, g_fixed
 
 
+#: Use the compiled passes of :func:`prepare_forcing` (socmap.clm5.kernels.transport_basis and
+#: field_conversions) on float64 CPU forcing that carries no gradient; False keeps the torch ops
+#: everywhere (the reference in the tests; CUDA, other dtypes and a forcing with a gradient take them).
+COMPILED_PREPARE = True
+
+
+def _compiled_prepare(*tensors: torch.Tensor) -> bool:
+    return COMPILED_PREPARE and kernels.usable(*tensors) and not _needs_grad(*tensors)
+
+
+@functools.lru_cache(maxsize=1)
+def _kernel_constants() -> tuple:
+    """The grid constants of :func:`_transport_basis` as ``kernels.transport_basis`` takes them
+    (float64 NumPy, computed by the very torch ops of the reference path)."""
+    like = torch.zeros((), dtype=torch.float64)
+    c = _ConductanceConstants(like)
+
+    def flat(t: torch.Tensor) -> np.ndarray:
+        return np.ascontiguousarray(t.reshape(-1).numpy())
+
+    return (flat(grid.grid_tensor("INTERFACE_BOTTOM_M", like)), np.asarray(grid.INTERFACE_BOTTOM_ALL_M, dtype=np.float64),
+            flat(grid.grid_tensor("DZ_M", like)), flat(c.resist_top), flat(c.resist_bot), flat(c.fixed_top),
+            flat(c.fixed_bot), flat(c.fixed_both), float(c.tiny_d), float(MAX_ALT_CRYOTURBATION_M),
+            float(MAX_DEPTH_CRYOTURBATION_M))
+
+
 def _sites_last(t: torch.Tensor) -> torch.Tensor:
     """[B, ...] -> [..., B] contiguous."""
     return t.movedim(0, -1).contiguous()
 
-
 def prepare_forcing(forcing: Forcing, bedrock_rule: BedrockRule = "conservative") -> PreparedForcing:
     """Compute the θ-independent operator pieces once (float64, sites innermost)."""
     forcing = forcing.to(torch.float64)
+    temp_k, oxygen, nitrogen = (t.movedim(0, -1) for t in (forcing.soil_temp_k, forcing.oxygen_scalar, forcing.nitrogen_scalar))
+    if _compiled_prepare(temp_k, oxygen, nitrogen) and all(t.is_contiguous() for t in (temp_k, oxygen, nitrogen)):
+        # forcing laid out sites innermost (clm5.forcing.batch_first): one fused pass, no copies
+        temp_exponent, oxygen_nitrogen = kernels.field_conversions(temp_k, oxygen, nitrogen, T_REF_K)
+    else:
+        temp_exponent = _sites_last((forcing.soil_temp_k - T_REF_K) / 10.0)
+        oxygen_nitrogen = _sites_last(forcing.oxygen_scalar * forcing.nitrogen_scalar)
     return PreparedForcing(
         inputs_g_m2_day=_sites_last(forcing.inputs_g_m2_yr / DAYS_PER_YEAR),
-        temp_exponent=_sites_last((forcing.soil_temp_k - T_REF_K) / 10.0),
+        temp_exponent=temp_exponent,
         water=_sites_last(forcing.water_scalar),
         oxygen=_sites_last(forcing.oxygen_scalar),
-        oxygen_nitrogen=_sites_last(forcing.oxygen_scalar * forcing.nitrogen_scalar),
+        oxygen_nitrogen=oxygen_nitrogen,
         transport_basis=_transport_basis(forcing, bedrock_rule),
         thawed=forcing.altmax_lastyear_m.detach() > 0,
         bedrock_rule=bedrock_rule,
