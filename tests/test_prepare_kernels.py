@@ -82,6 +82,10 @@ def test_compiled_prepare_equals_the_torch_ops_bit_for_bit(rule, layout, monkeyp
     """Cryoturbation, bioturbation and frozen months, every bedrock depth 1..20, never-thawed sites;
     5,000 sites, so that two threads split them into ranges (bit for bit the same as one)."""
     forcing = _with_every_bedrock(make_forcing(5000, 21, frozen_fraction=0.4))
+    # the first 600 sites without cryoturbation (whole blocks of the kernel: bio- or frozen months only)
+    alt = forcing.alt_m.clone()
+    alt[:600] = torch.where(alt[:600] > 0, 10.0, 0.0)
+    forcing = forcing.replace(alt_m=alt)
     if layout == "sites innermost":
         forcing = _sites_innermost(forcing)
     alt = forcing.alt_m

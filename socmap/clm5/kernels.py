@@ -443,7 +443,7 @@ BASIS_BLOCK = 256
 
 
 @_jit
-def _transport_basis_sites(alt, nbedrock, binn, z, z_all, dz, resist_top, resist_bot, fixed_top, fixed_bot,
+def _transport_basis_sites(alt, nbedrock, binn, z, z_all, dz, resist_top, resist_bot, fixed_bot,
                            fixed_both, tiny_d, max_alt, max_depth, out, lo, hi):
     """V̄_b's three parts [3, 3, 20, B] for sites [lo, hi), as ``_transport_basis``'s torch ops form
     them, op for op in the same order (so bit for bit): per site, the bioturbation (ALT >
@@ -480,12 +480,16 @@ def _transport_basis_sites(alt, nbedrock, binn, z, z_all, dz, resist_top, resist
                 gp[0, k, i] = (g_open if both else 0.0) * n_bio[i] / n_months
                 gp[1, k, i] = 0.0
                 gp[2, k, i] = f_bio * n_bio[i] + fixed_both[k] * n_frozen[i]
-        # cryoturbation months, in month order (the torch path's index_add order)
+        # cryoturbation months, in month order (the torch path's index_add order). The open layers of
+        # a month (D·shape > 0) are a prefix of the column (above the bedrock, then above ALT or on
+        # the decreasing taper), so an open layer never lies below a closed one
+        any_cryo = False
         for i in range(nblk):
             if not has_cryo[i]:
                 continue
+            any_cryo = True
             nb = nbedrock[s0 + i]
-            n_open = nb + 1 if binn else nb
+            n_open = min(nb + 1 if binn else nb, NL)
             taper_end = min(z_all[nb], max_depth)
             for k in range(NL - 1):
                 g_cryo[k], f_cryo[k] = gp[1, k, i], gp[2, k, i]
@@ -495,28 +499,22 @@ def _transport_basis_sites(alt, nbedrock, binn, z, z_all, dz, resist_top, resist
                     continue
                 length = taper_end - a
                 safe = length if length > 0.0 else 1.0
-                for k in range(NL):
+                n_pos = 0  # layers 0 .. n_pos-1 are open this month
+                for k in range(n_open):
                     zk = z[k]
-                    if k >= n_open:
-                        s = 0.0
-                    elif zk < a:
-                        s = 1.0
-                    elif zk <= taper_end:
-                        s = 1.0 - (zk - a) / safe
-                        s = s if s > 0.0 else 0.0
+                    if zk < a:
+                        shape[k] = 1.0
+                    elif zk <= taper_end and 1.0 - (zk - a) / safe > 0.0:
+                        shape[k] = 1.0 - (zk - a) / safe
                     else:
-                        s = 0.0
-                    shape[k] = s
-                for k in range(NL - 1):
-                    top_open, bot_open = shape[k] > 0.0, shape[k + 1] > 0.0
-                    if top_open and bot_open:
-                        g_cryo[k] += 1.0 / (resist_top[k] / shape[k] + resist_bot[k] / shape[k + 1])
-                    elif top_open:
-                        f_cryo[k] += fixed_bot[k]
-                    elif bot_open:
-                        f_cryo[k] += fixed_top[k]
-                    else:
-                        f_cryo[k] += fixed_both[k]
+                        break
+                    n_pos = k + 1
+                for k in range(n_pos - 1):  # both layers open
+                    g_cryo[k] += 1.0 / (resist_top[k] / shape[k] + resist_bot[k] / shape[k + 1])
+                if 0 < n_pos < NL:  # the last open layer above a closed one
+                    f_cryo[n_pos - 1] += fixed_bot[n_pos - 1]
+                for k in range(n_pos, NL - 1):  # both closed
+                    f_cryo[k] += fixed_both[k]
             for k in range(NL - 1):
                 gp[1, k, i], gp[2, k, i] = g_cryo[k], f_cryo[k]
         for p in range(1, 3):
@@ -526,6 +524,11 @@ def _transport_basis_sites(alt, nbedrock, binn, z, z_all, dz, resist_top, resist
         # the three bands of V̄_b's parts: rows j couple to the layer above with -(gp_{j-1} + F) (the
         # floored advection F enters the floor part only), to the layer below with -gp_j
         for p in range(3):
+            if p == 1 and not any_cryo:  # no cryoturbation in the block: 0/(-dz), (0 + 0)/dz, 0/(-dz)
+                for j in range(NL):
+                    for i in range(_u(nblk)):
+                        out[1, 0, j, s0 + i], out[1, 1, j, s0 + i], out[1, 2, j, s0 + i] = -0.0, 0.0, -0.0
+                continue
             floored = tiny_d if p == 2 else 0.0
             for j in range(NL):
                 r = dz[j]
@@ -545,8 +548,9 @@ def _transport_basis_sites(alt, nbedrock, binn, z, z_all, dz, resist_top, resist
 def transport_basis(alt_m: torch.Tensor, nbedrock: torch.Tensor, binn: bool, constants: tuple) -> torch.Tensor:
     """``socmap.clm5.operators._transport_basis`` compiled: [3, 3, 20, B] float64 from the monthly
     active layer ``alt_m`` [12, B] (m, float64) and ``nbedrock`` [B] (int64, a valid index of
-    ``z_all``); ``constants`` = (z, z_all, dz, resist_top, resist_bot, fixed_top, fixed_bot,
-    fixed_both, tiny_d, max_alt, max_depth) as ``_transport_basis_sites`` takes them."""
+    ``z_all``); ``constants`` = (z, z_all, dz, resist_top, resist_bot, fixed_bot, fixed_both,
+    tiny_d, max_alt, max_depth) as ``_transport_basis_sites`` takes them (no ``fixed_top``: an open
+    layer below a closed one does not occur)."""
     b = int(alt_m.shape[-1])
     out = torch.empty((3, 3, NL, b), dtype=torch.float64)
     _over_sites(_transport_basis_sites, b, _np(alt_m), _np(nbedrock), bool(binn), *constants, out.numpy())
@@ -571,4 +575,4 @@ def warm_up() -> None:
     grid_20, grid_19 = np.ones(NL), np.ones(NL - 1)
     for binn in (False, True):
         _transport_basis_sites(np.full((12, n), 0.5), np.full(n, NL, dtype=np.int64), binn, grid_20, np.ones(NL + 5), grid_20,
-                               grid_19, grid_19, grid_19, grid_19, grid_19, 1e-30, 2.0, 3.0, z((3, 3, NL, n)), 0, n)
+                               grid_19, grid_19, grid_19, grid_19, 1e-30, 2.0, 3.0, z((3, 3, NL, n)), 0, n)

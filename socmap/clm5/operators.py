@@ -408,8 +408,7 @@ def _kernel_constants() -> tuple:
         return np.ascontiguousarray(t.reshape(-1).numpy())
 
     return (flat(grid.grid_tensor("INTERFACE_BOTTOM_M", like)), np.asarray(grid.INTERFACE_BOTTOM_ALL_M, dtype=np.float64),
-            flat(grid.grid_tensor("DZ_M", like)), flat(c.resist_top), flat(c.resist_bot), flat(c.fixed_top),
-            flat(c.fixed_bot), flat(c.fixed_both), float(c.tiny_d), float(MAX_ALT_CRYOTURBATION_M),
+            flat(grid.grid_tensor("DZ_M", like)), flat(c.resist_top), flat(c.resist_bot), flat(c.fixed_bot), flat(c.fixed_both), float(c.tiny_d), float(MAX_ALT_CRYOTURBATION_M),
             float(MAX_DEPTH_CRYOTURBATION_M))
 
 
