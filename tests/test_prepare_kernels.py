@@ -65,7 +65,7 @@ def _sites_innermost(forcing: Forcing) -> Forcing:
 
 
 def _count_calls(monkeypatch) -> dict[str, int]:
-    calls = {"transport_basis": 0, "field_conversions": 0}
+    calls = {"transport_basis": 0, "field_conversions": 0, "batch_first_fields": 0}
     for name in calls:
         original = getattr(kernels, name)
 
@@ -77,10 +77,11 @@ def _count_calls(monkeypatch) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("rule", RULES)
-@pytest.mark.parametrize("layout", ["sites innermost", "batch-first"])
+@pytest.mark.parametrize("layout", ["sites innermost", "batch-first", "strided"])
 def test_compiled_prepare_equals_the_torch_ops_bit_for_bit(rule, layout, monkeypatch):
     """Cryoturbation, bioturbation and frozen months, every bedrock depth 1..20, never-thawed sites;
-    5,000 sites, so that two threads split them into ranges (bit for bit the same as one)."""
+    5,000 sites, so that two threads split them into ranges (bit for bit the same as one). Fields
+    in neither layout (every other site of a batch-first forcing) take the torch ops."""
     forcing = _with_every_bedrock(make_forcing(5000, 21, frozen_fraction=0.4))
     # the first 600 sites without cryoturbation (whole blocks of the kernel: bio- or frozen months only)
     alt = forcing.alt_m.clone()
@@ -88,12 +89,15 @@ def test_compiled_prepare_equals_the_torch_ops_bit_for_bit(rule, layout, monkeyp
     forcing = forcing.replace(alt_m=alt)
     if layout == "sites innermost":
         forcing = _sites_innermost(forcing)
+    elif layout == "strided":
+        forcing = forcing.subset(slice(None, None, 2))
     alt = forcing.alt_m
     assert bool(((alt > 0) & (alt <= O.MAX_ALT_CRYOTURBATION_M)).any()) and bool((alt <= 0).any())
     assert bool((alt > O.MAX_ALT_CRYOTURBATION_M).any()) and bool((forcing.altmax_lastyear_m == 0).any())
     calls = _count_calls(monkeypatch)
     compiled, reference = _prepare_both(forcing, rule, monkeypatch)
-    assert calls == {"transport_basis": 1, "field_conversions": 1 if layout == "sites innermost" else 0}
+    assert calls == {"transport_basis": 1, "field_conversions": int(layout == "sites innermost"),
+                     "batch_first_fields": int(layout == "batch-first")}
     _assert_same_bits(compiled, reference)
     assert not bool(compiled.thawed.all())
     threads = torch.get_num_threads()
@@ -147,11 +151,11 @@ def test_forcing_with_a_gradient_takes_the_torch_ops(monkeypatch):
                               soil_temp_k=forcing.soil_temp_k.clone().requires_grad_())
     calls = _count_calls(monkeypatch)
     with_grad = O.prepare_forcing(forcing)
-    assert calls == {"transport_basis": 0, "field_conversions": 0}
+    assert calls == {"transport_basis": 0, "field_conversions": 0, "batch_first_fields": 0}
     assert with_grad.transport_basis.requires_grad and with_grad.temp_exponent.requires_grad
     with torch.no_grad():
         without = O.prepare_forcing(forcing)
-    assert calls == {"transport_basis": 1, "field_conversions": 1}
+    assert calls == {"transport_basis": 1, "field_conversions": 1, "batch_first_fields": 0}
     _assert_same_bits(without, dataclasses.replace(with_grad, **{k: getattr(with_grad, k).detach() for k in FIELDS}))
     # and the gradient itself flows to ALT (the cryoturbation taper) and to T
     (with_grad.transport_basis[1, 1].sum() + with_grad.temp_exponent.sum()).backward()  # cryo part's diagonal
@@ -208,7 +212,7 @@ from conftest import make_forcing
 from test_prepare_kernels import _sites_innermost
 from socmap.clm5 import kernels, operators as O
 kernels.warm_up()
-ds = (kernels._field_conversion_sites, kernels._transport_basis_sites)
+ds = (kernels._field_conversion_sites, kernels._batch_first_fields_sites, kernels._transport_basis_sites)
 before = [len(d.signatures) for d in ds]
 forcing = make_forcing(40, 28)
 for f in (forcing, _sites_innermost(forcing)):

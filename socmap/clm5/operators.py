@@ -419,18 +419,24 @@ def _sites_last(t: torch.Tensor) -> torch.Tensor:
 def prepare_forcing(forcing: Forcing, bedrock_rule: BedrockRule = "conservative") -> PreparedForcing:
     """Compute the θ-independent operator pieces once (float64, sites innermost)."""
     forcing = forcing.to(torch.float64)
-    temp_k, oxygen, nitrogen = (t.movedim(0, -1) for t in (forcing.soil_temp_k, forcing.oxygen_scalar, forcing.nitrogen_scalar))
-    if _compiled_prepare(temp_k, oxygen, nitrogen) and all(t.is_contiguous() for t in (temp_k, oxygen, nitrogen)):
-        # forcing laid out sites innermost (clm5.forcing.batch_first): one fused pass, no copies
+    fields = (forcing.soil_temp_k, forcing.water_scalar, forcing.oxygen_scalar, forcing.nitrogen_scalar)
+    temp_k, water, oxygen, nitrogen = (t.movedim(0, -1) for t in fields)
+    compiled = _compiled_prepare(*fields)
+    if compiled and all(t.is_contiguous() for t in (temp_k, oxygen, nitrogen)):
+        # forcing laid out sites innermost (clm5.forcing.batch_first): one fused pass; W and O as they are
         temp_exponent, oxygen_nitrogen = kernels.field_conversions(temp_k, oxygen, nitrogen, T_REF_K)
+        water, oxygen = _sites_last(forcing.water_scalar), _sites_last(forcing.oxygen_scalar)
+    elif compiled and all(t.is_contiguous() for t in fields):  # batch-first: the transposing copies fused in
+        temp_exponent, water, oxygen, oxygen_nitrogen = kernels.batch_first_fields(*fields, T_REF_K)
     else:
         temp_exponent = _sites_last((forcing.soil_temp_k - T_REF_K) / 10.0)
         oxygen_nitrogen = _sites_last(forcing.oxygen_scalar * forcing.nitrogen_scalar)
+        water, oxygen = _sites_last(forcing.water_scalar), _sites_last(forcing.oxygen_scalar)
     return PreparedForcing(
         inputs_g_m2_day=_sites_last(forcing.inputs_g_m2_yr / DAYS_PER_YEAR),
         temp_exponent=temp_exponent,
-        water=_sites_last(forcing.water_scalar),
-        oxygen=_sites_last(forcing.oxygen_scalar),
+        water=water,
+        oxygen=oxygen,
         oxygen_nitrogen=oxygen_nitrogen,
         transport_basis=_transport_basis(forcing, bedrock_rule),
         thawed=forcing.altmax_lastyear_m.detach() > 0,
