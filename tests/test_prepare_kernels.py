@@ -224,3 +224,12 @@ print(json.dumps([before, [len(d.signatures) for d in ds]]))
     out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=True).stdout
     before, after = json.loads(out.strip().splitlines()[-1])
     assert all(before) and after == before, out
+
+
+def test_a_bedrock_index_not_int64_takes_the_torch_ops(monkeypatch):
+    forcing = make_forcing(30, 29)
+    narrow = forcing.replace(nbedrock=forcing.nbedrock.to(torch.int32))
+    calls = _count_calls(monkeypatch)
+    basis = O._transport_basis(narrow, "binn")
+    assert calls["transport_basis"] == 0
+    assert torch.equal(basis, O._transport_basis(forcing, "binn")) and calls["transport_basis"] == 1

@@ -493,7 +493,7 @@ def _transport_basis_sites(alt, nbedrock, binn, z, z_all, dz, resist_top, resist
     [19] from ``socmap.clm5.operators._ConductanceConstants``.
 
     Blocks of sites, each pass a loop over the block's sites (vectorised; the output rows are
-    written contiguously), except the cryoturbation months: per site, in registers-sized scratch."""
+    written contiguously), except the cryoturbation months: site by site, in small scratch rows."""
     n_months = alt.shape[0]
     gp = np.empty((3, NL - 1, BASIS_BLOCK + 8))  # per block: bio, cryo, floor conductance sums
     n_bio, n_frozen = np.empty(BASIS_BLOCK), np.empty(BASIS_BLOCK)

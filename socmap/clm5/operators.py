@@ -304,15 +304,16 @@ def _transport_basis(forcing: Forcing, bedrock_rule: BedrockRule) -> torch.Tenso
     monthly means. A bioturbation month's conductances depend on the bedrock only and a frozen
     month's are constants, so each site's are counted, not recomputed; only the cryoturbation
     months (a shape that depends on that month's active layer) are computed, as a batch of
-    (site, month) pairs.
+    (site, month) pairs. Float64 CPU forcing without a gradient takes the compiled
+    ``kernels.transport_basis`` instead (the same ops in the same order, docs/model.md §3.6).
     """
     if bedrock_rule not in ("conservative", "binn"):
         raise ValueError(f"bedrock_rule must be 'conservative' or 'binn', not {bedrock_rule!r}")
     alt_m, nb, like = forcing.alt_m, forcing.nbedrock, forcing.soil_temp_k
-    if _compiled_prepare(alt_m, like) and nb.device.type == "cpu" and nb.numel() > 0:
+    if _compiled_prepare(alt_m, like) and nb.device.type == "cpu" and nb.dtype == torch.int64 and nb.numel() > 0:
         lowest, highest = torch.aminmax(nb)
         if 0 <= int(lowest) and int(highest) < len(grid.INTERFACE_BOTTOM_ALL_M):  # else the torch ops' own error
-            return kernels.transport_basis(alt_m.movedim(0, -1), nb.to(torch.int64), bedrock_rule == "binn", _kernel_constants())
+            return kernels.transport_basis(alt_m.movedim(0, -1), nb, bedrock_rule == "binn", _kernel_constants())
     dt, dev, n_sites, n_months = like.dtype, like.device, alt_m.shape[0], alt_m.shape[1]
     taper_end = cryoturbation_taper_end_m(nb, like)  # [B]
     regime_alt = alt_m.detach()  # the regime is a threshold on ALT, not differentiated
@@ -387,9 +388,10 @@ class _ConductanceConstants:
         return g_shape, g_fixed
 
 
-#: Use the compiled passes of :func:`prepare_forcing` (socmap.clm5.kernels.transport_basis and
-#: field_conversions) on float64 CPU forcing that carries no gradient; False keeps the torch ops
-#: everywhere (the reference in the tests; CUDA, other dtypes and a forcing with a gradient take them).
+#: Use the compiled passes of :func:`prepare_forcing` (socmap.clm5.kernels.transport_basis,
+#: field_conversions, batch_first_fields; docs/model.md §3.6) on float64 CPU forcing that carries no
+#: gradient; False keeps the torch ops everywhere (the tests' reference; CUDA and a forcing with a
+#: gradient always take them). Both give the same results bit for bit.
 COMPILED_PREPARE = True
 
 
@@ -408,24 +410,30 @@ def _kernel_constants() -> tuple:
         return np.ascontiguousarray(t.reshape(-1).numpy())
 
     return (flat(grid.grid_tensor("INTERFACE_BOTTOM_M", like)), np.asarray(grid.INTERFACE_BOTTOM_ALL_M, dtype=np.float64),
-            flat(grid.grid_tensor("DZ_M", like)), flat(c.resist_top), flat(c.resist_bot), flat(c.fixed_bot), flat(c.fixed_both), float(c.tiny_d), float(MAX_ALT_CRYOTURBATION_M),
-            float(MAX_DEPTH_CRYOTURBATION_M))
+            flat(grid.grid_tensor("DZ_M", like)), flat(c.resist_top), flat(c.resist_bot), flat(c.fixed_bot),
+            flat(c.fixed_both), float(c.tiny_d), float(MAX_ALT_CRYOTURBATION_M), float(MAX_DEPTH_CRYOTURBATION_M))
 
 
 def _sites_last(t: torch.Tensor) -> torch.Tensor:
     """[B, ...] -> [..., B] contiguous."""
     return t.movedim(0, -1).contiguous()
 
+
 def prepare_forcing(forcing: Forcing, bedrock_rule: BedrockRule = "conservative") -> PreparedForcing:
-    """Compute the θ-independent operator pieces once (float64, sites innermost)."""
+    """Compute the θ-independent operator pieces once (float64, sites innermost).
+
+    Float64 CPU forcing without a gradient is prepared by compiled passes (``COMPILED_PREPARE``,
+    docs/model.md §3.6), with the same results bit for bit as the torch ops below; forcing laid
+    out sites innermost keeps W and O as views of its own fields (no copy).
+    """
     forcing = forcing.to(torch.float64)
     fields = (forcing.soil_temp_k, forcing.water_scalar, forcing.oxygen_scalar, forcing.nitrogen_scalar)
-    temp_k, water, oxygen, nitrogen = (t.movedim(0, -1) for t in fields)
+    temp_k, oxygen, nitrogen = (t.movedim(0, -1) for t in (fields[0], fields[2], fields[3]))
     compiled = _compiled_prepare(*fields)
     if compiled and all(t.is_contiguous() for t in (temp_k, oxygen, nitrogen)):
-        # forcing laid out sites innermost (clm5.forcing.batch_first): one fused pass; W and O as they are
+        # laid out sites innermost (clm5.forcing.batch_first): the two conversions in one fused pass
         temp_exponent, oxygen_nitrogen = kernels.field_conversions(temp_k, oxygen, nitrogen, T_REF_K)
-        water, oxygen = _sites_last(forcing.water_scalar), _sites_last(forcing.oxygen_scalar)
+        water = _sites_last(forcing.water_scalar)
     elif compiled and all(t.is_contiguous() for t in fields):  # batch-first: the transposing copies fused in
         temp_exponent, water, oxygen, oxygen_nitrogen = kernels.batch_first_fields(*fields, T_REF_K)
     else:
