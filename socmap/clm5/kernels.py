@@ -418,11 +418,14 @@ def environment_sums(tw: torch.Tensor, water: torch.Tensor, oxygen: torch.Tensor
 
 @_jit
 def _field_conversion_sites(soil_temp_k, oxygen, nitrogen, t_ref_k, temp_exponent, oxygen_nitrogen, lo, hi):
-    """(T - t_ref_k)/10 and O·N, all [12, 20, B] sites innermost, in one pass over the three fields."""
+    """(T - t_ref_k)/10 and O·N, all [12, 20, B] sites innermost, in one pass over the three fields,
+    row by row, each output its own loop (both in one loop, five streams, ran 1.25× slower at 16k
+    sites)."""
     for m in range(soil_temp_k.shape[0]):
         for j in range(soil_temp_k.shape[1]):
             for i in range(_u(lo), _u(hi)):
                 temp_exponent[m, j, i] = (soil_temp_k[m, j, i] - t_ref_k) / 10.0
+            for i in range(_u(lo), _u(hi)):
                 oxygen_nitrogen[m, j, i] = oxygen[m, j, i] * nitrogen[m, j, i]
 
 
