@@ -412,6 +412,193 @@ def environment_sums(tw: torch.Tensor, water: torch.Tensor, oxygen: torch.Tensor
     return sums
 
 
+# ----------------------------------------------------------------------------------------
+# forcing preparation (socmap.clm5.operators.prepare_forcing, docs/model.md §3.5–3.6)
+# ----------------------------------------------------------------------------------------
+
+@_jit
+def _field_conversion_sites(soil_temp_k, oxygen, nitrogen, t_ref_k, temp_exponent, oxygen_nitrogen, lo, hi):
+    """(T - t_ref_k)/10 and O·N, all [12, 20, B] sites innermost, in one pass over the three fields,
+    row by row, each output its own loop (both in one loop, five streams, ran 1.25× slower at 16k
+    sites)."""
+    for m in range(soil_temp_k.shape[0]):
+        for j in range(soil_temp_k.shape[1]):
+            for i in range(_u(lo), _u(hi)):
+                temp_exponent[m, j, i] = (soil_temp_k[m, j, i] - t_ref_k) / 10.0
+            for i in range(_u(lo), _u(hi)):
+                oxygen_nitrogen[m, j, i] = oxygen[m, j, i] * nitrogen[m, j, i]
+
+
+def field_conversions(soil_temp_k: torch.Tensor, oxygen: torch.Tensor, nitrogen: torch.Tensor, t_ref_k: float,
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Q10 exponent (T - ``t_ref_k``)/10 (T in K) and the product O·N, each a new [12, 20, B]
+    tensor, from C-contiguous float64 CPU fields [12, 20, B] (sites innermost)."""
+    b = int(soil_temp_k.shape[-1])
+    temp_exponent, oxygen_nitrogen = torch.empty_like(soil_temp_k), torch.empty_like(soil_temp_k)
+    _over_sites(_field_conversion_sites, b, _np(soil_temp_k), _np(oxygen), _np(nitrogen), float(t_ref_k),
+                temp_exponent.numpy(), oxygen_nitrogen.numpy())
+    return temp_exponent, oxygen_nitrogen
+
+
+#: Sites per block of :func:`_batch_first_fields_sites` (64–2,048 measured at 4k and 16k sites: 512
+#: best; the block's rows of a field stay in L2 while its 240 output rows are written).
+TRANSPOSE_BLOCK = 512
+
+
+@_jit
+def _batch_first_fields_sites(soil_temp_k, water, oxygen, nitrogen, t_ref_k, temp_exponent, water_out, oxygen_out,
+                              oxygen_nitrogen, lo, hi):
+    """As :func:`_field_conversion_sites` from batch-first fields [B, 240] (month × layer rows), and W
+    and O copied too, into [240, B] (sites innermost): the transposing copies and the conversions in
+    one pass over blocks of sites, one output at a time (writing all four at once touched 960
+    pages per block and ran 2× slower)."""
+    for b0 in range(lo, hi, TRANSPOSE_BLOCK):
+        s0, s1 = _u(b0), _u(min(hi, b0 + TRANSPOSE_BLOCK))
+        for r in range(soil_temp_k.shape[1]):
+            for i in range(s0, s1):
+                temp_exponent[r, i] = (soil_temp_k[i, r] - t_ref_k) / 10.0
+        for r in range(soil_temp_k.shape[1]):
+            for i in range(s0, s1):
+                water_out[r, i] = water[i, r]
+        for r in range(soil_temp_k.shape[1]):
+            for i in range(s0, s1):
+                oxygen_out[r, i] = oxygen[i, r]
+        for r in range(soil_temp_k.shape[1]):
+            for i in range(s0, s1):
+                oxygen_nitrogen[r, i] = oxygen[i, r] * nitrogen[i, r]
+
+
+def batch_first_fields(soil_temp_k: torch.Tensor, water: torch.Tensor, oxygen: torch.Tensor, nitrogen: torch.Tensor,
+                       t_ref_k: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`field_conversions` for C-contiguous batch-first fields [B, 12, 20] (float64, CPU): the
+    Q10 exponent, W, O and O·N, each a new [12, 20, B] tensor (sites innermost)."""
+    b, months, layers = (int(d) for d in soil_temp_k.shape)
+    outs = [torch.empty((months, layers, b), dtype=torch.float64) for _ in range(4)]
+    rows = [_np(t).reshape(b, months * layers) for t in (soil_temp_k, water, oxygen, nitrogen)]
+    _over_sites(_batch_first_fields_sites, b, *rows, float(t_ref_k), *(o.numpy().reshape(months * layers, b) for o in outs))
+    return outs[0], outs[1], outs[2], outs[3]
+
+
+#: Sites per block of :func:`_transport_basis_sites`; its scratch rows are padded by 8 values so that
+#: the 19 rows a site's cryoturbation months update do not share one cache set (a power-of-two stride).
+BASIS_BLOCK = 256
+
+
+@_jit
+def _transport_basis_sites(alt, nbedrock, binn, z, z_all, dz, resist_top, resist_bot, fixed_bot,
+                           fixed_both, tiny_d, max_alt, max_depth, out, lo, hi):
+    """V̄_b's three parts [3, 3, 20, B] for sites [lo, hi), as ``_transport_basis``'s torch ops form
+    them, op for op in the same order (so bit for bit): per site, the bioturbation (ALT >
+    ``max_alt``) and frozen (ALT <= 0) months counted, each cryoturbation month's diffusivity shape
+    (1 above ALT, a linear taper to ``min(z_all[nbedrock], max_depth)``) turned into interface
+    conductances and summed in month order, the monthly means assembled into the three bands.
+    ``alt`` [12, B] (m), ``nbedrock`` [B] int64 within ``z_all``'s range; grid constants [20] /
+    [19] from ``socmap.clm5.operators._ConductanceConstants``.
+
+    Blocks of sites, each pass a loop over the block's sites (vectorised; the output rows are
+    written contiguously), except the cryoturbation months: site by site, in small scratch rows."""
+    n_months = alt.shape[0]
+    gp = np.empty((3, NL - 1, BASIS_BLOCK + 8))  # per block: bio, cryo, floor conductance sums
+    n_bio, n_frozen = np.empty(BASIS_BLOCK), np.empty(BASIS_BLOCK)
+    has_cryo = np.empty(BASIS_BLOCK, dtype=np.bool_)
+    shape, g_cryo, f_cryo = np.empty(NL), np.empty(NL - 1), np.empty(NL - 1)
+    for b0 in range(lo, hi, BASIS_BLOCK):
+        s0, nblk = b0, min(hi, b0 + BASIS_BLOCK) - b0
+        for i in range(_u(nblk)):
+            n_bio[i], n_frozen[i], has_cryo[i] = 0.0, 0.0, False
+        for m in range(n_months):
+            for i in range(_u(nblk)):
+                a = alt[m, s0 + i]
+                n_bio[i] += 1.0 if a > max_alt else 0.0
+                n_frozen[i] += 1.0 if a <= 0.0 else 0.0
+                has_cryo[i] |= (a > 0.0) & (a <= max_alt)
+        # bioturbation and frozen months: their conductances depend on the bedrock only
+        for k in range(NL - 1):
+            g_open = 1.0 / (resist_top[k] / 1.0 + resist_bot[k] / 1.0)
+            for i in range(_u(nblk)):
+                n_open = nbedrock[s0 + i] + (1 if binn else 0)  # layers k < n_open are above the bedrock
+                both = k + 1 < n_open
+                f_bio = 0.0 if both else (fixed_bot[k] if k < n_open else fixed_both[k])
+                gp[0, k, i] = (g_open if both else 0.0) * n_bio[i] / n_months
+                gp[1, k, i] = 0.0
+                gp[2, k, i] = f_bio * n_bio[i] + fixed_both[k] * n_frozen[i]
+        # cryoturbation months, in month order (the torch path's index_add order). The open layers of
+        # a month (D·shape > 0) are a prefix of the column (above the bedrock, then above ALT or on
+        # the decreasing taper), so an open layer never lies below a closed one
+        any_cryo = False
+        for i in range(nblk):
+            if not has_cryo[i]:
+                continue
+            any_cryo = True
+            nb = nbedrock[s0 + i]
+            n_open = min(nb + 1 if binn else nb, NL)
+            taper_end = min(z_all[nb], max_depth)
+            for k in range(NL - 1):
+                g_cryo[k], f_cryo[k] = gp[1, k, i], gp[2, k, i]
+            for m in range(n_months):
+                a = alt[m, s0 + i]
+                if not (a > 0.0 and a <= max_alt):
+                    continue
+                length = taper_end - a
+                safe = length if length > 0.0 else 1.0
+                n_pos = 0  # layers 0 .. n_pos-1 are open this month
+                for k in range(n_open):
+                    zk = z[k]
+                    if zk < a:
+                        shape[k] = 1.0
+                    elif zk <= taper_end and 1.0 - (zk - a) / safe > 0.0:
+                        shape[k] = 1.0 - (zk - a) / safe
+                    else:
+                        break
+                    n_pos = k + 1
+                for k in range(n_pos - 1):  # both layers open
+                    g_cryo[k] += 1.0 / (resist_top[k] / shape[k] + resist_bot[k] / shape[k + 1])
+                if 0 < n_pos < NL:  # the last open layer above a closed one
+                    f_cryo[n_pos - 1] += fixed_bot[n_pos - 1]
+                for k in range(n_pos, NL - 1):  # both closed
+                    f_cryo[k] += fixed_both[k]
+            for k in range(NL - 1):
+                gp[1, k, i], gp[2, k, i] = g_cryo[k], f_cryo[k]
+        for p in range(1, 3):
+            for k in range(NL - 1):
+                for i in range(_u(nblk)):
+                    gp[p, k, i] /= n_months
+        # the three bands of V̄_b's parts: rows j couple to the layer above with -(gp_{j-1} + F) (the
+        # floored advection F enters the floor part only), to the layer below with -gp_j
+        for p in range(3):
+            if p == 1 and not any_cryo:  # no cryoturbation in the block: 0/(-dz), (0 + 0)/dz, 0/(-dz)
+                for j in range(NL):
+                    for i in range(_u(nblk)):
+                        out[1, 0, j, s0 + i], out[1, 1, j, s0 + i], out[1, 2, j, s0 + i] = -0.0, 0.0, -0.0
+                continue
+            floored = tiny_d if p == 2 else 0.0
+            for j in range(NL):
+                r = dz[j]
+                for i in range(_u(nblk)):
+                    above = gp[p, j - 1, i] + floored if j > 0 else 0.0
+                    if j == NL - 1:
+                        under = 0.0
+                    elif binn and j >= nbedrock[s0 + i]:  # BINN: rows at or below the bedrock copy the upper one
+                        under = gp[p, j - 1, i] if j > 0 else 0.0
+                    else:
+                        under = gp[p, j, i]
+                    out[p, 0, j, s0 + i] = above / -r
+                    out[p, 1, j, s0 + i] = (above + under) / r
+                    out[p, 2, j, s0 + i] = under / -r
+
+
+def transport_basis(alt_m: torch.Tensor, nbedrock: torch.Tensor, binn: bool, constants: tuple) -> torch.Tensor:
+    """``socmap.clm5.operators._transport_basis`` compiled: [3, 3, 20, B] float64 from the monthly
+    active layer ``alt_m`` [12, B] (m, float64) and ``nbedrock`` [B] (int64, a valid index of
+    ``z_all``); ``constants`` = (z, z_all, dz, resist_top, resist_bot, fixed_bot, fixed_both,
+    tiny_d, max_alt, max_depth) as ``_transport_basis_sites`` takes them (no ``fixed_top``: an open
+    layer below a closed one does not occur)."""
+    b = int(alt_m.shape[-1])
+    out = torch.empty((3, 3, NL, b), dtype=torch.float64)
+    _over_sites(_transport_basis_sites, b, _np(alt_m), _np(nbedrock), bool(binn), *constants, out.numpy())
+    return out
+
+
 def warm_up() -> None:
     """Load (or compile, the first time on a machine) every kernel now, on a few sites: a process
     that forks workers calls this first so that they inherit the machine code instead of each
@@ -425,3 +612,11 @@ def warm_up() -> None:
     _steady_grads_sites(k, f, x, x, z((7, NL, n)), z((3, NL, n)), z((10, n)), 0, n)
     fields = np.full((12, NL, n), 0.5)
     _environment_sites(fields, fields, fields, fields, fields, np.ones(n), z((6, NL, n)), True, 0, n)
+    temp, on = z((12, NL, n)), z((12, NL, n))
+    _field_conversion_sites(fields, fields, fields, 298.15, temp, on, 0, n)
+    rows, cols = np.full((n, 12 * NL), 0.5), z((12 * NL, n))
+    _batch_first_fields_sites(rows, rows, rows, rows, 298.15, cols, cols, cols, cols, 0, n)
+    grid_20, grid_19 = np.ones(NL), np.ones(NL - 1)
+    for binn in (False, True):
+        _transport_basis_sites(np.full((12, n), 0.5), np.full(n, NL, dtype=np.int64), binn, grid_20, np.ones(NL + 5), grid_20,
+                               grid_19, grid_19, grid_19, grid_19, 1e-30, 2.0, 3.0, z((3, 3, NL, n)), 0, n)

@@ -14,9 +14,11 @@ which leaks ~1e-6 d-1 at the bedrock interface when ``nbedrock <= 18``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 
 from socmap.clm5 import grid, kernels
@@ -302,11 +304,16 @@ def _transport_basis(forcing: Forcing, bedrock_rule: BedrockRule) -> torch.Tenso
     monthly means. A bioturbation month's conductances depend on the bedrock only and a frozen
     month's are constants, so each site's are counted, not recomputed; only the cryoturbation
     months (a shape that depends on that month's active layer) are computed, as a batch of
-    (site, month) pairs.
+    (site, month) pairs. Float64 CPU forcing without a gradient takes the compiled
+    ``kernels.transport_basis`` instead (the same ops in the same order, docs/model.md §3.6).
     """
     if bedrock_rule not in ("conservative", "binn"):
         raise ValueError(f"bedrock_rule must be 'conservative' or 'binn', not {bedrock_rule!r}")
     alt_m, nb, like = forcing.alt_m, forcing.nbedrock, forcing.soil_temp_k
+    if _compiled_prepare(alt_m, like) and nb.device.type == "cpu" and nb.dtype == torch.int64 and nb.numel() > 0:
+        lowest, highest = torch.aminmax(nb)
+        if 0 <= int(lowest) and int(highest) < len(grid.INTERFACE_BOTTOM_ALL_M):  # else the torch ops' own error
+            return kernels.transport_basis(alt_m.movedim(0, -1), nb, bedrock_rule == "binn", _kernel_constants())
     dt, dev, n_sites, n_months = like.dtype, like.device, alt_m.shape[0], alt_m.shape[1]
     taper_end = cryoturbation_taper_end_m(nb, like)  # [B]
     regime_alt = alt_m.detach()  # the regime is a threshold on ALT, not differentiated
@@ -381,20 +388,64 @@ class _ConductanceConstants:
         return g_shape, g_fixed
 
 
+#: Use the compiled passes of :func:`prepare_forcing` (socmap.clm5.kernels.transport_basis,
+#: field_conversions, batch_first_fields; docs/model.md §3.6) on float64 CPU forcing that carries no
+#: gradient; False keeps the torch ops everywhere (the tests' reference; CUDA and a forcing with a
+#: gradient always take them). Both give the same results bit for bit.
+COMPILED_PREPARE = True
+
+
+def _compiled_prepare(*tensors: torch.Tensor) -> bool:
+    return COMPILED_PREPARE and kernels.usable(*tensors) and not _needs_grad(*tensors)
+
+
+@functools.lru_cache(maxsize=1)
+def _kernel_constants() -> tuple:
+    """The grid constants of :func:`_transport_basis` as ``kernels.transport_basis`` takes them
+    (float64 NumPy, computed by the very torch ops of the reference path)."""
+    like = torch.zeros((), dtype=torch.float64)
+    c = _ConductanceConstants(like)
+
+    def flat(t: torch.Tensor) -> np.ndarray:
+        return np.ascontiguousarray(t.reshape(-1).numpy())
+
+    return (flat(grid.grid_tensor("INTERFACE_BOTTOM_M", like)), np.asarray(grid.INTERFACE_BOTTOM_ALL_M, dtype=np.float64),
+            flat(grid.grid_tensor("DZ_M", like)), flat(c.resist_top), flat(c.resist_bot), flat(c.fixed_bot),
+            flat(c.fixed_both), float(c.tiny_d), float(MAX_ALT_CRYOTURBATION_M), float(MAX_DEPTH_CRYOTURBATION_M))
+
+
 def _sites_last(t: torch.Tensor) -> torch.Tensor:
     """[B, ...] -> [..., B] contiguous."""
     return t.movedim(0, -1).contiguous()
 
 
 def prepare_forcing(forcing: Forcing, bedrock_rule: BedrockRule = "conservative") -> PreparedForcing:
-    """Compute the θ-independent operator pieces once (float64, sites innermost)."""
+    """Compute the θ-independent operator pieces once (float64, sites innermost).
+
+    Float64 CPU forcing without a gradient is prepared by compiled passes (``COMPILED_PREPARE``,
+    docs/model.md §3.6), with the same results bit for bit as the torch ops below; forcing laid
+    out sites innermost keeps W and O as views of its own fields (no copy).
+    """
     forcing = forcing.to(torch.float64)
+    fields = (forcing.soil_temp_k, forcing.water_scalar, forcing.oxygen_scalar, forcing.nitrogen_scalar)
+    temp_k, oxygen, nitrogen = (t.movedim(0, -1) for t in (fields[0], fields[2], fields[3]))
+    compiled = _compiled_prepare(*fields)
+    if compiled and all(t.is_contiguous() for t in (temp_k, oxygen, nitrogen)):
+        # laid out sites innermost (clm5.forcing.batch_first): the two conversions in one fused pass
+        temp_exponent, oxygen_nitrogen = kernels.field_conversions(temp_k, oxygen, nitrogen, T_REF_K)
+        water = _sites_last(forcing.water_scalar)
+    elif compiled and all(t.is_contiguous() for t in fields):  # batch-first: the transposing copies fused in
+        temp_exponent, water, oxygen, oxygen_nitrogen = kernels.batch_first_fields(*fields, T_REF_K)
+    else:
+        temp_exponent = _sites_last((forcing.soil_temp_k - T_REF_K) / 10.0)
+        oxygen_nitrogen = _sites_last(forcing.oxygen_scalar * forcing.nitrogen_scalar)
+        water, oxygen = _sites_last(forcing.water_scalar), _sites_last(forcing.oxygen_scalar)
     return PreparedForcing(
         inputs_g_m2_day=_sites_last(forcing.inputs_g_m2_yr / DAYS_PER_YEAR),
-        temp_exponent=_sites_last((forcing.soil_temp_k - T_REF_K) / 10.0),
-        water=_sites_last(forcing.water_scalar),
-        oxygen=_sites_last(forcing.oxygen_scalar),
-        oxygen_nitrogen=_sites_last(forcing.oxygen_scalar * forcing.nitrogen_scalar),
+        temp_exponent=temp_exponent,
+        water=water,
+        oxygen=oxygen,
+        oxygen_nitrogen=oxygen_nitrogen,
         transport_basis=_transport_basis(forcing, bedrock_rule),
         thawed=forcing.altmax_lastyear_m.detach() > 0,
         bedrock_rule=bedrock_rule,
