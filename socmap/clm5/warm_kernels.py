@@ -1,9 +1,11 @@
-"""Importing this module loads the compiled solver kernels (:func:`socmap.clm5.kernels.warm_up`).
+"""Importing this module loads the compiled solver kernels (:func:`socmap.clm5.kernels.warm_up`)
+and the diagnostics' (:func:`socmap.clm5.diagnostic_kernels.warm_up`).
 
 It exists for fork servers, whose preload list takes module names: the mapping's local workers
 are forked from one (``socmap.cluster.WORKER_PRELOAD``) and so start with the kernels loaded.
 """
 
-from socmap.clm5 import kernels
+from socmap.clm5 import diagnostic_kernels, kernels
 
 kernels.warm_up()
+diagnostic_kernels.warm_up()
