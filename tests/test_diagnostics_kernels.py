@@ -1,9 +1,11 @@
 """The compiled bulk diagnostics (socmap.clm5.diagnostic_kernels) against the torch ops they replace."""
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import make_forcing, random_theta
+from socmap.clm5 import diagnostic_kernels as dk
 from socmap.clm5 import diagnostics as D
 from socmap.clm5 import operators as O
 from socmap.clm5 import prepare_forcing, steady_state
@@ -150,3 +152,32 @@ def test_o_scalar_operators_are_used_as_given(monkeypatch):
     ops = O.build_operators(theta, prepared, o_scalar=o)
     pools = steady_state(theta, prepared, check=False, o_scalar=o)
     assert_same(*both(theta, prepared, pools, ops, monkeypatch))
+
+
+def test_the_kernels_exponential_is_within_a_few_ulp_of_libm():
+    """Over the whole range the kernel trusts, at the reduction's boundaries (k ln2 ± ln2/2) and
+    at the small exponents ξ^T and ξ^depth meet in practice."""
+    ln2 = np.log(2.0)
+    k = np.arange(-1009, 1010)
+    y = np.concatenate([np.linspace(-dk.EXP_RANGE, dk.EXP_RANGE, 200_001), np.linspace(-6.0, 3.0, 100_001),
+                        k * ln2 + ln2 / 2, k * ln2 - ln2 / 2, k * ln2, [0.0, -0.0, 1e-300, -1e-300, 1e-17]])
+    y = y[np.abs(y) <= dk.EXP_RANGE]
+    got = np.empty_like(y)
+    dk._exp_rows(y, got)
+    assert float(np.max(np.abs(got / np.exp(y) - 1.0))) < 4 * np.finfo(np.float64).eps
+
+
+@pytest.mark.parametrize("bad", [800.0, float("nan")])
+def test_exponents_beyond_the_kernels_range_take_the_torch_ops(bad, monkeypatch):
+    """An exponent the kernel's exp does not cover (|ln Q10 · T_exp| > EXP_RANGE, or NaN forcing)
+    gives exactly what the torch ops give (inf or NaN there, the other sites as usual)."""
+    n = 10
+    theta = random_theta(n, 14)
+    prepared = prepare_forcing(make_forcing(n, 15))
+    pools, ops = steady_state(theta, prepared, return_operators=True, check=False)
+    prepared.temp_exponent = prepared.temp_exponent.clone()
+    prepared.temp_exponent[3, 2, 1] = bad / float(torch.log(theta[1, INDEX["q10"]]))
+    compiled, reference = both(theta, prepared, pools, ops, monkeypatch)
+    assert not bool(torch.isfinite(reference["environmental_modifier"][1]))
+    assert bool(torch.isfinite(reference["environmental_modifier"][2:]).all())
+    assert_same(compiled, reference)

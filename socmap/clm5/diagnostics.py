@@ -62,20 +62,21 @@ def _compiled_applies(theta: torch.Tensor, prepared: PreparedForcing, pools: tor
 def _compiled_diagnostics(theta: torch.Tensor, prepared: PreparedForcing, pools: torch.Tensor,
                           ops: Operators) -> dict[str, torch.Tensor]:
     """:func:`_torch_diagnostics`' values from :func:`socmap.clm5.diagnostic_kernels.bulk_sums`
-    (equal to rounding, ≤ 1e-12 relative): ξ^T, ξ^depth and the allocation terms' powers in
-    vectorised torch, every sum in the kernel."""
+    (equal to rounding, ≤ 1e-12 relative): ξ^T, ξ^depth and every sum in the kernel, the
+    allocation terms' powers in vectorised torch."""
     from socmap.clm5 import diagnostic_kernels as dk
 
     theta = theta.contiguous()
-    tw = torch.mul(prepared.temp_exponent, torch.log(_col(theta, "q10"))).exp_()
-    node = grid.grid_tensor("NODE_M", theta)[:, None]
-    depth = torch.exp(-node / _col(theta, "efolding"))
-    out, soc_layer, rest, keep, count = dk.bulk_sums(
-        tw, prepared.water, theta, depth, pools.movedim(0, -1), grid.grid_tensor("DZ_M", theta), ops.fractions,
-        prepared.inputs_g_m2_day, ops.transport[1], ops.input_profile)
+    node = grid.grid_tensor("NODE_M", theta)
+    sums = dk.bulk_sums(prepared.temp_exponent, torch.log(_col(theta, "q10")), prepared.water, theta, node,
+                        pools.movedim(0, -1), grid.grid_tensor("DZ_M", theta), ops.fractions, prepared.inputs_g_m2_day,
+                        ops.transport[1], ops.input_profile)
+    if sums is None:  # an exponent beyond the kernel's exponential (or NaN): the torch ops decide
+        return _torch_diagnostics(theta, prepared, pools, ops)
+    out, soc_layer, rest, keep, count = sums
     # (1 - cumulative φ) ** (1 / (100 z_j)) as exp(log(·) / (100 z_j)), masked by ``keep`` where the
     # cumulative fraction reached 1 (there the kernel left 1: log(0)'s -inf takes exp's slow path)
-    terms = rest.log_().div_(100.0 * node).exp_().mul_(keep)
+    terms = rest.log_().div_(100.0 * node[:, None]).exp_().mul_(keep)
     return {
         "carbon_input": out[dk.CARBON_INPUT],
         "cue": out[dk.CUE],
