@@ -154,17 +154,27 @@ def test_o_scalar_operators_are_used_as_given(monkeypatch):
     assert_same(*both(theta, prepared, pools, ops, monkeypatch))
 
 
-def test_the_kernels_exponential_is_within_a_few_ulp_of_libm():
-    """Over the whole range the kernel trusts, at the reduction's boundaries (k ln2 ± ln2/2) and
-    at the small exponents ξ^T and ξ^depth meet in practice."""
+def test_the_kernels_exponential_and_logarithm_are_within_a_few_ulp_of_libm():
+    """exp over the whole range the kernel trusts, at its reduction's boundaries (k ln2 ± ln2/2)
+    and at the small exponents ξ^T and ξ^depth meet in practice; log over the allocation terms'
+    arguments [1e-300, 1] (and beyond 1), at its reduction's boundary √2 and next to 1."""
+    eps = np.finfo(np.float64).eps
     ln2 = np.log(2.0)
     k = np.arange(-1009, 1010)
     y = np.concatenate([np.linspace(-dk.EXP_RANGE, dk.EXP_RANGE, 200_001), np.linspace(-6.0, 3.0, 100_001),
                         k * ln2 + ln2 / 2, k * ln2 - ln2 / 2, k * ln2, [0.0, -0.0, 1e-300, -1e-300, 1e-17]])
     y = y[np.abs(y) <= dk.EXP_RANGE]
-    got = np.empty_like(y)
-    dk._exp_rows(y, got)
-    assert float(np.max(np.abs(got / np.exp(y) - 1.0))) < 4 * np.finfo(np.float64).eps
+    got, _ = np.empty_like(y), np.empty_like(y)
+    dk._exp_log_rows(y, got, _)
+    assert float(np.max(np.abs(got / np.exp(y) - 1.0))) < 4 * eps
+    x = np.concatenate([np.geomspace(1e-300, 1.0, 200_001), np.linspace(1e-6, 1.0, 100_001), np.geomspace(1.0, 1e30, 1001),
+                        np.sqrt(2.0) * np.array([1 - eps, 1.0, 1 + eps]), 1.0 - np.arange(1, 1000) * eps, [1.0, 2.0, 0.5]])
+    _, got = np.empty_like(x), np.empty_like(x)
+    dk._exp_log_rows(x, _, got)
+    expected = np.log(x)
+    # relative where ln x is away from 0; next to 1 (ln x ≈ x - 1) the absolute error is what counts
+    assert float(np.max(np.abs(got - expected) / np.maximum(np.abs(expected), 1.0))) < 4 * eps
+    assert bool((got[x == 1.0] == 0.0).all())
 
 
 @pytest.mark.parametrize("bad", [800.0, float("nan")])

@@ -7,7 +7,7 @@ is bound by that memory traffic and per-op overhead. Here one compiled pass per 
 numba's ``math.exp`` is a scalar libm call (no SVML here), so ξ^T = Q10^T_exp and ξ^depth use the
 pass's own exponential in plain arithmetic, which the compiler vectorises (:func:`_exp`; forming
 ξ^T for the year in a torch exp first, then summing it, measured 0.23 + 0.19 µs per site against
-0.33 fused). The allocation terms' powers stay in vectorised torch (they need a logarithm too).
+0.33 fused), and the allocation terms' powers from its exp and log (:func:`_log`).
 
 Layouts are the solver's: layer × site with **sites innermost**, float64, C-contiguous.
 """
@@ -32,17 +32,18 @@ _jit = numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False
 #: inner loops from vectorising.
 _u = numba.uint64
 
-#: Rows of the kernel's output ``out`` [6, B] (the allocation index is finished in torch).
-CARBON_INPUT, CUE, BASELINE, ENV_MODIFIER, VERTICAL, RESIDENCE = range(6)
+#: Rows of the kernel's output ``out`` [7, B].
+CARBON_INPUT, CUE, BASELINE, ENV_MODIFIER, VERTICAL, RESIDENCE, ALLOCATION = range(7)
 #: Rows of the per-site scratch ``acc`` [N_ACC, B]: stocks of the 7 pools (g C m-2), decomposition
 #: fluxes of the 6 donors L1, L2, L3, S1, S2, S3, 1 / τ of pools 1–6 (a multiply by a reciprocal
 #: is ≤ 1 ulp from the reference's division), the monthly sums of ξ^T and ξ^W of one layer, Σ ξ̂
 #: SOC dz, Σ V̄_jj SOC dz, Σ SOC dz, the cumulative input fraction, the count of allocation layers,
-#: 1 / carbon input, w_scaling, SOC of one layer, -1 / efolding and the count of exponents out of range.
+#: 1 / carbon input, w_scaling, SOC of one layer, -1 / efolding, the count of exponents out of range
+#: and the sum of the allocation terms.
 STOCK, FLUX, R_TAU = 0, 7, 13
 XI_T, XI_W, ENV, VERT, SOC_TOTAL, CUM, COUNT, R_INPUT, W_SCALING, SOC = range(19, 29)
-R_EFOLD, OUT_OF_RANGE = range(29, 31)
-N_ACC = 31
+R_EFOLD, OUT_OF_RANGE, ALLOC = range(29, 32)
+N_ACC = 32
 #: Sites per block of the kernel: a block's scratch rows stay in L2 while the short loops of each
 #: layer (each over few rows, so that the compiler vectorises it) pass over them. Measured at 4,096
 #: sites, 1 thread: 128–4,096 within noise; larger batches would stream the rows from memory.
@@ -93,16 +94,53 @@ def _exp(y):
     return p * np.int64(scale).view(np.float64)
 
 
+#: ln x = e ln2 + ln m for x = m 2^e, m in [√½, √2): ln m = 2 atanh(u), u = (m - 1)/(m + 1), |u| ≤
+#: 0.1716, by its series to u^23 (truncation < 1e-18 relative). Positive normal x only: the caller's
+#: arguments lie in [1e-300, 1] (the allocation terms); within a few ulp of libm's log (tested).
+_MANTISSA = (1 << 52) - 1
+_ONE_BITS = int(np.float64(1.0).view(np.int64))
+_SQRT2 = math.sqrt(2.0)
+_A = tuple(1.0 / (2 * k + 1) for k in range(12))
+
+
 @_jit
-def _exp_rows(y, out):
-    """exp of ``y`` [N] into ``out`` [N] (the kernel's exponential, for the tests)."""
+def _log(x):
+    """ln(x) for a positive normal ``x`` (see above)."""
+    b = np.float64(x).view(np.int64)
+    e = np.float64((b >> 52) - 1023)
+    m = np.int64((b & _MANTISSA) | _ONE_BITS).view(np.float64)
+    big = m > _SQRT2
+    m = m * 0.5 if big else m
+    e = e + 1.0 if big else e
+    u = (m - 1.0) / (m + 1.0)
+    u2 = u * u
+    q = _A[11]
+    q = q * u2 + _A[10]
+    q = q * u2 + _A[9]
+    q = q * u2 + _A[8]
+    q = q * u2 + _A[7]
+    q = q * u2 + _A[6]
+    q = q * u2 + _A[5]
+    q = q * u2 + _A[4]
+    q = q * u2 + _A[3]
+    q = q * u2 + _A[2]
+    q = q * u2 + _A[1]
+    q = q * u2 + 1.0
+    return e * _LN2_HI + (e * _LN2_LO + 2.0 * u * q)
+
+
+@_jit
+def _exp_log_rows(y, exp_out, log_out):
+    """:func:`_exp` and :func:`_log` of ``y`` [N] into ``exp_out`` and ``log_out`` [N] (for the tests)."""
     for i in range(y.shape[0]):
-        out[i] = _exp(y[i])
+        exp_out[i] = _exp(y[i])
+        log_out[i] = _log(y[i])
 
 
 @_jit
 def _bulk_sites(temp_exponent, log_q10, water, theta, tau_col, w_col, efolding_col, node, x, dz,
-                fl1s1, fl2s1, fl3s2, fs1s2, fs1s3, fs2s1, fs2s3, fs3s1, inputs, v_diag, profile, out, rest, keep, soc_layer, xi_dz, flags, acc, lo, hi):
+                fl1s1, fl2s1, fl3s2, fs1s2, fs1s3, fs2s1, fs2s3, fs3s1, inputs, v_diag, profile,
+                out, soc_layer, xi_dz, flags, acc, lo, hi):
     """The diagnostics' per-site sums (docs/model.md §2.11) for sites [lo, hi).
 
     Inputs: ``temp_exponent`` (T - 298.15 K) / 10 and ``water`` W [12, 20, B]; ``log_q10`` [B];
@@ -112,20 +150,17 @@ def _bulk_sites(temp_exponent, log_q10, water, theta, tau_col, w_col, efolding_c
     … ``fs3s1`` [B]; ``inputs`` [4, B] (g C m-2 d-1); ``v_diag`` [20, B] V̄'s diagonal (d-1);
     ``profile`` [20, B] input fractions φ.
 
-    Outputs: ``out`` [6, B] (rows ``CARBON_INPUT`` … ``RESIDENCE``); ``soc_layer`` [20, B] SOC
-    per layer / carbon input (yr m-1); ``keep`` [20, B] 1 where the cumulative input fraction is
-    below 1 - 1e-12, else 0, and ``rest`` [20, B] max(1 - cumulative fraction, 1e-300) there, 1
-    elsewhere (the caller raises it to 1/(100 z_j) in vectorised torch; 1, not 0, because log(0)
-    takes exp's slow path), with the count of kept layers in ``acc[COUNT]``; ``flags`` [B] > 0 at
-    a site where an exponent was out of ``EXP_RANGE`` or NaN (its values are then not to be used).
-    ``xi_dz`` [20, B] and ``acc`` [N_ACC, B] are scratch.
+    Outputs: ``out`` [7, B] (rows ``CARBON_INPUT`` … ``ALLOCATION``); ``soc_layer`` [20, B] SOC
+    per layer / carbon input (yr m-1); ``flags`` [B] > 0 at a site where an exponent was out of
+    ``EXP_RANGE`` or NaN (its values are then not to be used). ``xi_dz`` [20, B] and ``acc``
+    [N_ACC, B] are scratch.
 
     Blocks of sites, then layers, then sites: every inner loop streams contiguous rows and
     vectorises. The two monthly means multiply (ξ̂ = mean ξ^T · mean min(w_scaling W, 1) ·
     ξ^depth, as the torch reference does); each sum runs in the reference's order (layers, then pools).
     """
     n = temp_exponent.shape[0]
-    # the monthly means, in blocks of sites whose scratch rows stay in L1
+    # the monthly means, in blocks of sites whose scratch rows stay in L2 (see KBLOCK)
     for b0 in range(lo, hi, KBLOCK):
         s0, s1 = _u(b0), _u(min(hi, b0 + KBLOCK))
         for i in range(s0, s1):
@@ -151,13 +186,13 @@ def _bulk_sites(temp_exponent, log_q10, water, theta, tau_col, w_col, efolding_c
                 xi_dz[j, i] = (acc[XI_T, i] / n) * acc[XI_W, i] * d
         for i in range(s0, s1):
             flags[i] = acc[OUT_OF_RANGE, i]
-    # the rest, in blocks of sites whose scratch rows stay in L1
+    # the rest, in the same blocks
     for b0 in range(lo, hi, KBLOCK):
         s0, s1 = _u(b0), _u(min(hi, b0 + KBLOCK))
         for r in range(XI_T):
             for i in range(s0, s1):
                 acc[r, i] = 0.0
-        for r in range(ENV, COUNT + 1):
+        for r in (ENV, VERT, SOC_TOTAL, CUM, COUNT, ALLOC):
             for i in range(s0, s1):
                 acc[r, i] = 0.0
         for i in range(s0, s1):
@@ -189,12 +224,15 @@ def _bulk_sites(temp_exponent, log_q10, water, theta, tau_col, w_col, efolding_c
                 soc_layer[j, i] = acc[SOC, i] * acc[R_INPUT, i]
             for i in range(s0, s1):
                 acc[CUM, i] += profile[j, i]
+            # Jackson-β allocation terms (1 - cumulative φ)^(1 / (100 z_j)) over the layers where the
+            # cumulative fraction is below 1 - 1e-12 (elsewhere the log of 1, then masked: no NaN/inf enters)
+            e = 1.0 / (100.0 * node[j])
             for i in range(s0, s1):
-                keep[j, i] = 1.0 if acc[CUM, i] < 1.0 - 1e-12 else 0.0
-            for i in range(s0, s1):
-                acc[COUNT, i] += keep[j, i]
-            for i in range(s0, s1):
-                rest[j, i] = max(1.0 - acc[CUM, i], 1e-300) if keep[j, i] != 0.0 else 1.0
+                c = acc[CUM, i]
+                use = c < 1.0 - 1e-12
+                acc[COUNT, i] += 1.0 if use else 0.0
+                term = _exp(e * _log(max(1.0 - c, 1e-300) if use else 1.0))
+                acc[ALLOC, i] += term if use else 0.0
         for i in range(s0, s1):
             stock_all = acc[STOCK, i]
             stock_rate = acc[STOCK, i] / theta[i, tau_col[0]]
@@ -213,6 +251,7 @@ def _bulk_sites(temp_exponent, log_q10, water, theta, tau_col, w_col, efolding_c
             out[ENV_MODIFIER, i] = acc[ENV, i] / soc_total
             out[VERTICAL, i] = DAYS_PER_YEAR * acc[VERT, i] / soc_total
             out[RESIDENCE, i] = soc_total * acc[R_INPUT, i]
+            out[ALLOCATION, i] = acc[ALLOC, i] / max(acc[COUNT, i], 1.0)
 
 
 #: θ columns the kernel reads (socmap.clm5.operators.POOL_TAU order for the turnover times).
@@ -223,24 +262,23 @@ _FRACTIONS = ("fl1s1", "fl2s1", "fl3s2", "fs1s2", "fs1s3", "fs2s1", "fs2s3", "fs
 def bulk_sums(temp_exponent: torch.Tensor, log_q10: torch.Tensor, water: torch.Tensor, theta: torch.Tensor,
               node: torch.Tensor, pools: torch.Tensor, dz: torch.Tensor, fractions: dict[str, torch.Tensor],
               inputs: torch.Tensor, v_diag: torch.Tensor, profile: torch.Tensor,
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
+              ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Run :func:`_bulk_sites` over all sites, split over threads (float64 CPU tensors, shapes as
     documented there; ``pools`` [7, 20, B]; ``fractions`` as :attr:`Operators.fractions`).
 
-    Returns ``out`` [6, B], ``soc_layer``, ``rest`` and ``keep`` [20, B] and the count of kept
-    layers [B]; None where an exponent left the kernel's range (``EXP_RANGE``) or was NaN.
+    Returns ``out`` [7, B] and ``soc_layer`` [20, B]; None where an exponent left the kernel's
+    range (``EXP_RANGE``) or was NaN.
     """
     b = int(pools.shape[-1])
-    out = torch.empty((6, b), dtype=torch.float64)
-    soc_layer, rest, keep = (torch.empty((NL, b), dtype=torch.float64) for _ in range(3))
-    acc, flags = np.empty((N_ACC, b)), np.empty(b)
+    out, soc_layer = torch.empty((7, b), dtype=torch.float64), torch.empty((NL, b), dtype=torch.float64)
+    flags = np.empty(b)
     _over_sites(_bulk_sites, b, _np(temp_exponent), _np(log_q10), _np(water), _np(theta), _TAU_COLUMNS,
                 INDEX["w_scaling"], INDEX["efolding"], _np(node), _np(pools), _np(dz),
                 *(_np(fractions[name]) for name in _FRACTIONS), _np(inputs), _np(v_diag), _np(profile), out.numpy(),
-                rest.numpy(), keep.numpy(), soc_layer.numpy(), np.empty((NL, b)), flags, acc)
+                soc_layer.numpy(), np.empty((NL, b)), flags, np.empty((N_ACC, b)))
     if flags.any():
         return None
-    return out, soc_layer, rest, keep, torch.from_numpy(acc[COUNT])
+    return out, soc_layer
 
 
 def warm_up() -> None:
@@ -249,5 +287,5 @@ def warm_up() -> None:
     n, z = 8, np.zeros
     fields, rows, pools, frac = np.full((12, NL, n), 0.5), np.full((NL, n), 0.5), np.ones((7, NL, n)), np.full(n, 0.1)
     _bulk_sites(fields, np.ones(n), fields, np.ones((n, len(INDEX))), _TAU_COLUMNS, INDEX["w_scaling"], INDEX["efolding"],
-                np.ones(NL), pools, np.ones(NL), *([frac] * len(_FRACTIONS)), np.ones((4, n)), rows, rows, z((6, n)),
-                z((NL, n)), z((NL, n)), z((NL, n)), z((NL, n)), z(n), z((N_ACC, n)), 0, n)
+                np.ones(NL), pools, np.ones(NL), *([frac] * len(_FRACTIONS)), np.ones((4, n)), rows, rows, z((7, n)),
+                z((NL, n)), z((NL, n)), z(n), z((N_ACC, n)), 0, n)

@@ -62,8 +62,7 @@ def _compiled_applies(theta: torch.Tensor, prepared: PreparedForcing, pools: tor
 def _compiled_diagnostics(theta: torch.Tensor, prepared: PreparedForcing, pools: torch.Tensor,
                           ops: Operators) -> dict[str, torch.Tensor]:
     """:func:`_torch_diagnostics`' values from :func:`socmap.clm5.diagnostic_kernels.bulk_sums`
-    (equal to rounding, ≤ 1e-12 relative): ξ^T, ξ^depth and every sum in the kernel, the
-    allocation terms' powers in vectorised torch."""
+    (equal to rounding, ≤ 1e-12 relative), all in the kernel."""
     from socmap.clm5 import diagnostic_kernels as dk
 
     theta = theta.contiguous()
@@ -73,17 +72,14 @@ def _compiled_diagnostics(theta: torch.Tensor, prepared: PreparedForcing, pools:
                         ops.transport[1], ops.input_profile)
     if sums is None:  # an exponent beyond the kernel's exponential (or NaN): the torch ops decide
         return _torch_diagnostics(theta, prepared, pools, ops)
-    out, soc_layer, rest, keep, count = sums
-    # (1 - cumulative φ) ** (1 / (100 z_j)) as exp(log(·) / (100 z_j)), masked by ``keep`` where the
-    # cumulative fraction reached 1 (there the kernel left 1: log(0)'s -inf takes exp's slow path)
-    terms = rest.log_().div_(100.0 * node[:, None]).exp_().mul_(keep)
+    out, soc_layer = sums
     return {
         "carbon_input": out[dk.CARBON_INPUT],
         "cue": out[dk.CUE],
         "baseline_decomposition": out[dk.BASELINE],
         "environmental_modifier": out[dk.ENV_MODIFIER],
         "vertical_transport": out[dk.VERTICAL],
-        "input_allocation": terms.sum(0) / count.clamp(min=1),
+        "input_allocation": out[dk.ALLOCATION],
         "residence_time": out[dk.RESIDENCE],
         "residence_time_per_layer": soc_layer.movedim(-1, 0),
     }
