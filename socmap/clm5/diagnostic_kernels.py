@@ -206,12 +206,13 @@ def _bulk_sites(temp_exponent, log_q10, water, theta, tau_col, w_col, efolding_c
         for j in range(NL):
             d = dz[j]
             # one output row per loop, so that the vectoriser's runtime overlap checks stay few
-            for p in range(7):
+            for i in range(s0, s1):
+                acc[STOCK, i] += x[0, j, i] * d
+            for p in range(1, 7):  # Σ_j x ξ̂ dz per pool; × 1/τ after the layers
                 for i in range(s0, s1):
-                    acc[STOCK + p, i] += x[p, j, i] * d
-            for p in range(1, 7):
-                for i in range(s0, s1):
-                    acc[FLUX + p - 1, i] += x[p, j, i] * acc[R_TAU + p - 1, i] * xi_dz[j, i]
+                    v = x[p, j, i]
+                    acc[STOCK + p, i] += v * d
+                    acc[FLUX + p - 1, i] += v * xi_dz[j, i]
             for i in range(s0, s1):
                 acc[SOC, i] = (x[4, j, i] + x[5, j, i]) + x[6, j, i]
             for i in range(s0, s1):
@@ -233,6 +234,9 @@ def _bulk_sites(temp_exponent, log_q10, water, theta, tau_col, w_col, efolding_c
                 acc[COUNT, i] += 1.0 if use else 0.0
                 term = _exp(e * _log(max(1.0 - c, 1e-300) if use else 1.0))
                 acc[ALLOC, i] += term if use else 0.0
+        for p in range(1, 7):
+            for i in range(s0, s1):
+                acc[FLUX + p - 1, i] *= acc[R_TAU + p - 1, i]
         for i in range(s0, s1):
             stock_all = acc[STOCK, i]
             stock_rate = acc[STOCK, i] / theta[i, tau_col[0]]
