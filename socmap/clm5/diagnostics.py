@@ -3,9 +3,9 @@
 All functions take physical θ [B, 21], the prepared forcing and the pools [B, 7, 20] and
 return [B] tensors (per-layer residence time: [B, 20]).
 
-On float64 CPU tensors without gradients (``COMPILED_DIAGNOSTICS``) the sums run in one compiled
-pass per range of sites (:mod:`socmap.clm5.diagnostic_kernels`), the exponentials in vectorised
-torch around it; elsewhere (CUDA, autograd, other dtypes) the torch ops of :func:`_torch_diagnostics`.
+On float64 CPU tensors without gradients (``COMPILED_DIAGNOSTICS``) everything runs in one compiled
+pass per range of sites (:mod:`socmap.clm5.diagnostic_kernels`, with its own vectorised exp and
+log); elsewhere (CUDA, autograd, other dtypes) the torch ops of :func:`_torch_diagnostics`.
 """
 
 from __future__ import annotations
@@ -47,13 +47,10 @@ def bulk_diagnostics(theta: torch.Tensor, prepared: PreparedForcing, pools: torc
 COMPILED_DIAGNOSTICS = True
 
 
-def _inputs(prepared: PreparedForcing, pools: torch.Tensor, ops: Operators) -> list[torch.Tensor]:
-    return [pools, prepared.temp_exponent, prepared.water, prepared.inputs_g_m2_day, ops.transport,
-            ops.input_profile, *ops.fractions.values()]
-
-
 def _compiled_applies(theta: torch.Tensor, prepared: PreparedForcing, pools: torch.Tensor, ops: Operators) -> bool:
-    tensors = [theta, *_inputs(prepared, pools, ops)]
+    """Whether every tensor the compiled pass reads is float64 on the CPU and none wants a gradient."""
+    tensors = [theta, pools, prepared.temp_exponent, prepared.water, prepared.inputs_g_m2_day, ops.transport,
+               ops.input_profile, *ops.fractions.values()]
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
     return all(t.device.type == "cpu" and t.dtype == torch.float64 for t in tensors)
