@@ -326,27 +326,30 @@ def _chunk_layouts(path: Path) -> dict[str, _ChunkLayout] | None:
     except OSError:
         return None
     key = (str(meta), st.st_mtime_ns, st.st_size)
-    if key not in _LAYOUTS:
-        layouts: dict[str, _ChunkLayout] | None = {}
-        try:
-            entries = json.loads(meta.read_text())["metadata"]
-            for name, m in entries.items():
-                if not name.endswith("/.zarray"):
-                    continue
-                if m.get("filters") or m.get("order", "C") != "C" or m.get("zarr_format") != 2:
-                    layouts = None
-                    break
-                dtype = np.dtype(m["dtype"])
-                fill = m["fill_value"]
-                fill = np.nan if fill == "NaN" else (0 if fill is None else fill)  # null: zarr reads 0
-                codec = numcodecs.get_codec(m["compressor"]) if m.get("compressor") else None
-                layouts[name[: -len("/.zarray")]] = _ChunkLayout(tuple(m["shape"]), tuple(m["chunks"]), dtype, dtype.type(fill), codec,
-                                                                 m.get("dimension_separator", "."))
-        except (OSError, ValueError, KeyError, TypeError):
-            layouts = None
-        _LAYOUTS.clear()  # one store at a time per worker
-        _LAYOUTS[key] = layouts
-    return _LAYOUTS[key]
+    cached = _LAYOUTS.get(key, False)  # one lookup: another thread may clear the cache meanwhile
+    if cached is not False:
+        return cached
+    layouts: dict[str, _ChunkLayout] | None = {}
+    try:
+        entries = json.loads(meta.read_text())["metadata"]
+        for name, m in entries.items():
+            if not name.endswith("/.zarray"):
+                continue
+            if m.get("filters") or m.get("order", "C") != "C" or m.get("zarr_format") != 2:
+                layouts = None
+                break
+            dtype = np.dtype(m["dtype"])
+            fill = m["fill_value"]
+            fill = np.nan if fill == "NaN" else (0 if fill is None else fill)  # null: zarr reads 0
+            codec = numcodecs.get_codec(m["compressor"]) if m.get("compressor") else None
+            layouts[name[: -len("/.zarray")]] = _ChunkLayout(tuple(m["shape"]), tuple(m["chunks"]), dtype,
+                                                             dtype.type(fill), codec, m.get("dimension_separator", "."))
+    except (OSError, ValueError, KeyError, TypeError):
+        layouts = None
+    if len(_LAYOUTS) > 8:  # a worker maps one store at a time: keep a few
+        _LAYOUTS.clear()
+    _LAYOUTS[key] = layouts  # (threads racing here store the same value)
+    return layouts
 
 
 def _one_chunk(lay: _ChunkLayout, shape: tuple[int, ...], y0: int, x0: int) -> bool:

@@ -98,3 +98,25 @@ def test_windows_that_are_not_one_chunk_go_through_zarr(tmp_path, case):
     # and nothing outside the window was written
     outside = group["soc"][y0 + arr.shape[0]:, :, :]
     assert bool(np.isnan(outside).all())
+
+
+def test_a_store_created_again_at_the_same_path_is_written_with_its_new_layout(tmp_path):
+    """The chunk layouts are cached per process while the consolidated metadata is unchanged; a new
+    template (other chunks) at the same path is read afresh."""
+    global CHUNK
+    path = tmp_path / S.STORE_NAME
+    specs = template(path)
+    S.write_window(path, window_arrays(specs, 0, 0, 3), 0, 0)
+    old = CHUNK
+    try:
+        CHUNK = 16
+        specs = template(path)
+        arrays = window_arrays(specs, 16, 16, 4)
+        S.write_window(path, arrays, 16, 16)
+    finally:
+        CHUNK = old
+    group = zarr.open_group(str(path), mode="r")
+    assert group["soc"].chunks == (16, 16, 20)
+    for name, arr in arrays.items():
+        np.testing.assert_array_equal(group[name][16:32, 16:32, ...], arr, err_msg=name)
+    assert bool(np.isnan(group["soc"][:16, :, :]).all())
