@@ -194,7 +194,6 @@ def map_chunk(job: ChunkJob) -> dict[str, Any]:
     (:class:`socmap.stages.StageClock` table: read, covariates, default_cache, forcing, prepare,
     encoder, solve, stocks, diagnostics, solve_default, assemble, write)."""
     import torch
-    import zarr
 
     from socmap.cells import predict_columns, solve_default_stocks, wetland_fraction
     from socmap.clm5 import prepare_forcing
@@ -266,9 +265,7 @@ def map_chunk(job: ChunkJob) -> dict[str, Any]:
     if delay > 0:
         time.sleep(delay)
     with clock.stage("write"):
-        group = zarr.open_group(job.store_path, mode="r+")
-        for name, arr in arrays.items():
-            group[name][job.y0:job.y1, job.x0:job.x1, ...] = arr
+        S.write_window(job.store_path, arrays, job.y0, job.x0)
     return {"key": job.key, "cells": int(iy.size), "land": int(land.sum()), "failed": failed,
             "stages": clock.stages, "seconds": time.perf_counter() - t0}
 

@@ -2,6 +2,10 @@
 
 All functions take physical θ [B, 21], the prepared forcing and the pools [B, 7, 20] and
 return [B] tensors (per-layer residence time: [B, 20]).
+
+On float64 CPU tensors without gradients (``COMPILED_DIAGNOSTICS``) everything runs in one compiled
+pass per range of sites (:mod:`socmap.clm5.diagnostic_kernels`, with its own vectorised exp and
+log); elsewhere (CUDA, autograd, other dtypes) the torch ops of :func:`_torch_diagnostics`.
 """
 
 from __future__ import annotations
@@ -33,6 +37,54 @@ def bulk_diagnostics(theta: torch.Tensor, prepared: PreparedForcing, pools: torc
     theta = theta.to(torch.float64)
     if ops is None:
         ops = build_operators(theta, prepared)
+    if COMPILED_DIAGNOSTICS and _compiled_applies(theta, prepared, pools, ops):
+        return _compiled_diagnostics(theta, prepared, pools, ops)
+    return _torch_diagnostics(theta, prepared, pools, ops)
+
+
+#: Use the compiled pass on float64 CPU tensors without gradients; False keeps the torch ops of
+#: :func:`_torch_diagnostics` everywhere (the reference in the tests; CUDA always takes them).
+COMPILED_DIAGNOSTICS = True
+
+
+def _compiled_applies(theta: torch.Tensor, prepared: PreparedForcing, pools: torch.Tensor, ops: Operators) -> bool:
+    """Whether every tensor the compiled pass reads is float64 on the CPU and none wants a gradient."""
+    tensors = [theta, pools, prepared.temp_exponent, prepared.water, prepared.inputs_g_m2_day, ops.transport,
+               ops.input_profile, *ops.fractions.values()]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    return all(t.device.type == "cpu" and t.dtype == torch.float64 for t in tensors)
+
+
+def _compiled_diagnostics(theta: torch.Tensor, prepared: PreparedForcing, pools: torch.Tensor,
+                          ops: Operators) -> dict[str, torch.Tensor]:
+    """:func:`_torch_diagnostics`' values from :func:`socmap.clm5.diagnostic_kernels.bulk_sums`
+    (equal to rounding, ≤ 1e-12 relative), all in the kernel."""
+    from socmap.clm5 import diagnostic_kernels as dk
+
+    theta = theta.contiguous()
+    node = grid.grid_tensor("NODE_M", theta)
+    sums = dk.bulk_sums(prepared.temp_exponent, torch.log(_col(theta, "q10")), prepared.water, theta, node,
+                        pools.movedim(0, -1), grid.grid_tensor("DZ_M", theta), ops.fractions, prepared.inputs_g_m2_day,
+                        ops.transport[1], ops.input_profile)
+    if sums is None:  # an exponent beyond the kernel's exponential (or NaN): the torch ops decide
+        return _torch_diagnostics(theta, prepared, pools, ops)
+    out, soc_layer = sums
+    return {
+        "carbon_input": out[dk.CARBON_INPUT],
+        "cue": out[dk.CUE],
+        "baseline_decomposition": out[dk.BASELINE],
+        "environmental_modifier": out[dk.ENV_MODIFIER],
+        "vertical_transport": out[dk.VERTICAL],
+        "input_allocation": out[dk.ALLOCATION],
+        "residence_time": out[dk.RESIDENCE],
+        "residence_time_per_layer": soc_layer.movedim(-1, 0),
+    }
+
+
+def _torch_diagnostics(theta: torch.Tensor, prepared: PreparedForcing, pools: torch.Tensor,
+                       ops: Operators) -> dict[str, torch.Tensor]:
+    """:func:`bulk_diagnostics` in torch ops (any device and dtype, differentiable)."""
     x = pools.movedim(0, -1)  # [7, 20, B]
     dz = grid.grid_tensor("DZ_M", theta)[:, None]
     node = grid.grid_tensor("NODE_M", theta)[:, None]
