@@ -116,7 +116,7 @@ def test_only_float64_cpu_without_gradients_takes_the_compiled_pass(monkeypatch)
 
 
 def test_warm_up_loads_the_signature_the_diagnostics_call():
-    """A fork server's warm-up (socmap.clm5.warm_kernels) loads the machine code the mapping's
+    """A fork server's warm-up (socmap.warm_kernels) loads the machine code the mapping's
     diagnostics then run: in a fresh process, a real call adds no compiled signature."""
     import json
     import subprocess
@@ -126,7 +126,7 @@ def test_warm_up_loads_the_signature_the_diagnostics_call():
     script = """
 import json, sys
 sys.path.insert(0, 'tests')
-import socmap.clm5.warm_kernels
+import socmap.warm_kernels
 from conftest import make_forcing, random_theta
 from socmap.clm5 import diagnostic_kernels as dk, prepare_forcing, steady_state, bulk_diagnostics
 before = len(dk._bulk_sites.signatures)
