@@ -4,13 +4,15 @@ Why: deriving a cell's forcing made NumPy walk its [12, 20] fields ~20 times (on
 operation, each a fresh temporary or an in-place sweep), and the thaw-depth search built
 arg-max and gather temporaries over them; per cell of a map that cost more than the CLM5 solve
 it feeds (issue 17). These kernels fuse the element-wise chains into single passes over the
-sites-innermost [12, 20, N] arrays and search the thaw front in one. The logarithm of the water
+sites-innermost [12, 20, N] arrays, search the thaw front in one, and form the soil-temperature
+wave without a BLAS call. The logarithm of the water
 scalar stays a NumPy call between two passes: NumPy's is vectorised, numba's (without SVML) is
 a scalar libm call per value.
 
-Every kernel repeats the same floating-point operations in the same order as the NumPy
-formulas they replace (``error_model="numpy"``, no fast-math), so results are bitwise the same;
-``tests/test_climate_kernels.py`` checks that against those formulas.
+The water and thaw kernels repeat the same floating-point operations in the same order as the
+NumPy formulas they replace (``error_model="numpy"``, no fast-math), so results are bitwise the
+same; the wave sums its 12 terms in month order, which a BLAS product does not promise (agreement
+to rounding). ``tests/test_climate_kernels.py`` checks both against those formulas.
 """
 
 from __future__ import annotations
@@ -58,6 +60,46 @@ def thaw_depth(soil_temp_sites_last: np.ndarray, depth_m: np.ndarray, t_freeze_k
     t = np.ascontiguousarray(soil_temp_sites_last, dtype=np.float64)
     out = np.empty((t.shape[2], t.shape[0]))
     _thaw_depth(t, np.ascontiguousarray(depth_m, dtype=np.float64), float(t_freeze_k), float(no_frost_m), out)
+    return out
+
+
+@_jit
+def _wave_response(op, air, offset, out):
+    """``out[m, j, i] = Σ_a op[a, m, j] air[a, i] + offset[i]`` (a = 0..11 in order), ``out`` [12, J, N].
+
+    The 12 terms are written out: one store per value, the sum in registers (a loop over the months
+    around the site loop stored every partial sum and ran 3x slower)."""
+    n_months, n_layers = op.shape[1], op.shape[2]
+    a0, a1, a2, a3, a4, a5 = air[0], air[1], air[2], air[3], air[4], air[5]
+    a6, a7, a8, a9, a10, a11 = air[6], air[7], air[8], air[9], air[10], air[11]
+    for m in range(n_months):
+        for j in range(n_layers):
+            c = op[:, m, j]
+            c0, c1, c2, c3, c4, c5 = c[0], c[1], c[2], c[3], c[4], c[5]
+            c6, c7, c8, c9, c10, c11 = c[6], c[7], c[8], c[9], c[10], c[11]
+            row = out[m, j]
+            for i in range(_u(air.shape[1])):
+                row[i] = (c0 * a0[i] + c1 * a1[i] + c2 * a2[i] + c3 * a3[i] + c4 * a4[i] + c5 * a5[i] + c6 * a6[i]
+                          + c7 * a7[i] + c8 * a8[i] + c9 * a9[i] + c10 * a10[i] + c11 * a11[i]) + offset[i]
+
+
+def wave_response(operator: np.ndarray, air_temp_c: np.ndarray, offset_k: np.ndarray) -> np.ndarray:
+    """The soil-temperature wave [12, J, N] (sites innermost) of
+    :func:`socmap.soil_temperature.soil_temperature_k`: the linear response ``operator``
+    [12 (air months), 12, J] to the air series ``air_temp_c`` [N, 12] (any layout), plus
+    ``offset_k`` [N] (the surface offset and the freezing point, K).
+
+    Why not a BLAS product: the product is small (12 terms per value) and NumPy's OpenBLAS,
+    left at its default of one thread per core, keeps its other threads spinning after every
+    call, which doubled the CPU seconds of an in-process ``socmap predict``; this loop also
+    adds the offset in the same pass.
+    """
+    op = np.ascontiguousarray(operator, dtype=np.float64)
+    if op.shape[:2] != (12, 12) or np.shape(air_temp_c)[1:] != (12,):
+        raise ValueError(f"wave_response needs a [12, 12, J] operator and [N, 12] air temperatures; got {op.shape}, {np.shape(air_temp_c)}")
+    air = np.ascontiguousarray(np.asarray(air_temp_c, dtype=np.float64).T)
+    out = np.empty((op.shape[1], op.shape[2], air.shape[1]))
+    _wave_response(op, air, np.ascontiguousarray(offset_k, dtype=np.float64), out)
     return out
 
 
@@ -120,3 +162,4 @@ def warm_up() -> None:
     t[6:, 3:] = 270.0
     thaw_depth(t, NODE_M, 273.15, 10.0)
     water_scalar(np.ones((12, 4)), np.ones(4), np.ones(20), 1.0, 1.0, 0.0, 1.0, 0.0, np.zeros(4, bool), 1.0)
+    wave_response(np.ones((12, 12, 20)), np.ones((4, 12)), np.ones(4))

@@ -105,15 +105,12 @@ def soil_temperature_k(
     if z.ndim != 1 or (z < 0).any():
         raise ValueError(f"depth_m must be a 1-D array of non-negative depths (m); got {z}")
     op = _wave_operator(z, config.thermal_diffusivity_m2_s, config.period_s)
-    # computed sites innermost, [12, J, N], and returned as its batch-first view (clm5.forcing.batch_first);
-    # the transposed product rounds differently from air @ op in the last bit only (~2e-16 relative)
-    soil = (op.reshape(N_MONTHS, -1).T @ air.T).reshape(N_MONTHS, z.size, air.shape[0])
     offset = config.surface_offset_c if surface_offset_c is None else surface_offset_c
     offset = np.asarray(offset, dtype=np.float64)
     if offset.ndim == 1:
         offset = as_float_array("surface_offset_c", offset, (air.shape[0],))
-    soil += offset  # in place: one [12, J, N] array, not three
-    soil += T_FREEZE_K
+    # computed sites innermost, [12, J, N], and returned as its batch-first view (clm5.forcing.batch_first)
+    soil = climate_kernels.wave_response(op, air, np.broadcast_to(offset + T_FREEZE_K, (air.shape[0],)))
     return batch_first(soil)
 
 

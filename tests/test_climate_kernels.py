@@ -100,6 +100,23 @@ def test_water_scalar_without_land_cover_has_no_wetlands() -> None:
                                   reference_water(p, e, np.zeros(30, int), c))
 
 
+
+@pytest.mark.parametrize("offset", [0.0, "per_site"])
+def test_soil_temperature_wave_is_the_operator_product(offset) -> None:
+    """The compiled wave equals the [12 in, 12 out, J] operator applied with a float64 einsum (to
+    rounding: the kernel sums the 12 terms in month order, a BLAS product in its own), plus the offset."""
+    from socmap.soil_temperature import _wave_operator, soil_temperature_k
+
+    rng = np.random.default_rng(5)
+    air = rng.uniform(-30.0, 35.0, (257, 12))
+    c = ForcingConfig()
+    off = rng.uniform(-2.0, 4.0, 257) if offset == "per_site" else None
+    got = soil_temperature_k(np.asfortranarray(air), NODE_M, c, surface_offset_c=off)
+    op = _wave_operator(NODE_M, c.thermal_diffusivity_m2_s, c.period_s)
+    want = np.einsum("na,amj->nmj", air, op) + np.broadcast_to(c.surface_offset_c if off is None else off, (257,))[:, None, None] + T_FREEZE_K
+    np.testing.assert_allclose(got, want, rtol=1e-14, atol=0)
+    assert np.moveaxis(got, 0, -1).flags.c_contiguous
+
 def test_warm_up_loads_the_signatures_the_derivation_calls():
     """In a fresh process, deriving a real forcing after :func:`climate_kernels.warm_up` compiles nothing more."""
     import json
@@ -113,7 +130,7 @@ import numpy as np
 from socmap import climate_kernels as K
 from socmap.climate_forcing import derive_forcing
 K.warm_up()
-ds = (K._thaw_depth, K._moisture_ratio, K._water_from_log_ratio)
+ds = (K._thaw_depth, K._moisture_ratio, K._water_from_log_ratio, K._wave_response)
 before = [len(d.signatures) for d in ds]
 rng = np.random.default_rng(0)
 derive_forcing(rng.uniform(-20, 25, (50, 12)), rng.uniform(0, 90, (50, 12)), rng.integers(1, 17, 50), rng.uniform(25, 70, 50))
