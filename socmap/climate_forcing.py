@@ -448,7 +448,7 @@ def derive_forcing(
     -----
     The result holds five [N, 12, 20] float64 fields, ~10 kB per site (plus transient work
     arrays of similar size): derive large grids in chunks (e.g. 50 000 cells ≈ 0.5 GB), as the
-    Dask-chunked mapping does. Cost is ~15 µs per site on one core.
+    Dask-chunked mapping does. Cost is ~2–3 µs per site on one core (docs/model.md §5.2).
 
     Raises
     ------
